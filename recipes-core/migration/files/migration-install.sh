@@ -1,0 +1,141 @@
+#!/bin/sh
+# SPDX-License-Identifier: MIT
+#
+# The one install description of the migration runner: the recipe's do_install and the QEMU boot
+# tests (tests/boot) both call it, so the image under test holds exactly what the recipe installs.
+#
+#   sh migration-install.sh PKG_SRC_DIR FILES_DIR
+#
+# PKG_SRC_DIR is the Python package (the layer's lib/migration), FILES_DIR the directory holding
+# this script's unit templates. Settings come from the environment, with BitBake's names:
+#   D                       destination root (required; the recipe's ${D})
+#   sbindir libdir datadir sysconfdir localstatedir systemd_system_unitdir
+#                           paths as in BitBake; the defaults are OE's (/usr/sbin, /usr/lib,
+#                           /usr/share, /etc, /var, /lib/systemd/system). The runner's own
+#                           defaults are /etc/migration.d and /var/lib/migration, so sysconfdir
+#                           and localstatedir must be /etc and /var.
+#   MIGRATION_PYTHON        interpreter in the wrapper's shebang (default /usr/bin/python3)
+#   MIGRATION_INIT          "systemd", "sysvinit" or "systemd sysvinit" (default systemd)
+#   MIGRATION_BOOT_POLICY   continue | halt | rescue (default continue), what a failed boot run does
+#   MIGRATION_BOOT_TIMEOUT  seconds each script may take at boot; empty or 0: no limit (default)
+# Exit status: 0 done, 2 bad arguments or settings (message on stderr).
+set -eu
+
+die() {
+	echo "migration-install.sh: $*" >&2
+	exit 2
+}
+
+[ "$#" -eq 2 ] || die "usage: migration-install.sh PKG_SRC_DIR FILES_DIR"
+src=$1
+files=$2
+[ -f "$src/__init__.py" ] || die "$src is not the migration Python package (no __init__.py)"
+[ -f "$files/migration.service" ] || die "$files does not hold migration.service"
+[ -n "${D:-}" ] || die "D (the destination root) is not set"
+
+sbindir=${sbindir:-/usr/sbin}
+libdir=${libdir:-/usr/lib}
+datadir=${datadir:-/usr/share}
+sysconfdir=${sysconfdir:-/etc}
+localstatedir=${localstatedir:-/var}
+systemd_system_unitdir=${systemd_system_unitdir:-/lib/systemd/system}
+python=${MIGRATION_PYTHON:-/usr/bin/python3}
+init=${MIGRATION_INIT:-systemd}
+policy=${MIGRATION_BOOT_POLICY:-continue}
+timeout=${MIGRATION_BOOT_TIMEOUT:-0}
+
+[ "$sysconfdir" = /etc ] || die "sysconfdir=$sysconfdir: the runner reads /etc/migration.d"
+[ "$localstatedir" = /var ] || die "localstatedir=$localstatedir: the runner keeps /var/lib/migration"
+[ "$datadir" = /usr/share ] || die "datadir=$datadir: the runner reads /usr/share/migration"
+case "$python" in
+/*) ;;
+*) die "MIGRATION_PYTHON=$python is not an absolute path" ;;
+esac
+case "$timeout" in
+'' | *[!0-9]*) die "MIGRATION_BOOT_TIMEOUT=$timeout is not a number of seconds" ;;
+esac
+
+# What the runner does after a failed script, per boot policy: halt stops at the first failure
+# (the system is going down anyway and later scripts may build on the failed one); continue and
+# rescue apply as much as they can.
+case "$policy" in
+continue | rescue) run_args="--policy continue" ;;
+halt) run_args="--policy stop" ;;
+*) die "MIGRATION_BOOT_POLICY=$policy: expected continue, halt or rescue" ;;
+esac
+if [ "$timeout" -gt 0 ]; then
+	run_args="$run_args --timeout $timeout"
+fi
+
+want_systemd=false
+want_sysvinit=false
+for i in $init; do
+	case "$i" in
+	systemd) want_systemd=true ;;
+	sysvinit) want_sysvinit=true ;;
+	*) die "MIGRATION_INIT: unknown init manager '$i' (expected systemd and/or sysvinit)" ;;
+	esac
+done
+$want_systemd || $want_sysvinit || die "MIGRATION_INIT is empty"
+
+# Copies a template, replacing every placeholder; mode $3.
+subst() {
+	mkdir -p "$(dirname "$2")"
+	sed -e "s|@SBINDIR@|$sbindir|g" \
+		-e "s|@LIBDIR@|$libdir|g" \
+		-e "s|@DATADIR@|$datadir|g" \
+		-e "s|@SYSCONFDIR@|$sysconfdir|g" \
+		-e "s|@LOCALSTATEDIR@|$localstatedir|g" \
+		-e "s|@PYTHON@|$python|g" \
+		-e "s|@POLICY@|$policy|g" \
+		-e "s|@RUN_ARGS@|$run_args|g" \
+		"$1" >"$2"
+	chmod "$3" "$2"
+}
+
+# The package: every module, no caches, no tests.
+pkgdir="$D$libdir/migration/migration"
+rm -rf "$pkgdir"
+(cd "$src" && find . -name __pycache__ -prune -o -type f -name '*.py' -print) |
+	while IFS= read -r f; do
+		install -D -m 0644 "$src/$f" "$pkgdir/$f"
+	done
+
+subst "$files/migration.wrapper" "$D$sbindir/migration" 0755
+install -d -m 0755 "$D$sysconfdir/migration.d" "$D$datadir/migration/packages"
+install -D -m 0644 "$files/boot.md" "$D$datadir/doc/migration/boot.md"
+
+if $want_systemd; then
+	unitdir="$D$systemd_system_unitdir"
+	subst "$files/migration.service" "$unitdir/migration.service" 0644
+	subst "$files/migration-gate@.service" "$unitdir/migration-gate@.service" 0644
+	dropin="$unitdir/migration.service.d/50-boot-policy.conf"
+	mkdir -p "$(dirname "$dropin")"
+	{
+		echo "# Written by migration-install.sh for MIGRATION_BOOT_POLICY=$policy."
+		case "$policy" in
+		rescue)
+			echo "[Unit]"
+			echo "# A failed run stops the boot in rescue mode: sysinit done, no regular"
+			echo "# service started, a root shell on the console."
+			echo "OnFailure=rescue.target"
+			echo "OnFailureJobMode=isolate"
+			echo
+			;;
+		halt)
+			echo "[Unit]"
+			echo "# A failed run shuts the system down cleanly and halts it: nothing else starts."
+			echo "# (halt.target, not FailureAction=halt, which systemd < 254 does not know.)"
+			echo "OnFailure=halt.target"
+			echo "OnFailureJobMode=replace-irreversibly"
+			echo
+			;;
+		esac
+		echo "[Service]"
+		echo "Environment=\"MIGRATION_RUN_ARGS=$run_args\""
+	} >"$dropin"
+	chmod 0644 "$dropin"
+fi
+if $want_sysvinit; then
+	subst "$files/migration.init" "$D$sysconfdir/init.d/migration" 0755
+fi

@@ -1,0 +1,279 @@
+# SPDX-License-Identifier: MIT
+"""The boot units, the install description (migration-install.sh) and migration.units.
+
+Installs with the real install script into a temporary root and checks the result with the real
+systemd tools of the host (systemd-analyze verify, systemd-escape).
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, Optional
+
+import pytest
+
+from migration import units
+
+REPO = Path(__file__).resolve().parents[1]
+FILES = REPO / "recipes-core" / "migration" / "files"
+PKG = REPO / "lib" / "migration"
+INSTALL = FILES / "migration-install.sh"
+UNITDIR = "/lib/systemd/system"
+
+needs_runner = pytest.mark.skipif(
+    not (PKG / "cli.py").exists(), reason="the runner package is not in lib/migration yet"
+)
+
+
+def install(root: Path, src: Path = PKG, **env: str) -> "subprocess.CompletedProcess[str]":
+    """Run migration-install.sh like the recipe's do_install does (D and BitBake's path names)."""
+    full: Dict[str, str] = {
+        "PATH": os.environ["PATH"],
+        "D": str(root),
+        "sbindir": "/usr/sbin",
+        "libdir": "/usr/lib",
+        "datadir": "/usr/share",
+        "sysconfdir": "/etc",
+        "localstatedir": "/var",
+        "systemd_system_unitdir": UNITDIR,
+        "MIGRATION_PYTHON": "/usr/bin/python3",
+    }
+    full.update(env)
+    return subprocess.run(
+        ["sh", str(INSTALL), str(src), str(FILES)],
+        env=full,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def verify(root: Path, *unit_paths: str) -> "subprocess.CompletedProcess[str]":
+    """systemd-analyze verify on installed unit files (paths inside root), as systemd 252 allows."""
+    return subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", f"--root={root}", *unit_paths],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+@pytest.fixture
+def stub_src(tmp_path: Path) -> Path:
+    """A package directory of one empty module: enough for the tests of the units alone."""
+    src = tmp_path / "stub" / "migration"
+    src.mkdir(parents=True)
+    (src / "__init__.py").write_text("")
+    return src
+
+
+@pytest.fixture
+def pkg_src(tmp_path: Path) -> Path:
+    """A copy of lib/migration (the copy keeps __pycache__ out of the repo)."""
+    dst = tmp_path / "src" / "migration"
+    shutil.copytree(PKG, dst, ignore=shutil.ignore_patterns("__pycache__"))
+    return dst
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["foo", "foo-bar", "python3-foo+bar", "lib32-a_b.c", ".hidden", "a/b", "caf\u00e9", "x:y", " "],
+)
+def test_systemd_escape_matches_systemd(name: str) -> None:
+    expected = subprocess.run(
+        ["systemd-escape", "--", name], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert units.systemd_escape(name) == expected
+
+
+def test_systemd_escape_refuses_empty_name() -> None:
+    with pytest.raises(ValueError):
+        units.systemd_escape("")
+
+
+@pytest.mark.parametrize("package", ["foo", "foo-bar", "python3-foo+bar"])
+def test_gate_dropin_names_the_gate_of_the_package(package: str) -> None:
+    text = units.gate_dropin(package)
+    lines = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
+    unit = units.gate_unit(package)
+    assert lines == ["[Unit]", f"Requires={unit}", f"After={unit}"]
+    # %I of the instance gives the package name back, so `check --package %I` sees it.
+    instance = unit[len("migration-gate@") : -len(".service")]
+    back = subprocess.run(
+        ["systemd-escape", "--unescape", "--", instance], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert back == package
+    assert units.gate_dropin_name(package) == f"50-migration-{package}.conf"
+
+
+def test_gate_dropin_name_refuses_paths() -> None:
+    with pytest.raises(ValueError):
+        units.gate_dropin_name("../foo")
+
+
+def installed_text(root: Path, rel: str) -> str:
+    return (root / rel.lstrip("/")).read_text()
+
+
+def system_root(root: Path, src: Path, **env: str) -> Path:
+    """A root holding the host's (Debian 12) system units plus ours, enabled as systemd.bbclass
+    does, and foo.service gated on package foo-bar with the drop-in text the class writes."""
+    unitdir = root / UNITDIR.lstrip("/")
+    shutil.copytree(UNITDIR, unitdir, symlinks=True)
+    res = install(root, src, **env)
+    assert res.returncode == 0, res.stderr
+    service = unitdir / "foo.service"
+    service.write_text(
+        "[Service]\nType=oneshot\nExecStart=/usr/sbin/migration status\n"
+        "[Install]\nWantedBy=multi-user.target\n"
+    )
+    dropin = unitdir / "foo.service.d" / units.gate_dropin_name("foo-bar")
+    dropin.parent.mkdir()
+    dropin.write_text(units.gate_dropin("foo-bar"))
+    subprocess.run(
+        ["systemctl", f"--root={root}", "enable", "migration.service", "foo.service"],
+        capture_output=True,
+        check=True,
+    )
+    return root
+
+
+VERIFIED = [
+    f"{UNITDIR[1:]}/migration.service",
+    f"{UNITDIR[1:]}/{units.gate_unit('foo-bar')}",
+    f"{UNITDIR[1:]}/foo.service",
+    f"{UNITDIR[1:]}/sysinit.target",
+    f"{UNITDIR[1:]}/multi-user.target",
+]
+
+
+@pytest.mark.parametrize("policy", ["continue", "rescue", "halt"])
+def test_install_systemd_units_verify_clean(tmp_path: Path, stub_src: Path, policy: str) -> None:
+    """No warning, no ordering cycle in a boot transaction with Debian's own units."""
+    root = system_root(tmp_path / "root", stub_src, MIGRATION_BOOT_POLICY=policy)
+    assert (root / "etc/systemd/system/sysinit.target.wants/migration.service").is_symlink()
+    res = verify(root, *VERIFIED)
+    assert (res.returncode, res.stdout, res.stderr) == (0, "", "")
+    assert not (root / "etc/init.d/migration").exists()
+
+
+def test_verify_catches_an_ordering_cycle(tmp_path: Path, stub_src: Path) -> None:
+    """The verify check above can fail: ordering the unit after sysinit.target is a cycle."""
+    root = system_root(tmp_path / "root", stub_src)
+    extra = root / UNITDIR.lstrip("/") / "migration.service.d" / "99-test.conf"
+    extra.write_text("[Unit]\nAfter=sysinit.target\n")
+    res = verify(root, *VERIFIED)
+    assert res.returncode != 0
+    assert "ordering cycle on migration.service/start" in res.stderr
+
+
+def test_verify_catches_a_missing_command(tmp_path: Path, stub_src: Path) -> None:
+    """Without the wrapper, systemd-analyze verify reports migration.service's ExecStart=."""
+    root = tmp_path / "root"
+    assert install(root, stub_src).returncode == 0
+    (root / "usr/sbin/migration").unlink()
+    res = verify(root, f"{UNITDIR[1:]}/migration.service")
+    assert res.returncode != 0
+    assert "/usr/sbin/migration" in res.stderr
+
+
+@needs_runner
+def test_install_places_every_file(tmp_path: Path, pkg_src: Path) -> None:
+    root = tmp_path / "root"
+    res = install(root, pkg_src, MIGRATION_INIT="systemd sysvinit", MIGRATION_BOOT_TIMEOUT="90")
+    assert res.returncode == 0, res.stderr
+    assert (root / "etc/migration.d").is_dir()
+    assert (root / "usr/share/migration/packages").is_dir()
+    sources = {p.relative_to(pkg_src) for p in pkg_src.rglob("*.py")}
+    copied = {p.relative_to(root / "usr/lib/migration/migration") for p in root.rglob("*.py")}
+    assert copied == sources
+    assert not list(root.rglob("__pycache__"))
+    wrapper = root / "usr/sbin/migration"
+    assert wrapper.stat().st_mode & 0o777 == 0o755
+    assert installed_text(root, "/usr/sbin/migration").startswith("#!/usr/bin/python3 -I\n")
+    assert "/usr/lib/migration" in installed_text(root, "/usr/sbin/migration")
+    for rel in (
+        "/usr/sbin/migration",
+        f"{UNITDIR}/migration.service",
+        f"{UNITDIR}/migration-gate@.service",
+        f"{UNITDIR}/migration.service.d/50-boot-policy.conf",
+        "/etc/init.d/migration",
+    ):
+        assert not re.search(r"@[A-Z_]+@", installed_text(root, rel)), rel
+    dropin = installed_text(root, f"{UNITDIR}/migration.service.d/50-boot-policy.conf")
+    assert 'Environment="MIGRATION_RUN_ARGS=--policy continue --timeout 90"' in dropin
+    assert "OnFailure" not in dropin
+    init = installed_text(root, "/etc/init.d/migration")
+    assert '[ -e "/usr/share/migration/done" ] && exit 0' in init
+    assert subprocess.run(["sh", "-n", str(root / "etc/init.d/migration")]).returncode == 0
+    # The installed package copy is complete: the command runs from it.
+    res = subprocess.run(
+        [sys.executable, "-m", "migration", "--help"],
+        env={"PYTHONPATH": str(root / "usr/lib/migration"), "PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "run" in res.stdout
+
+
+@pytest.mark.parametrize(
+    ("policy", "on_failure", "job_mode", "run_args"),
+    [
+        ("continue", None, None, "--policy continue"),
+        ("rescue", "rescue.target", "isolate", "--policy continue"),
+        ("halt", "halt.target", "replace-irreversibly", "--policy stop"),
+    ],
+)
+def test_policy_dropin(
+    tmp_path: Path,
+    policy: str,
+    on_failure: Optional[str],
+    job_mode: Optional[str],
+    run_args: str,
+    stub_src: Path,
+) -> None:
+    root = tmp_path / "root"
+    res = install(root, stub_src, MIGRATION_BOOT_POLICY=policy, MIGRATION_INIT="sysvinit systemd")
+    assert res.returncode == 0, res.stderr
+    text = installed_text(root, f"{UNITDIR}/migration.service.d/50-boot-policy.conf")
+    settings = dict(
+        ln.split("=", 1) for ln in text.splitlines() if "=" in ln and not ln.startswith("#")
+    )
+    assert settings.get("OnFailure") == on_failure
+    assert settings.get("OnFailureJobMode") == job_mode
+    assert settings["Environment"] == f'"MIGRATION_RUN_ARGS={run_args}"'
+    assert f'policy="{policy}"' in installed_text(root, "/etc/init.d/migration")
+    assert f'run_args="{run_args}"' in installed_text(root, "/etc/init.d/migration")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MIGRATION_BOOT_POLICY": "reboot"}, "MIGRATION_BOOT_POLICY=reboot"),
+        ({"MIGRATION_INIT": "openrc"}, "unknown init manager 'openrc'"),
+        ({"MIGRATION_BOOT_TIMEOUT": "5m"}, "MIGRATION_BOOT_TIMEOUT=5m"),
+        ({"sysconfdir": "/usr/etc"}, "sysconfdir=/usr/etc"),
+        ({"MIGRATION_PYTHON": "python3"}, "MIGRATION_PYTHON=python3"),
+        ({"D": ""}, "D (the destination root) is not set"),
+    ],
+)
+def test_install_refuses_bad_settings(
+    tmp_path: Path, stub_src: Path, env: Dict[str, str], message: str
+) -> None:
+    root = tmp_path / "root"
+    res = install(root, stub_src, **env)
+    assert res.returncode == 2
+    assert message in res.stderr
+    assert not (root / "usr").exists()
+
+
+def test_install_refuses_a_directory_that_is_not_the_package(tmp_path: Path) -> None:
+    res = install(tmp_path / "root", tmp_path)
+    assert res.returncode == 2
+    assert "not the migration Python package" in res.stderr
