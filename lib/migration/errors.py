@@ -1,0 +1,27 @@
+# SPDX-License-Identifier: MIT
+"""The error model of the migration command.
+
+`MigrationError` and its subclasses are *user* errors: something about the input, the
+configuration or the machine that the user can fix (a missing directory, a damaged manifest,
+an unwritable state dir). They carry a message meant for a human and an exit code, and cli.py
+turns them into one line on stderr, never a traceback. Anything else that escapes is a bug in
+this program and is shown with a traceback. Domain-specific subclasses live next to the code that
+raises them (scripts.ScriptsDirError, state.StateError, state.LockBusy); ManifestError lives
+here because the build (lib/migration/bitbake.py) catches it without importing the manifest code.
+"""
+
+
+class MigrationError(Exception):
+    """A user error: reported as one line on stderr, exit code `exit_code` (2: usage/config)."""
+
+    exit_code = 2
+
+
+class ManifestError(MigrationError):
+    """The image manifest or a package fragment is inconsistent, unreadable or invalid."""
+
+
+class Interrupted(Exception):
+    """The runner got SIGINT or SIGTERM; the running script was stopped (exit 130)."""
+
+    exit_code = 130

@@ -1,0 +1,225 @@
+# SPDX-License-Identifier: MIT
+"""The image's list of expected migrations (written at rootfs time, read on the target).
+
+Each package that ships migrations carries a fragment written at build time by the class,
+`/usr/share/migration/packages/<pkg>.json`:
+`{"format": 1, "package": PKG, "version": "PV-PR", "migrations": [{"name", "sha256"}...]}`.
+At rootfs time `migration manifest --root IMAGE` checks the fragments against the files really in
+IMAGE/etc/migration.d and writes `/usr/share/migration/manifest.json`:
+`{"format": 1, "digest": HEX, "migrations": [{"name", "sha256", "package", "version"}...]}`
+(sorted by name; digest = sha256 of the canonical JSON of the migrations list), plus the symlink
+`/usr/share/migration/done -> /var/lib/migration/done/<digest>`, dangling until the runner has
+applied every entry; the boot unit's `ConditionPathExists=!/usr/share/migration/done` then skips
+the runner entirely. On the target, a script whose content differs from its manifest entry, or
+that the manifest does not list, is refused as tampered.
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Union
+
+from migration.errors import ManifestError
+from migration.scripts import discover, invalid_name_reason
+from migration.state import atomic_write, dump_json, is_sha256
+
+FORMAT = 1
+DEFAULT_PATH = "/usr/share/migration/manifest.json"
+#: Relative to the image root.
+FRAGMENTS_DIR = "usr/share/migration/packages"
+MANIFEST_REL = "usr/share/migration/manifest.json"
+SCRIPTS_REL = "etc/migration.d"
+DONE_LINK_REL = "usr/share/migration/done"
+#: Absolute target of the done symlink (the default state dir on the target).
+DONE_DIR = "/var/lib/migration/done"
+
+__all__ = [
+    "DEFAULT_PATH",
+    "Entry",
+    "Manifest",
+    "ManifestError",
+    "digest",
+    "fragment",
+    "generate",
+    "load",
+    "write_json_atomic",
+]
+
+
+class Entry(NamedTuple):
+    name: str
+    sha256: str
+    package: str
+    version: str
+
+
+class Manifest(NamedTuple):
+    path: str
+    digest: str
+    entries: Dict[str, Entry]  # by name, in name order
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    """Write JSON durably and atomically (temp file, fsync, rename, fsync dir)."""
+    atomic_write(path, dump_json(obj))
+
+
+def digest(migrations: List[Dict[str, str]]) -> str:
+    """sha256 of the canonical JSON (sorted keys, no spaces) of a manifest's migrations list."""
+    canonical = json.dumps(migrations, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _check_entry(where: str, name: Any, sha: Any) -> None:
+    if not isinstance(name, str) or invalid_name_reason(name):
+        reason = invalid_name_reason(name) if isinstance(name, str) else "not a string"
+        raise ManifestError(f"{where}: invalid migration name {name!r}: {reason}")
+    if not isinstance(sha, str) or not is_sha256(sha):
+        raise ManifestError(f"{where}: {name}: sha256 must be 64 lower-case hex digits")
+
+
+def fragment(
+    package: str, version: str, entries: Iterable[Union[Dict[str, str], "tuple[str, str]"]]
+) -> Dict[str, Any]:
+    """A package's fragment from (name, sha256) pairs or {"name", "sha256"} dicts."""
+    if not isinstance(package, str) or not package:
+        raise ManifestError(f"invalid package name {package!r}")
+    migrations = []
+    for entry in entries:
+        name, sha = (entry["name"], entry["sha256"]) if isinstance(entry, dict) else entry
+        _check_entry(f"package {package}", name, sha)
+        migrations.append({"name": name, "sha256": sha})
+    migrations.sort(key=lambda m: os.fsencode(m["name"]))
+    names = [m["name"] for m in migrations]
+    dups = sorted({n for n in names if names.count(n) > 1})
+    if dups:
+        raise ManifestError(f"package {package} lists {', '.join(dups)} more than once")
+    return {"format": FORMAT, "package": package, "version": str(version), "migrations": migrations}
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read().decode("utf-8"))
+    except OSError as e:
+        raise ManifestError(f"cannot read {path}: {e.strerror}") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{path} is not valid JSON: {e}") from None
+
+
+def _read_fragment(path: str) -> Dict[str, Any]:
+    obj = _read_json(path)
+    if not isinstance(obj, dict) or not isinstance(obj.get("format"), int):
+        raise ManifestError(f"{path}: not a migration fragment (no format)")
+    if obj["format"] > FORMAT:
+        raise ManifestError(f"{path}: format {obj['format']} is newer than this tool ({FORMAT})")
+    package, version = obj.get("package"), obj.get("version")
+    if not isinstance(package, str) or not package or not isinstance(version, str):
+        raise ManifestError(f"{path}: package and version must be non-empty strings")
+    migrations = obj.get("migrations")
+    if not isinstance(migrations, list):
+        raise ManifestError(f"{path}: migrations must be a list")
+    for m in migrations:
+        if not isinstance(m, dict):
+            raise ManifestError(f"{path}: each migration must be an object")
+        _check_entry(path, m.get("name"), m.get("sha256"))
+    return obj
+
+
+def generate(root: str) -> Dict[str, Any]:
+    """Build and write `<root>/usr/share/migration/manifest.json` and the done symlink from the
+    fragments and the files really in `<root>/etc/migration.d`; returns the manifest.
+
+    Raises ManifestError when two packages ship one name (naming both), when a fragment's hash
+    differs from the installed file, when a declared script is missing, or when the scripts dir
+    holds a migration that no fragment declares.
+    """
+    frag_dir = os.path.join(root, FRAGMENTS_DIR)
+    try:
+        frag_names = sorted(n for n in os.listdir(frag_dir) if n.endswith(".json"))
+    except FileNotFoundError:
+        frag_names = []
+    except OSError as e:
+        raise ManifestError(f"cannot read {frag_dir}: {e.strerror}") from None
+    declared: Dict[str, Entry] = {}
+    for fname in frag_names:
+        path = os.path.join(frag_dir, fname)
+        frag = _read_fragment(path)
+        for m in frag["migrations"]:
+            entry = Entry(m["name"], m["sha256"], frag["package"], frag["version"])
+            other = declared.get(entry.name)
+            if other is not None:
+                raise ManifestError(
+                    f"migration {entry.name} is shipped by two packages: "
+                    f"{other.package} and {entry.package}"
+                )
+            declared[entry.name] = entry
+    scripts_dir = os.path.join(root, SCRIPTS_REL)
+    if os.path.isdir(scripts_dir) or declared:
+        scripts, _warnings = discover(scripts_dir)
+    else:
+        scripts = []
+    found = {s.name: s for s in scripts}
+    problems = []
+    for name, entry in declared.items():
+        script = found.get(name)
+        if script is None:
+            problems.append(f"{name} (package {entry.package}) is missing from {scripts_dir}")
+        elif script.sha256 != entry.sha256:
+            problems.append(
+                f"{name}: package {entry.package} declares sha256 {entry.sha256}, "
+                f"but {script.path} has {script.sha256}"
+            )
+    for name, script in found.items():
+        if name not in declared:
+            problems.append(f"{script.path} is not declared by any package fragment")
+    if problems:
+        raise ManifestError("; ".join(problems))
+    migrations = [
+        {"name": e.name, "sha256": e.sha256, "package": e.package, "version": e.version}
+        for e in sorted(declared.values(), key=lambda e: os.fsencode(e.name))
+    ]
+    manifest = {"format": FORMAT, "digest": digest(migrations), "migrations": migrations}
+    path = os.path.join(root, MANIFEST_REL)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        write_json_atomic(path, manifest)
+        _replace_symlink(os.path.join(root, DONE_LINK_REL), f"{DONE_DIR}/{manifest['digest']}")
+    except OSError as e:
+        raise ManifestError(f"cannot write {path}: {e.strerror}") from None
+    return manifest
+
+
+def _replace_symlink(link: str, target: str) -> None:
+    tmp = f"{link}.tmp.{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    os.symlink(target, tmp)
+    os.rename(tmp, link)
+
+
+def load(path: str) -> Optional[Manifest]:
+    """The manifest at `path`, None when there is none; ManifestError when it is unreadable,
+    invalid, or its digest does not match its content."""
+    if not os.path.lexists(path):
+        return None
+    obj = _read_json(path)
+    if not isinstance(obj, dict) or not isinstance(obj.get("format"), int):
+        raise ManifestError(f"{path}: not a migration manifest (no format)")
+    if obj["format"] > FORMAT:
+        raise ManifestError(f"{path}: format {obj['format']} is newer than this runner ({FORMAT})")
+    migrations = obj.get("migrations")
+    if not isinstance(migrations, list):
+        raise ManifestError(f"{path}: migrations must be a list")
+    entries: Dict[str, Entry] = {}
+    for m in migrations:
+        if not isinstance(m, dict):
+            raise ManifestError(f"{path}: each migration must be an object")
+        _check_entry(path, m.get("name"), m.get("sha256"))
+        entries[m["name"]] = Entry(
+            m["name"], m["sha256"], str(m.get("package", "")), str(m.get("version", ""))
+        )
+    if obj.get("digest") != digest(migrations):
+        raise ManifestError(f"{path}: digest does not match its migrations (damaged or edited)")
+    return Manifest(path, obj["digest"], entries)

@@ -1,0 +1,186 @@
+# SPDX-License-Identifier: MIT
+"""What a migration is: a regular file directly in the scripts dir, named by the rules below,
+identified by the sha256 of its content, run by the interpreter its first line names.
+
+Lint (build time), manifest generation (rootfs time) and the runner (target) all use this module,
+so they can never disagree on which files are migrations, on their names or on their hashes.
+"""
+
+import hashlib
+import os
+import re
+import stat
+from typing import List, NamedTuple, Optional, Tuple, Union
+
+from migration.errors import MigrationError
+
+#: Valid installed names. `<priority>-<pkg>-<script>` is the convention, this is the rule.
+NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+
+#: Longest accepted name (bytes): NAME_MAX of common Linux filesystems.
+NAME_MAX = 255
+
+# Leftovers of editors and package managers: skipped without a word (issue 2).
+_IGNORED_SUFFIXES = ("~", ".swp", ".bak", ".orig", ".rpmnew", ".rpmsave")
+_IGNORED_INFIXES = (".dpkg-", ".opkg-")
+
+#: Shells that get errexit: the ones of issue 2 (sh, bash, dash, ash) plus the other POSIX-style
+#: shells that accept `-e` the same way, so R3 holds whichever one a script names.
+SHELLS = frozenset(("sh", "bash", "dash", "ash", "ksh", "mksh", "posh", "zsh"))
+
+#: Interpreter for files without a `#!` line (what run-parts and the kernel's ENOEXEC fallback
+#: of shells do).
+DEFAULT_SHELL = "/bin/sh"
+
+_HASH_CHUNK = 1 << 16
+
+
+class ScriptsDirError(MigrationError):
+    """The scripts dir is missing, not a directory or unreadable (exit 2)."""
+
+
+class Script(NamedTuple):
+    """One candidate migration found in the scripts dir."""
+
+    name: str
+    path: str
+    sha256: str
+    symlink: bool  # the directory entry is a symlink (refused when running as root)
+    uid: int  # owner of the directory entry (lstat)
+    mode: int  # permission bits of the directory entry (lstat; symlinks: of the link)
+
+
+class Interpreter(NamedTuple):
+    """How a script is started: `command` + (`-e` for shells) + the script path."""
+
+    command: Tuple[str, ...]  # e.g. ("/bin/sh",), ("/usr/bin/env", "bash"), ("/usr/bin/python3",)
+    name: str  # basename of the program that really interprets, e.g. "bash", "python3"
+    shell: bool  # a POSIX-style shell: started with errexit whatever the script says
+
+    def argv(self, script_path: str) -> List[str]:
+        """Command line to run `script_path`. For shells `-e` comes after the shebang argument,
+        so `#!/bin/sh +e` still starts with errexit; a `set +e` inside the script remains the
+        author's explicit choice."""
+        extra = ["-e"] if self.shell else []
+        return [*self.command, *extra, script_path]
+
+
+def is_ignored(name: str) -> bool:
+    """True for names skipped silently: hidden files and editor/package-manager leftovers."""
+    return (
+        name.startswith(".")
+        or name.endswith(_IGNORED_SUFFIXES)
+        or any(infix in name for infix in _IGNORED_INFIXES)
+    )
+
+
+def invalid_name_reason(name: str) -> Optional[str]:
+    """Why `name` is not a valid migration name, or None when it is."""
+    if not name:
+        return "empty name"
+    if len(os.fsencode(name)) > NAME_MAX:
+        return f"name longer than {NAME_MAX} bytes"
+    if NAME_RE.match(name):
+        return None
+    if not re.match(r"[A-Za-z0-9]", name[0]):
+        return f"name must start with a letter or digit, not {name[0]!r}"
+    bad = sorted({c for c in name if not re.match(r"[A-Za-z0-9._-]", c)})
+    return "name contains " + ", ".join(repr(c) for c in bad) + " (allowed: A-Z a-z 0-9 . _ -)"
+
+
+def sha256_file(path: str) -> str:
+    """Hex sha256 of a file's content (follows symlinks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(_HASH_CHUNK)
+            if not chunk:
+                break
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _first_line(path_or_bytes: Union[str, bytes, "os.PathLike[str]"]) -> bytes:
+    if isinstance(path_or_bytes, (bytes, bytearray)):
+        head = bytes(path_or_bytes[:256])
+    else:
+        with open(path_or_bytes, "rb") as f:
+            head = f.read(256)  # the kernel reads at most 256 bytes of a #! line (BINPRM_BUF_SIZE)
+    return head.split(b"\n", 1)[0].rstrip(b"\r")
+
+
+def interpreter(path_or_bytes: Union[str, bytes, "os.PathLike[str]"]) -> Interpreter:
+    """Which interpreter runs a script (a path, or the script's content as bytes).
+
+    No `#!` line means /bin/sh. Like the kernel, everything after the program on the `#!` line is
+    one argument. `#!/usr/bin/env [-S] [VAR=x] prog` and `#!/bin/busybox sh` are looked through
+    to find the real interpreter, so `#!/usr/bin/env bash` is a shell and gets errexit too.
+    """
+    line = _first_line(path_or_bytes)
+    if not line.startswith(b"#!"):
+        return Interpreter((DEFAULT_SHELL,), "sh", True)
+    text = line[2:].decode("utf-8", "surrogateescape").strip()
+    if not text:
+        return Interpreter((DEFAULT_SHELL,), "sh", True)
+    parts = text.split(None, 1)
+    program = parts[0]
+    command: Tuple[str, ...] = tuple(parts)
+    name = os.path.basename(program)
+    if name in ("env", "busybox") and len(parts) > 1:
+        for token in parts[1].split():
+            if token.startswith("-") or "=" in token:
+                continue
+            name = os.path.basename(token)
+            break
+    return Interpreter(command, name, name in SHELLS)
+
+
+def discover(scripts_dir: str) -> Tuple[List[Script], List[str]]:
+    """Candidate migrations in `scripts_dir`, in byte-wise order of their names, and warnings.
+
+    Regular files (and symlinks to regular files, which the runner refuses as root) are
+    candidates. Ignored names are skipped silently; invalid names, directories, special files and
+    dangling symlinks are skipped with a warning. Raises ScriptsDirError when the directory
+    cannot be listed.
+    """
+    try:
+        names = os.listdir(scripts_dir)
+    except FileNotFoundError:
+        raise ScriptsDirError(f"scripts dir {scripts_dir} does not exist") from None
+    except NotADirectoryError:
+        raise ScriptsDirError(f"scripts dir {scripts_dir} is not a directory") from None
+    except OSError as e:
+        raise ScriptsDirError(f"cannot read scripts dir {scripts_dir}: {e.strerror}") from None
+    scripts: List[Script] = []
+    warnings: List[str] = []
+    for name in sorted(names, key=os.fsencode):
+        if is_ignored(name):
+            continue
+        path = os.path.join(scripts_dir, name)
+        reason = invalid_name_reason(name)
+        if reason is not None:
+            warnings.append(f"skipping {path}: {reason}")
+            continue
+        symlink = False
+        try:
+            st = os.lstat(path)
+            symlink = stat.S_ISLNK(st.st_mode)
+            target = os.stat(path) if symlink else st
+        except FileNotFoundError:
+            if symlink:
+                warnings.append(f"skipping {path}: dangling symlink")
+            continue  # else: removed while we looked
+        except OSError as e:
+            warnings.append(f"skipping {path}: {e.strerror}")
+            continue
+        if not stat.S_ISREG(target.st_mode):
+            kind = "directory" if stat.S_ISDIR(target.st_mode) else "not a regular file"
+            warnings.append(f"skipping {path}: {kind}")
+            continue
+        try:
+            digest = sha256_file(path)
+        except OSError as e:
+            warnings.append(f"skipping {path}: cannot read: {e.strerror}")
+            continue
+        scripts.append(Script(name, path, digest, symlink, st.st_uid, stat.S_IMODE(st.st_mode)))
+    return scripts, warnings

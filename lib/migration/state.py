@@ -1,0 +1,472 @@
+# SPDX-License-Identifier: MIT
+"""The state dir, and nothing else: records, atomic writes, the lock, damaged records, stamps.
+
+Layout (the project's most durable contract; every JSON file carries a "format" number):
+
+    <state>/state.json        {"format": 1, "runner_version", "image": {"version_id", "build_id"},
+                               "updated_at"}: which image and runner last ran; later releases add
+                               keys (upgrade floors, compat levels); readers ignore unknown keys.
+    <state>/lock              flock(2) target; one runner at a time
+    <state>/applied/<sha256>  a script with this content succeeded (never runs again)
+    <state>/failed/<sha256>   its last attempt failed; "attempts" counts every start so far
+    <state>/started/<sha256>  written durably before a script starts, removed after its outcome is
+                              recorded; found without an outcome = the run was interrupted
+    <state>/logs/<sha256>.log bounded output of the last attempt (head and tail kept)
+    <state>/done/<digest>     the no-op stamp: every entry of manifest <digest> is applied
+    <state>/damaged/          unreadable records moved aside (never deleted)
+
+A record is {"format": 1, "kind", "name", "sha256", "started_at", "finished_at", "duration_s",
+"exit_code", "attempts", "runner_version", "image": {...}} (started records: "attempt" and "pid"
+instead of the outcome fields; failed ones also "reason"). A record with a higher format than
+this runner knows is kept and trusted for its kind; one that is not a JSON object with the fields
+above is moved to damaged/. Only a runner holding the lock writes; `status` only reads.
+"""
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import time
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
+
+from migration import __version__
+from migration.errors import MigrationError
+
+#: Format of the records and of state.json written by this runner.
+FORMAT = 1
+#: Highest state.json format this runner can work with; a newer one stops the runner (exit 2).
+STATE_FORMAT = 1
+
+KINDS = ("applied", "failed", "started")
+_SUBDIRS = ("applied", "failed", "started", "logs", "done")
+_HEX = frozenset("0123456789abcdef")
+_TMP_MARK = ".tmp."
+
+
+class StateError(MigrationError):
+    """The state dir cannot be used: unwritable, full, not a directory, from a newer runner."""
+
+
+class LockBusy(MigrationError):
+    """Another runner holds the state lock and did not release it within the wait."""
+
+    exit_code = 75
+
+
+def now_iso(t: Optional[float] = None) -> str:
+    """ISO 8601 UTC timestamp; without datetime, which OE-core ships outside python3-core."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def is_sha256(text: str) -> bool:
+    return len(text) == 64 and all(c in _HEX for c in text)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
+    """Replace `path` with `data` so that a power cut leaves the old file or the new one, whole:
+    write a temporary file in the same directory, fsync it, rename it over `path`, fsync the
+    directory. The temporary name is hidden (`.<name>.tmp.<pid>`) so readers never take it for
+    a record; a runner removes leftovers of a killed predecessor."""
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, f".{name}{_TMP_MARK}{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory or ".")
+
+
+def dump_json(obj: Any) -> bytes:
+    return (json.dumps(obj, sort_keys=True, indent=1) + "\n").encode()
+
+
+def read_os_release(root: str = "/") -> Dict[str, str]:
+    """VERSION_ID and BUILD_ID of the image at `root` (os-release(5): /etc first, then /usr/lib),
+    as {"version_id": ..., "build_id": ...} with only the keys present."""
+    for rel in ("etc/os-release", "usr/lib/os-release"):
+        try:
+            with open(os.path.join(root, rel), encoding="utf-8", errors="replace") as f:
+                text = f.read(65536)
+        except OSError:
+            continue
+        found: Dict[str, str] = {}
+        for line in text.splitlines():
+            key, sep, value = line.strip().partition("=")
+            if sep and key in ("VERSION_ID", "BUILD_ID"):
+                value = value.strip()
+                if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+                    value = value[1:-1]
+                found[key.lower()] = value
+        return found
+    return {}
+
+
+def validate_record(kind: str, sha: str, obj: Any) -> Optional[str]:
+    """Why `obj` is not a usable record of `kind` stored under `sha`, or None when it is."""
+    if not isinstance(obj, dict):
+        return "not a JSON object"
+    fmt = obj.get("format")
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
+        return "no valid format number"
+    if obj.get("sha256") != sha:
+        return "sha256 field does not match the file name"
+    if fmt > FORMAT:
+        return None  # written by a newer runner: trusted for its kind, fields left alone
+    if not isinstance(obj.get("name"), str):
+        return "no name"
+    if kind == "started":
+        needed: Tuple[str, ...] = ("attempt",)
+    else:
+        needed = ("attempts", "exit_code")
+    for key in needed:
+        value = obj.get(key)
+        if not isinstance(value, int) or isinstance(value, bool):
+            return f"no valid {key}"
+    return None
+
+
+class Damaged(NamedTuple):
+    path: str
+    reason: str
+
+
+class Snapshot(NamedTuple):
+    """What the state says about a set of script hashes."""
+
+    applied: Dict[str, Dict[str, Any]]
+    failed: Dict[str, Dict[str, Any]]
+    started: Dict[str, Dict[str, Any]]
+    damaged: List[Damaged]
+
+
+class State:
+    """A state dir. Reading needs nothing; writing needs `lock()` (a runner, forget)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock_fd: Optional[int] = None
+
+    # -- reading ---------------------------------------------------------------------------
+    def _file(self, kind: str, sha: str) -> str:
+        return os.path.join(self.path, kind, sha)
+
+    def read_record(self, kind: str, sha: str) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+        """(record, None), (None, None) when absent, (None, reason) when damaged."""
+        try:
+            with open(self._file(kind, sha), "rb") as f:
+                data = f.read(1 << 20)
+        except FileNotFoundError:
+            return None, None
+        except IsADirectoryError:
+            return None, "a directory, not a record"
+        except OSError as e:
+            if e.errno == errno.ENOTDIR:
+                return None, None  # <state>/<kind> is a file: reported by prepare()
+            return None, f"unreadable: {e.strerror}"
+        try:
+            obj = json.loads(data.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            return None, "truncated or not JSON" if data else "empty file"
+        reason = validate_record(kind, sha, obj)
+        return (None, reason) if reason else (obj, None)
+
+    def snapshot(self, shas: List[str], repair: bool = False) -> Snapshot:
+        """Records of `shas`. With `repair` (lock held), damaged ones are moved to damaged/."""
+        found: Dict[str, Dict[str, Dict[str, Any]]] = {k: {} for k in KINDS}
+        damaged: List[Damaged] = []
+        for sha in dict.fromkeys(shas):
+            for kind in KINDS:
+                record, reason = self.read_record(kind, sha)
+                if reason is not None:
+                    path = self._file(kind, sha)
+                    if repair:
+                        path = self.move_aside(kind, sha)
+                    damaged.append(Damaged(path, reason))
+                elif record is not None:
+                    found[kind][sha] = record
+                    if kind == "applied":
+                        break  # applied wins: failed/started of it are stale and not needed
+        return Snapshot(found["applied"], found["failed"], found["started"], damaged)
+
+    def all_records(self, kind: str) -> Iterator[Tuple[str, Dict[str, Any]]]:
+        """Every valid record of `kind` (for forget by name); damaged ones are skipped."""
+        try:
+            names = sorted(os.listdir(os.path.join(self.path, kind)))
+        except OSError:
+            return
+        for sha in names:
+            if is_sha256(sha):
+                record, _ = self.read_record(kind, sha)
+                if record is not None:
+                    yield sha, record
+
+    def read_meta(self) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+        """(state.json content, None), (None, None) when absent, (None, reason) when damaged."""
+        try:
+            with open(os.path.join(self.path, "state.json"), "rb") as f:
+                obj = json.loads(f.read(1 << 20).decode("utf-8"))
+        except FileNotFoundError:
+            return None, None
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            return None, getattr(e, "strerror", None) or "truncated or not JSON"
+        fmt = obj.get("format") if isinstance(obj, dict) else None
+        if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
+            return None, "no valid format number"
+        return obj, None
+
+    def log_path(self, sha: str) -> str:
+        return os.path.join(self.path, "logs", sha + ".log")
+
+    def done_stamps(self) -> List[str]:
+        try:
+            return sorted(n for n in os.listdir(os.path.join(self.path, "done")) if n[0] != ".")
+        except OSError:
+            return []
+
+    def has_done(self, digest: str) -> bool:
+        return os.path.isfile(os.path.join(self.path, "done", digest))
+
+    def lock_held_elsewhere(self) -> bool:
+        """True when a runner holds the lock now. Never blocks and never writes (for status)."""
+        try:
+            fd = os.open(os.path.join(self.path, "lock"), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)  # also drops the shared lock at once
+        return False
+
+    # -- writing (lock held) ---------------------------------------------------------------
+    def _error(self, what: str, e: OSError) -> StateError:
+        hint = ""
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            hint = " (file system full?)"
+        elif e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            hint = " (state dir not writable)"
+        where = e.filename or self.path
+        return StateError(f"cannot {what} in state dir {self.path}: {where}: {e.strerror}{hint}")
+
+    def lock(self, wait: float) -> None:
+        """Take the exclusive runner lock, waiting up to `wait` seconds (LockBusy after that).
+        Creates the state dir if needed. The lock lives as long as this process (or `unlock`)."""
+        try:
+            os.makedirs(self.path, exist_ok=True)
+        except OSError as e:
+            raise self._error("create the state dir", e) from None
+        if not os.path.isdir(self.path):
+            raise StateError(f"state dir {self.path} is not a directory")
+        lock = os.path.join(self.path, "lock")
+        try:
+            # O_RDONLY when it exists: flock works on it and a read-only state dir still allows
+            # a no-op run.
+            fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            try:
+                fd = os.open(lock, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as e:
+                raise self._error("create the lock file", e) from None
+        except OSError as e:
+            raise self._error("open the lock file", e) from None
+        deadline = time.monotonic() + max(wait, 0.0)
+        delay = 0.01
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise LockBusy(
+                        f"another migration runner holds {lock} (waited {wait:g} s)"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def check_meta(self) -> Optional[Dict[str, Any]]:
+        """state.json if readable. A newer state format stops this runner (StateError): a
+        downgraded runner must not act on state it does not understand."""
+        meta, reason = self.read_meta()
+        if meta is not None and meta["format"] > STATE_FORMAT:
+            raise StateError(
+                f"{self.path}/state.json has format {meta['format']}, written by a newer runner "
+                f"(this runner {__version__} understands format {STATE_FORMAT}); not touching it"
+            )
+        if reason is not None and self._lock_fd is not None:
+            self.move_aside("", "state.json")
+        return meta
+
+    def prepare(self) -> None:
+        """Create the subdirs (durably) and remove temporary files left by a killed runner."""
+        created = False
+        for sub in _SUBDIRS:
+            path = os.path.join(self.path, sub)
+            try:
+                os.mkdir(path, 0o755)
+                created = True
+            except FileExistsError:
+                if not os.path.isdir(path):
+                    self.move_aside("", sub)
+                    os.mkdir(path, 0o755)
+                    created = True
+            except OSError as e:
+                raise self._error("create subdirectories", e) from None
+            if sub == "logs":
+                continue
+            try:
+                for name in os.listdir(path):
+                    if name.startswith(".") and _TMP_MARK in name:
+                        os.unlink(os.path.join(path, name))
+            except OSError as e:
+                raise self._error("clean up temporary files", e) from None
+        if created:
+            try:
+                for sub in _SUBDIRS:
+                    _fsync_dir(os.path.join(self.path, sub))
+                _fsync_dir(self.path)
+            except OSError as e:
+                raise self._error("sync", e) from None
+
+    def move_aside(self, kind: str, name: str) -> str:
+        """Move an unreadable file to <state>/damaged/ (never delete it); returns its new path."""
+        src = os.path.join(self.path, kind, name)
+        dst_dir = os.path.join(self.path, "damaged")
+        dst = os.path.join(dst_dir, f"{kind + '-' if kind else ''}{name}.{time.time_ns()}")
+        try:
+            os.makedirs(dst_dir, exist_ok=True)
+            os.rename(src, dst)
+            _fsync_dir(dst_dir)
+            _fsync_dir(os.path.dirname(src))
+        except OSError as e:
+            raise self._error("move a damaged record aside", e) from None
+        return dst
+
+    def _write(self, kind: str, sha: str, record: Dict[str, Any]) -> None:
+        try:
+            atomic_write(self._file(kind, sha), dump_json(record))
+        except OSError as e:
+            raise self._error(f"write the {kind} record of {record.get('name')}", e) from None
+
+    def _remove(self, kind: str, sha: str) -> bool:
+        try:
+            os.unlink(self._file(kind, sha))
+            return True
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise self._error(f"remove {kind}/{sha}", e) from None
+
+    def mark_started(self, name: str, sha: str, attempt: int, image: Dict[str, str]) -> float:
+        """Durably note that `sha` starts now (before it starts); returns the start time."""
+        started = time.time()
+        self._write(
+            "started",
+            sha,
+            {
+                "format": FORMAT,
+                "kind": "started",
+                "name": name,
+                "sha256": sha,
+                "attempt": attempt,
+                "started_at": now_iso(started),
+                "pid": os.getpid(),
+                "runner_version": __version__,
+                "image": image,
+            },
+        )
+        return started
+
+    def record_outcome(self, kind: str, outcome: Dict[str, Any]) -> Dict[str, Any]:
+        """Record an outcome ("applied" or "failed") durably, then drop the started note.
+        A power cut between the two leaves applied+started, which reads as applied."""
+        record = {"format": FORMAT, "kind": kind, "runner_version": __version__, **outcome}
+        sha = record["sha256"]
+        self._write(kind, sha, record)
+        if kind == "applied":
+            self._remove("failed", sha)
+        self._remove("started", sha)
+        return record
+
+    def drop_stale_started(self, sha: str) -> None:
+        self._remove("started", sha)
+
+    def forget(self, sha: str) -> List[str]:
+        """Make `sha` pending again: remove its records (logs stay). Returns the kinds removed."""
+        removed = [kind for kind in KINDS if self._remove(kind, sha)]
+        if removed:
+            for kind in removed:
+                _fsync_dir(os.path.join(self.path, kind))
+        return removed
+
+    def write_done(self, digest: str) -> None:
+        """Make `done/<digest>` the only stamp (durably)."""
+        directory = os.path.join(self.path, "done")
+        others = [n for n in self.done_stamps() if n != digest]
+        try:
+            if not self.has_done(digest):
+                atomic_write(os.path.join(directory, digest), b"")
+            for name in others:
+                os.unlink(os.path.join(directory, name))
+            if others:
+                _fsync_dir(directory)
+        except OSError as e:
+            raise self._error("write the done stamp", e) from None
+
+    def clear_done(self) -> List[str]:
+        """Remove every no-op stamp (durably); returns the removed digests."""
+        directory = os.path.join(self.path, "done")
+        stamps = self.done_stamps()
+        try:
+            for name in stamps:
+                os.unlink(os.path.join(directory, name))
+            if stamps:
+                _fsync_dir(directory)
+        except OSError as e:
+            raise self._error("remove the done stamps", e) from None
+        return stamps
+
+    def update_meta(self, image: Dict[str, str], old: Optional[Dict[str, Any]]) -> None:
+        """Note which image and runner used the state last; rewritten only when that changed,
+        so a no-op run writes nothing. Unknown keys of `old` (later formats' data) are kept."""
+        meta = dict(old or {})
+        if (
+            meta.get("format") == STATE_FORMAT
+            and meta.get("image") == image
+            and meta.get("runner_version") == __version__
+        ):
+            return
+        meta.update(
+            format=STATE_FORMAT, image=image, runner_version=__version__, updated_at=now_iso()
+        )
+        try:
+            atomic_write(os.path.join(self.path, "state.json"), dump_json(meta))
+        except OSError as e:
+            raise self._error("write state.json", e) from None
