@@ -1,0 +1,109 @@
+# SPDX-License-Identifier: MIT
+"""The `migration` command: argparse, the subcommands of migration.commands, and the one place
+where errors become exit codes and messages.
+
+Exit codes (a contract: tests outside this repository rely on them):
+  0   nothing failed and nothing is pending
+  1   at least one script failed, was refused, or is still pending (also: an internal error,
+      shown with a traceback)
+  2   bad usage or configuration: a clear one-line message on stderr (errors.MigrationError)
+  75  another runner holds the lock and did not release it within the wait (state.LockBusy)
+  130 interrupted by SIGINT or SIGTERM (the running script's process group is stopped first)
+"""
+
+import argparse
+import os
+import signal
+import sys
+import traceback
+from typing import Any, List, Optional
+
+from migration import __version__, commands
+from migration.errors import Interrupted, MigrationError
+
+#: Defaults, relative to --root (default /).
+SCRIPTS_DIR = "etc/migration.d"
+STATE_DIR = "var/lib/migration"
+MANIFEST = "usr/share/migration/manifest.json"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="migration",
+        description="Run one-shot migration scripts exactly once, in order, safely.",
+        epilog="Exit codes: 0 ok, 1 something failed/refused/pending, 2 usage or configuration "
+        "error, 75 lock busy, 130 interrupted.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--root", metavar="DIR", help="resolve the default paths under DIR (default /)"
+    )
+    parser.add_argument(
+        "--scripts-dir", metavar="DIR", help=f"migration scripts (default ROOT/{SCRIPTS_DIR})"
+    )
+    parser.add_argument(
+        "--state-dir", metavar="DIR", help=f"records, logs and lock (default ROOT/{STATE_DIR})"
+    )
+    parser.add_argument(
+        "--manifest", metavar="FILE", help=f"image manifest (default ROOT/{MANIFEST})"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for mod in commands.load():
+        sp = sub.add_parser(
+            mod.name,
+            help=mod.helpmsg,
+            description=mod.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        mod.setup_parser(sp)
+        sp.set_defaults(func=mod.run)
+    return parser
+
+
+def resolve_paths(args: Any) -> None:
+    """Fill in the defaults under --root; explicit paths are taken as given."""
+    args.root = os.path.abspath(args.root) if args.root else "/"
+    if not args.scripts_dir:
+        args.scripts_dir = os.path.join(args.root, SCRIPTS_DIR)
+    if not args.state_dir:
+        args.state_dir = os.path.join(args.root, STATE_DIR)
+    if not args.manifest:
+        args.manifest = os.path.join(args.root, MANIFEST)
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise Interrupted(f"got {signal.Signals(signum).name}")
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM (systemd stopping the unit, shutdown) becomes Interrupted like SIGINT, so the
+    running script's group is stopped and the runner exits 130 with its started note kept."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _say_error(msg: str) -> None:
+    print(f"migration: error: {msg}", file=sys.stderr, flush=True)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)  # usage errors: argparse exits 2 with a message
+    resolve_paths(args)
+    try:
+        return int(args.func(args))
+    except MigrationError as e:
+        _say_error(str(e))
+        return e.exit_code
+    except (Interrupted, KeyboardInterrupt) as e:
+        _say_error(f"interrupted ({e or 'SIGINT'}); the running script, if any, was stopped")
+        return Interrupted.exit_code
+    except OSError as e:
+        # Anything the state or scripts code did not turn into a MigrationError: still a clear
+        # message (a full disk, an I/O error), not a traceback.
+        where = f": {e.filename}" if e.filename else ""
+        _say_error(f"{e.strerror or e}{where}")
+        return 2
+    except Exception:
+        traceback.print_exc()
+        _say_error("internal error (a bug: please report it with the traceback above)")
+        return 1

@@ -1,0 +1,41 @@
+# SPDX-License-Identifier: MIT
+"""Exit 0 if and only if every manifest entry of package PKG is applied, else 1.
+
+Used by the gate unit migration-gate@PKG.service, which services of the package are ordered
+after (MIGRATION_BEFORE), so they do not start on data their migrations did not convert.
+A package without entries in the manifest passes. Needs no lock and writes nothing.
+"""
+
+from typing import Any
+
+name = "check"
+helpmsg = "exit 0 iff every migration of a package is applied"
+
+
+def setup_parser(parser: Any) -> None:
+    parser.add_argument("--package", required=True, metavar="PKG", help="package name")
+
+
+def run(args: Any) -> int:
+    import sys
+
+    from migration import manifest as manifest_mod
+    from migration.errors import MigrationError
+    from migration.state import State
+
+    manifest = manifest_mod.load(args.manifest)
+    if manifest is None:
+        raise MigrationError(f"no image manifest at {args.manifest}")
+    state = State(args.state_dir)
+    entries = [e for e in manifest.entries.values() if e.package == args.package]
+    if state.has_done(manifest.digest):
+        return 0
+    missing = [e.name for e in entries if state.read_record("applied", e.sha256)[0] is None]
+    if missing:
+        print(
+            f"migration: package {args.package}: not applied: {', '.join(missing)} "
+            "(see `migration status`)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

@@ -1,0 +1,62 @@
+# SPDX-License-Identifier: MIT
+"""Make a script pending again (an administrator's re-run): remove its records.
+
+NAME is a script name in the scripts dir, a name found in the records (a script since removed or
+renamed), or a sha256. Its applied, failed and started records go, every no-op stamp goes (so the
+boot unit runs again), its log stays. The next `migration run` runs it again.
+"""
+
+from typing import Any, Dict
+
+name = "forget"
+helpmsg = "make the named script pending again"
+
+
+def setup_parser(parser: Any) -> None:
+    parser.add_argument("name", metavar="NAME", help="script name (or sha256) to forget")
+    parser.add_argument(
+        "--lock-wait",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="wait this long for a running runner, then exit 75 (default 60)",
+    )
+
+
+def run(args: Any) -> int:
+    import os
+
+    from migration.errors import MigrationError
+    from migration.scripts import ScriptsDirError, discover
+    from migration.state import KINDS, State, is_sha256
+
+    state = State(args.state_dir)
+    targets: Dict[str, str] = {}
+    try:
+        scripts, _ = discover(args.scripts_dir)
+    except ScriptsDirError:
+        scripts = []
+    for s in scripts:
+        if s.name == args.name:
+            targets[s.sha256] = "script in " + args.scripts_dir
+    for kind in KINDS:
+        for sha, record in state.all_records(kind):
+            if record.get("name") == args.name:
+                targets.setdefault(sha, f"{kind} record")
+    if is_sha256(args.name):
+        targets.setdefault(args.name, "sha256")
+    if not targets:
+        raise MigrationError(f"no script or record named {args.name!r}")
+    if not os.path.isdir(state.path):
+        raise MigrationError(f"state dir {state.path} does not exist: nothing to forget")
+    state.lock(args.lock_wait)
+    forgotten = 0
+    for sha in targets:
+        removed = state.forget(sha)
+        if removed:
+            forgotten += 1
+            print(f"forgot {args.name} ({sha[:12]}): removed {', '.join(removed)} record")
+    state.clear_done()
+    if not forgotten:
+        print(f"{args.name} has no records: it is already pending")
+    return 0

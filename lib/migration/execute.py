@@ -1,0 +1,269 @@
+# SPDX-License-Identifier: MIT
+"""Running one script: interpreter and errexit, environment, stdin, output, process group, timeout.
+
+No knowledge of the state dir: the caller passes the log path and gets a Result.
+
+- The script runs in a new session (so a new process group): a `kill 0` or Ctrl-C aimed at the
+  script's group never reaches the runner, and the runner can signal everything the script
+  started (its group) at once.
+- stdin is /dev/null; stdout and stderr share one pipe that the runner reads with poll(2), so
+  a script that prints megabytes never blocks on a full pipe. Each line goes to the runner's
+  stderr prefixed with the script name (the journal under systemd), up to ECHO_CAP bytes, and
+  into a bounded log: the first LOG_HEAD and the last LOG_TAIL bytes, with a note of what was
+  dropped in between.
+- A timeout sends SIGTERM to the group, then SIGKILL after `kill_grace` seconds. When the script
+  itself exits, whatever it left behind in its group is killed (like a systemd oneshot), and a
+  leftover that escaped the group but keeps the pipe open is waited for at most LEFTOVER_GRACE.
+- If the runner is interrupted (SIGINT, or SIGTERM turned into errors.Interrupted by cli.py)
+  the script's group is stopped the same way before the exception goes on.
+"""
+
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from typing import BinaryIO, Dict, List, NamedTuple, Optional
+
+LOG_HEAD = 512 * 1024
+LOG_TAIL = 512 * 1024
+ECHO_CAP = 256 * 1024
+LINE_MAX = 4096
+LEFTOVER_GRACE = 1.0
+DEFAULT_KILL_GRACE = 5.0
+_POLL_MS = 100
+
+
+class Result(NamedTuple):
+    exit_code: int  # the script's exit code; 128+N when killed by signal N (shell convention)
+    ok: bool
+    reason: str  # empty when ok, else why it failed, in words
+    duration_s: float
+    output_bytes: int
+    log_error: str = ""  # the script's log could not be written (the outcome still counts)
+
+
+class _Output:
+    """Fans the script's output out to the console and to the bounded log."""
+
+    def __init__(self, name: str, log_path: Optional[str], echo: Optional[BinaryIO]) -> None:
+        self.prefix = name.encode() + b": "
+        self.echo = echo
+        self.echoed = 0
+        self.partial = b""
+        self.total = 0
+        self.tail = bytearray()
+        self.log_fd: Optional[int] = None
+        self.log_error: Optional[str] = None
+        self.last = b"\n"  # last byte written to the log
+        if log_path is not None:
+            try:
+                self.log_fd = os.open(
+                    log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640
+                )
+            except OSError as e:
+                self.log_error = f"cannot write log {log_path}: {e.strerror}"
+
+    def _log(self, data: bytes) -> None:
+        if self.log_fd is None:
+            return
+        if not data:
+            return
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.log_fd, view) :]
+            self.last = data[-1:]
+        except OSError as e:
+            self.log_error = f"log write failed: {e.strerror}"
+            os.close(self.log_fd)
+            self.log_fd = None
+
+    def _say(self, data: bytes) -> None:
+        if self.echo is None:
+            return
+        try:
+            self.echo.write(data)
+            self.echo.flush()
+        except (OSError, ValueError):
+            self.echo = None  # console gone: the log still has it
+
+    def feed(self, data: bytes) -> None:
+        head_room = LOG_HEAD - self.total
+        if head_room > 0:
+            self._log(data[:head_room])
+        if len(data) > head_room:
+            self.tail += data[max(head_room, 0) :]
+            if len(self.tail) > 2 * LOG_TAIL:
+                del self.tail[: len(self.tail) - LOG_TAIL]
+        self.total += len(data)
+        if self.echo is None or self.echoed > ECHO_CAP:
+            return
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()
+        if len(self.partial) > LINE_MAX:
+            lines.append(self.partial)
+            self.partial = b""
+        chunks = []
+        for line in lines:
+            chunk = self.prefix + line + b"\n"
+            self.echoed += len(chunk)
+            if self.echoed > ECHO_CAP:
+                chunks.append(self.prefix + b"[more output only in the log]\n")
+                break
+            chunks.append(chunk)
+        self._say(b"".join(chunks))
+
+    def _note(self, text: str) -> None:
+        sep = b"" if self.last == b"\n" else b"\n"
+        self._log(sep + f"[migration: {text}]\n".encode())
+
+    def close(self, note: str) -> None:
+        if self.partial and self.echoed <= ECHO_CAP:
+            self._say(self.prefix + self.partial + b"\n")
+        if self.total > LOG_HEAD:
+            tail = bytes(self.tail[-LOG_TAIL:])
+            dropped = self.total - LOG_HEAD - len(tail)
+            if dropped > 0:
+                self._note(f"{dropped} bytes of output dropped here")
+            self._log(tail)
+        if note:
+            self._note(note)
+        if self.log_fd is not None:
+            os.close(self.log_fd)
+            self.log_fd = None
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _exited(pid: int) -> bool:
+    """Has `pid` exited? Does not reap it: its zombie keeps the process group id from being
+    reused while we may still signal the group."""
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    return info is not None
+
+
+def run_script(
+    argv: List[str],
+    name: str,
+    env: Dict[str, str],
+    cwd: str = "/",
+    log_path: Optional[str] = None,
+    timeout: Optional[float] = None,
+    kill_grace: float = DEFAULT_KILL_GRACE,
+    echo: Optional[BinaryIO] = None,
+    header: str = "",
+) -> Result:
+    """Run `argv` as migration `name` and wait for it; see the module docstring. `header` is
+    written as the log's first line."""
+    if echo is None:
+        echo = getattr(sys.stderr, "buffer", None)
+    out = _Output(name, log_path, echo)
+    if header:
+        out._note(header)
+    start = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            close_fds=True,
+            start_new_session=True,
+        )
+    except OSError as e:
+        code = 127 if isinstance(e, FileNotFoundError) else 126
+        what = "interpreter not found" if code == 127 else "cannot execute interpreter"
+        reason = f"{what}: {argv[0]} ({e.strerror})"
+        out.close(reason)
+        return Result(code, False, reason, time.monotonic() - start, 0, out.log_error or "")
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    eof = exited = timed_out = False
+    term_at: Optional[float] = None  # when the group got SIGTERM
+    killed = False
+    leftover_since: Optional[float] = None
+    deadline = None if timeout is None else start + timeout
+    try:
+        while True:
+            now = time.monotonic()
+            if not exited:
+                exited = _exited(proc.pid)
+            if exited:
+                if eof:
+                    break
+                if leftover_since is None:  # something outside still holds the pipe
+                    leftover_since = now
+                    _killpg(proc.pid, signal.SIGTERM)
+                elif now - leftover_since >= LEFTOVER_GRACE:
+                    _killpg(proc.pid, signal.SIGKILL)
+                    break
+            elif deadline is not None and now >= deadline and term_at is None:
+                timed_out = True
+                term_at = now
+                _killpg(proc.pid, signal.SIGTERM)
+            if term_at is not None and not killed and now - term_at >= kill_grace:
+                killed = True
+                _killpg(proc.pid, signal.SIGKILL)
+            if eof:
+                # The pipe is closed but the script still runs (or is about to be a zombie).
+                time.sleep(0.001 if now - start < 0.05 else 0.02)
+                continue
+            wait_ms = _POLL_MS
+            if deadline is not None and term_at is None:
+                wait_ms = min(wait_ms, max(int((deadline - now) * 1000) + 1, 0))
+            for _fd, _ev in poller.poll(wait_ms):
+                data = os.read(fd, 65536)
+                if data:
+                    out.feed(data)
+                else:
+                    eof = True
+                    poller.unregister(fd)
+    except BaseException:
+        # Interrupted (SIGINT/SIGTERM of the runner) or a bug: do not leave the script running.
+        _killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(BaseException):
+            proc.wait(timeout=min(kill_grace, 2.0))
+        _killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        out.close("runner interrupted; script stopped")
+        raise
+    # Kill whatever the script left behind in its group while its zombie still holds the id.
+    _killpg(proc.pid, signal.SIGKILL)
+    status = proc.wait()
+    proc.stdout.close()
+    duration = time.monotonic() - start
+    code = status if status >= 0 else 128 - status
+    if timed_out:
+        reason = f"timed out after {timeout:g} s: process group killed"
+        code = code or 124
+    elif status < 0:
+        reason = f"killed by signal {-status} ({_signame(-status)})"
+    elif status == 127:
+        reason = "exit 127: command not found (is the interpreter or a tool missing?)"
+    elif status:
+        reason = f"exit {status}"
+    else:
+        reason = ""
+    out.close(reason or "exit 0")
+    return Result(code, not reason, reason, duration, out.total, out.log_error or "")
+
+
+def _signame(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return "unknown"

@@ -1,0 +1,173 @@
+# SPDX-License-Identifier: MIT
+"""Running one script: errexit, stdin, output to console and bounded log, process group, timeout."""
+
+import io
+import os
+import time
+
+import pytest
+
+from migration import execute
+from migration.scripts import interpreter
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is not alive (reparented to init or a subreaper, not reaped yet)
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait_dead(pid: int, within: float = 2.0) -> bool:
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        if not _pid_alive(pid):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+class Run:
+    def __init__(self, tmp_path):
+        self.tmp = tmp_path
+        self.echo = io.BytesIO()
+        self.log = str(tmp_path / "out.log")
+
+    def __call__(self, text: str, **kw):
+        path = self.tmp / "script"
+        path.write_text(text)
+        argv = interpreter(str(path)).argv(str(path))
+        env = {"PATH": os.environ["PATH"], "MIGRATION_NAME": "10-x"}
+        return execute.run_script(argv, "10-x", env, str(self.tmp), self.log, echo=self.echo, **kw)
+
+    @property
+    def output(self) -> str:
+        return self.echo.getvalue().decode()
+
+    @property
+    def logged(self) -> bytes:
+        with open(self.log, "rb") as f:
+            return f.read()
+
+
+@pytest.fixture
+def run(tmp_path):
+    return Run(tmp_path)
+
+
+def test_success_output_prefixed_and_logged(run):
+    res = run("echo one\necho two >&2\nprintf 'no newline'\n")
+    assert res.ok and res.exit_code == 0 and res.reason == ""
+    assert run.output == "10-x: one\n10-x: two\n10-x: no newline\n"
+    assert b"one\ntwo\nno newline" in run.logged
+    assert run.logged.endswith(b"[migration: exit 0]\n")
+
+
+@pytest.mark.parametrize("shebang", ["", "#!/bin/sh\n", "#!/bin/sh +e\n", "#!/usr/bin/env bash\n"])
+def test_shell_scripts_always_start_with_errexit(run, shebang):
+    res = run(shebang + "false\necho reached\n")
+    assert not res.ok and res.exit_code == 1 and res.reason == "exit 1"
+    assert "reached" not in run.output
+
+
+def test_set_plus_e_inside_is_the_authors_choice(run):
+    res = run("set +e\nfalse\necho reached\n")
+    assert res.ok and "reached" in run.output
+
+
+def test_stdin_is_dev_null(run):
+    res = run('readlink /proc/self/fd/0\nif read -r x; then echo "read:$x"; else echo eof; fi\n')
+    assert res.ok
+    assert run.output == "10-x: /dev/null\n10-x: eof\n"
+
+
+def test_own_session_and_group(run):
+    res = run(
+        'read -r _ _ _ _ g _ _ < /proc/$$/stat; read -r _ _ _ _ pg _ _ < /proc/$PPID/stat\n'
+        'echo "$g $pg $$"\n'
+    )
+    assert res.ok
+    group, parent_group, pid = run.output.split(": ")[1].split()
+    assert group == pid  # leader of a new group (new session)
+    assert parent_group == str(os.getpgrp()) != group
+
+
+@pytest.mark.parametrize("kill", ["kill 0", "kill -KILL 0", "kill -TERM -$$"])
+def test_script_killing_its_group_does_not_kill_the_runner(run, kill):
+    res = run(f"sleep 30 &\necho started\n{kill}\nsleep 30\n")
+    assert not res.ok  # and we are still here to check it
+    assert res.exit_code in (128 + 9, 128 + 15)
+    assert "killed by signal" in res.reason
+
+
+def test_timeout_kills_the_whole_group(run, tmp_path):
+    t0 = time.monotonic()
+    res = run(f"sleep 60 &\necho $! > {tmp_path}/bg\nsleep 60\n", timeout=0.3)
+    assert time.monotonic() - t0 < 3
+    assert not res.ok and "timed out after 0.3 s" in res.reason
+    assert _wait_dead(int((tmp_path / "bg").read_text()))
+
+
+def test_timeout_escalates_to_sigkill(run):
+    t0 = time.monotonic()
+    res = run("trap '' TERM\necho ignoring\nsleep 60\n", timeout=0.2, kill_grace=0.3)
+    elapsed = time.monotonic() - t0
+    assert 0.5 <= elapsed < 3
+    assert not res.ok and res.exit_code == 137
+
+
+def test_leftover_background_processes_are_killed(run, tmp_path):
+    t0 = time.monotonic()
+    res = run(
+        f"sleep 60 > /dev/null 2>&1 &\necho $! > {tmp_path}/quiet\n"
+        f"sleep 60 &\necho $! > {tmp_path}/holder\necho done\n"
+    )
+    assert res.ok
+    assert time.monotonic() - t0 < execute.LEFTOVER_GRACE + 2
+    assert _wait_dead(int((tmp_path / "quiet").read_text()))
+    assert _wait_dead(int((tmp_path / "holder").read_text()))
+
+
+def test_megabytes_of_output_neither_block_nor_fill_the_log(run):
+    t0 = time.monotonic()
+    res = run("yes 'a line of output' | head -n 400000\nhead -c 3000000 /dev/zero | tr '\\0' x\n"
+              "echo LAST LINE\n")
+    assert res.ok and time.monotonic() - t0 < 10
+    total = 400000 * len("a line of output\n") + 3000000 + len("LAST LINE\n")
+    assert res.output_bytes == total
+    log = run.logged
+    assert len(log) < execute.LOG_HEAD + execute.LOG_TAIL + 1024
+    assert b"bytes of output dropped here" in log
+    assert log.split(b"\n", 2)[1] == b"a line of output"  # head kept (after the header)
+    assert b"LAST LINE\n[migration: exit 0]\n" in log  # tail kept
+    assert len(run.echo.getvalue()) < execute.ECHO_CAP + 2 * execute.LINE_MAX + 1024
+    assert "[more output only in the log]" in run.output
+
+
+def test_missing_interpreter_is_exit_127(run):
+    res = run("#!/nonexistent/interpreter\necho hi\n")
+    assert not res.ok and res.exit_code == 127
+    assert res.reason == (
+        "interpreter not found: /nonexistent/interpreter (No such file or directory)"
+    )
+    assert b"interpreter not found" in run.logged
+
+
+def test_missing_program_behind_env_is_exit_127(run):
+    res = run("#!/usr/bin/env no-such-interpreter-here\necho hi\n")
+    assert not res.ok and res.exit_code == 127
+    assert "command not found" in res.reason
+
+
+def test_unwritable_log_does_not_fail_the_script(tmp_path):
+    script = tmp_path / "s"
+    script.write_text("echo fine\n")
+    res = execute.run_script(["/bin/sh", "-e", str(script)], "s", {}, str(tmp_path),
+                             str(tmp_path / "no" / "dir" / "x.log"), echo=io.BytesIO())
+    assert res.ok and "cannot write log" in res.log_error
