@@ -7,3 +7,7 @@ OE-core's python3-core, python3-crypt and python3-json ship (see tests/test_impo
 """
 
 __version__ = "0.1.0"
+
+# BitBake's `addpylib ${LAYERDIR}/lib migration` (conf/layer.conf) imports these submodules and
+# scans their functions for d.getVar("LITERAL") dependencies of the tasks that call them.
+BBIMPORTS = ["bitbake"]

@@ -1,0 +1,346 @@
+# SPDX-License-Identifier: MIT
+"""The BitBake glue of classes/migration.bbclass and classes/migration-image.bbclass.
+
+The only module that sees BitBake's datastore ``d``: it turns variables into plain values, calls
+:mod:`migration.lint` and :mod:`migration.manifest`, and turns their findings and errors into
+OE QA issues. It imports ``bb`` and ``oe`` inside functions only, so ``python3 -m migration`` and
+the tests can import the package without BitBake. Nothing that runs on the target imports it.
+
+The package ``__init__`` lists this module in ``BBIMPORTS``: BitBake then scans these functions
+for ``d.getVar("LITERAL")`` and ``oe.qa.handle_error("LITERAL", ...)`` so task signatures follow
+them. Names built at run time (``MIGRATION_SCRIPTS:<pkg>``) are added to ``vardeps`` by
+:func:`setup` instead.
+"""
+
+import os
+import re
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+
+from . import lint
+
+PER_PACKAGE_VARS = ("MIGRATION_SCRIPTS", "MIGRATION_PRIORITY", "MIGRATION_BEFORE")
+"""Variables read per package (``VAR:<pkg>``, falling back to ``VAR``)."""
+
+UNIT_RE = re.compile(
+    r"\A[A-Za-z0-9:_.\\@-]+\.(service|socket|target|mount|automount|swap|path|timer|slice|scope)\Z"
+)
+
+
+class PackageConfig(NamedTuple):
+    """What one package ships: plain values read from the datastore."""
+
+    package: str
+    priority: str
+    scripts: List[str]
+    before: List[str]
+
+    def installed(self) -> List[Tuple[str, str]]:
+        """``(script, installed_name)`` for each script of the package."""
+        return [(s, lint.installed_name(self.priority, self.package, s)) for s in self.scripts]
+
+
+def get_package_var(d: Any, var: str, pkg: str) -> str:
+    """``VAR:<pkg>`` when set and not empty, else ``VAR`` (systemd.bbclass's helper)."""
+    val = (d.getVar(f"{var}:{pkg}") or "").strip()
+    if not val:
+        val = (d.getVar(var) or "").strip()
+    return val
+
+
+def package_configs(d: Any) -> List[PackageConfig]:
+    """One :class:`PackageConfig` per package in MIGRATION_PACKAGES that ships a script."""
+    configs = []
+    for pkg in (d.getVar("MIGRATION_PACKAGES") or "").split():
+        scripts = get_package_var(d, "MIGRATION_SCRIPTS", pkg).split()
+        if not scripts:
+            continue
+        configs.append(
+            PackageConfig(
+                pkg,
+                get_package_var(d, "MIGRATION_PRIORITY", pkg) or lint.DEFAULT_PRIORITY,
+                scripts,
+                get_package_var(d, "MIGRATION_BEFORE", pkg).split(),
+            )
+        )
+    return configs
+
+
+def is_inert(d: Any) -> bool:
+    """True for native and nativesdk variants: they ship no migrations."""
+    import bb.data
+
+    return bb.data.inherits_class("native", d) or bb.data.inherits_class("nativesdk", d)
+
+
+def _systemd(d: Any) -> bool:
+    return "systemd" in (d.getVar("DISTRO_FEATURES") or "").split()
+
+
+def source_dir(d: Any) -> str:
+    """Where do_unpack put the file:// sources: UNPACKDIR (styhead and later) or WORKDIR."""
+    return d.getVar("UNPACKDIR") or d.getVar("WORKDIR")
+
+
+def find_local(d: Any, script: str) -> Optional[str]:
+    """The file a ``file://<script>`` SRC_URI entry would fetch (FILESPATH search), or None.
+
+    Every path searched is marked as a parse dependency, so adding, removing or editing the
+    script invalidates the parse cache and the RDEPENDS derived from its interpreter.
+    """
+    import bb.parse
+    import bb.utils
+
+    found, searched = bb.utils.which(d.getVar("FILESPATH") or "", script, history=True)
+    for path in searched:
+        bb.parse.mark_dependency(d, path)
+    return found or None
+
+
+def interpreter_rdepends(d: Any, path: str) -> List[str]:
+    """Packages the interpreter of the script at ``path`` needs (MIGRATION_INTERPRETER_RDEPENDS)."""
+    from . import scripts
+
+    name = scripts.interpreter(path).name
+    return (d.getVarFlag("MIGRATION_INTERPRETER_RDEPENDS", name) or "").split()
+
+
+def _fatal(d: Any, msg: str) -> None:
+    import bb
+
+    bb.fatal("{}: {}".format(d.getVar("FILE", False), msg))
+
+
+def setup(d: Any) -> None:
+    """Parse time (anonymous python): validate the settings, then set PACKAGES, FILES, RDEPENDS,
+    the gating drop-ins' FILES and the vardeps of the per-package variables.
+
+    Misconfiguration is fatal here, naming the recipe file, the variable and the fix.
+    """
+    import oe.data
+
+    if is_inert(d):
+        return
+    try:
+        oe.data.typed_value("MIGRATION_SHELLCHECK", d)
+    except ValueError as e:
+        _fatal(d, f"MIGRATION_SHELLCHECK: {e}: set it to auto or no")
+    pkgs = (d.getVar("MIGRATION_PACKAGES") or "").split()
+    runner = (d.getVar("MIGRATION_RUNNER") or "").split()
+    sysconfdir = d.getVar("sysconfdir")
+    datadir = d.getVar("datadir")
+    unitdir = d.getVar("systemd_system_unitdir")
+    packages = (d.getVar("PACKAGES") or "").split()
+    for pkg in pkgs:
+        names = " ".join(f"{var}:{pkg}" for var in PER_PACKAGE_VARS)
+        for task in ("do_migration_lint", "migration_install"):
+            d.appendVarFlag(task, "vardeps", " " + names)
+    for cfg in package_configs(d):
+        pkg = cfg.package
+        if not lint.PRIORITY_RE.match(cfg.priority):
+            _fatal(
+                d,
+                "MIGRATION_PRIORITY{} = {!r} for package {} is not two digits: use 00 (first) "
+                "to 99 (last), the default is {}".format(
+                    "" if d.getVar("MIGRATION_PRIORITY:" + pkg) is None else ":" + pkg,
+                    cfg.priority,
+                    pkg,
+                    lint.DEFAULT_PRIORITY,
+                ),
+            )
+        for unit in cfg.before:
+            if not UNIT_RE.match(unit):
+                _fatal(
+                    d,
+                    f"MIGRATION_BEFORE of package {pkg} names {unit!r}, which is not a systemd "
+                    "unit name (for example foo.service)",
+                )
+        if pkg not in packages:
+            # First, so that ${PN}'s default FILES (all of ${sysconfdir}) do not take the scripts.
+            d.prependVar("PACKAGES", pkg + " ")
+            packages.insert(0, pkg)
+        files = [f"{sysconfdir}/migration.d/{inst}" for _, inst in cfg.installed()]
+        files.append(f"{datadir}/migration/packages/{pkg}.json")
+        if _systemd(d):
+            from . import units
+
+            files += [f"{unitdir}/{unit}.d/{units.gate_dropin_name(pkg)}" for unit in cfg.before]
+        d.appendVar("FILES:" + pkg, " " + " ".join(files))
+        rdepends = list(runner)
+        for script in cfg.scripts:
+            path = find_local(d, script)
+            if path:
+                rdepends += [r for r in interpreter_rdepends(d, path) if r not in rdepends]
+        d.appendVar("RDEPENDS:" + pkg, " " + " ".join(rdepends))
+
+
+def add_postinsts(d: Any) -> None:
+    """PACKAGESPLITFUNCS: each migration package's pkg_postinst/pkg_postrm refresh the image
+    manifest when the package manager runs on the target (not at rootfs time)."""
+    if is_inert(d):
+        return
+    refresh = d.getVar("migration_refresh_manifest")
+    for cfg in package_configs(d):
+        for var in ("pkg_postinst", "pkg_postrm"):
+            key = f"{var}:{cfg.package}"
+            d.setVar(key, (d.getVar(key) or "#!/bin/sh\n") + refresh)
+
+
+def _skipped(d: Any, qa_name: str, pkg: str) -> bool:
+    """True when INSANE_SKIP or INSANE_SKIP:<pkg> lists the QA name."""
+    skip = (d.getVar("INSANE_SKIP") or "").split()
+    skip += (d.getVar("INSANE_SKIP:" + pkg) or "").split()
+    return qa_name in skip
+
+
+def _report(d: Any, finding: lint.Finding, pkg: str) -> None:
+    """One QA issue per finding, routed by ERROR_QA/WARN_QA; the QA names stay literal."""
+    import oe.qa
+
+    if _skipped(d, finding.qa_name, pkg):
+        return
+    msg = "{}: {}".format(d.getVar("PN"), finding)
+    # Literal names: on wrynose, oe.qa.handle_error's visitorcode then makes the signature
+    # depend on whether each name is in ERROR_QA or WARN_QA, and on nothing else.
+    handlers = {
+        "missing": lambda: oe.qa.handle_error("migration-missing", msg, d),
+        "empty": lambda: oe.qa.handle_error("migration-empty", msg, d),
+        "shebang": lambda: oe.qa.handle_error("migration-shebang", msg, d),
+        "errexit": lambda: oe.qa.handle_error("migration-errexit", msg, d),
+        "syntax": lambda: oe.qa.handle_error("migration-syntax", msg, d),
+        "shellcheck": lambda: oe.qa.handle_error("migration-shellcheck", msg, d),
+        "crlf": lambda: oe.qa.handle_error("migration-crlf", msg, d),
+        "name": lambda: oe.qa.handle_error("migration-name", msg, d),
+        "duplicate": lambda: oe.qa.handle_error("migration-duplicate", msg, d),
+    }
+    handlers[finding.check]()
+
+
+def shellcheck_binary(d: Any) -> Optional[str]:
+    """The ShellCheck to use per MIGRATION_SHELLCHECK: "auto" (if in the task PATH), "no"."""
+    import shutil
+
+    import bb
+
+    mode = d.getVar("MIGRATION_SHELLCHECK") or "auto"
+    if mode == "no":
+        return None
+    found = shutil.which("shellcheck", path=d.getVar("PATH"))
+    if not found:
+        bb.debug(
+            1,
+            "migration: shellcheck not in PATH (add it to HOSTTOOLS_NONFATAL): check skipped",
+        )
+    return found
+
+
+def lint_task(d: Any) -> None:
+    """do_migration_lint: every check on every listed script, one QA issue per finding."""
+    import oe.qa
+
+    if is_inert(d):
+        return
+    srcdir = source_dir(d)
+    shellcheck = shellcheck_binary(d)
+    origins: List[Tuple[str, str]] = []
+    for cfg in package_configs(d):
+        for script, inst in cfg.installed():
+            origins.append((inst, f"package {cfg.package} script {script}"))
+            path = os.path.join(srcdir, script)
+            if not os.path.isfile(path):
+                _report(
+                    d,
+                    lint.Finding(
+                        "missing",
+                        script,
+                        f"listed in MIGRATION_SCRIPTS but not in {srcdir}: "
+                        f"add file://{script} to SRC_URI",
+                    ),
+                    cfg.package,
+                )
+                continue
+            with open(path, "rb") as f:
+                data = f.read()
+            for finding in lint.lint_script(script, data, inst, shellcheck):
+                _report(d, finding, cfg.package)
+    for finding in lint.check_duplicates(origins):
+        _report(d, finding, d.getVar("PN"))
+    oe.qa.exit_if_errors(d)
+
+
+def install(d: Any) -> None:
+    """do_install postfunc: the scripts into ${sysconfdir}/migration.d, the gating drop-ins and
+    each package's fragment ${datadir}/migration/packages/<pkg>.json (name and sha256 of what
+    was installed, package version PV-PR)."""
+    import shutil
+
+    import bb
+
+    from . import manifest, scripts, units
+
+    if is_inert(d):
+        return
+    dest = d.getVar("D")
+    srcdir = source_dir(d)
+    scriptsdir = dest + d.getVar("sysconfdir") + "/migration.d"
+    version = "{}-{}".format(d.getVar("PV"), d.getVar("PR"))
+    for cfg in package_configs(d):
+        entries: List[Dict[str, str]] = []
+        for script, inst in cfg.installed():
+            src = os.path.join(srcdir, script)
+            if not os.path.isfile(src):
+                bb.fatal(
+                    f"migration: {script} of package {cfg.package} is not in {srcdir}: "
+                    f"add file://{script} to SRC_URI"
+                )
+            os.makedirs(scriptsdir, exist_ok=True)
+            target = os.path.join(scriptsdir, inst)
+            shutil.copyfile(src, target)
+            os.chmod(target, 0o755)
+            entries.append({"name": inst, "sha256": scripts.sha256_file(target)})
+        if cfg.before and _systemd(d):
+            for unit in cfg.before:
+                dropin = os.path.join(
+                    dest + d.getVar("systemd_system_unitdir"),
+                    unit + ".d",
+                    units.gate_dropin_name(cfg.package),
+                )
+                os.makedirs(os.path.dirname(dropin), exist_ok=True)
+                with open(dropin, "w") as f:
+                    f.write(units.gate_dropin(cfg.package))
+                os.chmod(dropin, 0o644)
+        fragment = os.path.join(
+            dest + d.getVar("datadir"), "migration", "packages", cfg.package + ".json"
+        )
+        os.makedirs(os.path.dirname(fragment), exist_ok=True)
+        manifest.write_json_atomic(fragment, manifest.fragment(cfg.package, version, entries))
+        os.chmod(fragment, 0o644)
+
+
+def image_manifest(d: Any) -> None:
+    """ROOTFS_POSTPROCESS_COMMAND of migration-image: the image manifest from what is installed.
+
+    Images without migrations (no fragments dir and no scripts dir) are left alone. Errors of
+    :func:`migration.manifest.generate`, such as two packages shipping one name, fail the build.
+    """
+    import bb
+    import oe.qa
+
+    from . import manifest
+    from .errors import ManifestError
+
+    root = d.getVar("IMAGE_ROOTFS")
+    fragments = root + d.getVar("datadir") + "/migration/packages"
+    scriptsdir = root + d.getVar("sysconfdir") + "/migration.d"
+    if not os.path.isdir(fragments) and not os.path.isdir(scriptsdir):
+        bb.debug(1, "migration: no migrations in this image, no manifest")
+        return
+    try:
+        result = manifest.generate(root)
+    except ManifestError as e:
+        oe.qa.handle_error(
+            "migration-manifest", "{}: image manifest: {}".format(d.getVar("PN"), e), d
+        )
+        oe.qa.exit_if_errors(d)
+        return
+    count = len(result.get("migrations", []))
+    bb.note(f"migration: image manifest with {count} migrations, digest {result.get('digest')}")

@@ -1,0 +1,316 @@
+# SPDX-License-Identifier: MIT
+"""Build-time checks of migration scripts: pure functions from (name, bytes) to findings.
+
+Two callers, one set of rules: ``classes/migration.bbclass`` (through :mod:`migration.bitbake`,
+which reports each finding as an OE QA issue named ``migration-<check>``) and ``migration lint
+FILE...`` on any host, so authors can check a script before they build.
+
+Checks (the ``check`` field of a :class:`Finding`, also the suffix of the QA name):
+
+``empty``       the file is empty or only whitespace
+``shebang``     no ``#!`` line: the runner cannot tell the interpreter
+``errexit``     a shell script that does not turn on errexit (``set -e``, ``set -eu``,
+                ``set -o errexit``, ``#!/bin/sh -e``); the runner adds it, but a script that
+                relies on it misbehaves when run by hand or at update time by other tools
+``syntax``      ``sh -n`` (``bash -n`` for bash scripts) rejects the script
+``shellcheck``  a ShellCheck finding of severity warning or worse; only when the ``shellcheck``
+                binary is available (it is optional on a build host)
+``crlf``        CRLF line endings (``/bin/sh^M: bad interpreter``)
+``name``        a name the runner would skip or refuse
+                (:func:`.scripts.invalid_name_reason`, :func:`.scripts.is_ignored`)
+``duplicate``   two scripts with the same installed name in one set
+``missing``     a listed script that is not there (reported by the callers, which know the paths)
+
+The syntax and ShellCheck checks run external programs (``sh``, ``bash``, ``shellcheck``) found in
+``PATH``; a missing ``sh``/``bash`` skips that check with a note finding of its own.
+"""
+
+import re
+import shutil
+import subprocess
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+
+from . import scripts
+
+CHECKS = (
+    "missing",
+    "empty",
+    "shebang",
+    "errexit",
+    "syntax",
+    "shellcheck",
+    "crlf",
+    "name",
+    "duplicate",
+)
+"""Every check name; the QA name of a check is ``migration-<check>``."""
+
+POSIX_SHELLS = frozenset(("sh", "dash", "ash", "posh"))
+"""Shells whose scripts ``sh -n`` (the build host's POSIX shell) checks."""
+
+SHELLCHECK_SEVERITY = "warning"
+"""Lowest ShellCheck severity reported (error, warning, info, style)."""
+
+_SET_ERREXIT = re.compile(
+    rb"^\s*set\s+(?:[-+][A-Za-z]*\s+)*(?:-[A-Za-z]*e[A-Za-z]*\b|-o\s+errexit\b)", re.MULTILINE
+)
+_SHELLCHECK_LINE = re.compile(r"^[^:]*:(\d+):(\d+): (\w+): (.*)$")
+
+
+DEFAULT_PRIORITY = "50"
+"""MIGRATION_PRIORITY when a recipe sets none."""
+
+PRIORITY_RE = re.compile(r"\A[0-9][0-9]\Z")
+"""A priority is two digits, so that byte-wise order of installed names is priority order."""
+
+
+def installed_name(priority: str, package: str, script: str) -> str:
+    """The name of a script in /etc/migration.d: ``<priority>-<package>-<script base name>``.
+
+    The runner applies scripts in byte-wise order of these names, so the global order is: by
+    priority (two digits, 00 first), then by package name, then by script name within the
+    package. The package name keeps two recipes' scripts apart; a clash is still possible across
+    packages whose names and script names overlap at a hyphen (package ``a-b`` script ``c.sh`` and
+    package ``a`` script ``b-c.sh``), which the package manager and the image manifest refuse,
+    naming both packages.
+    """
+    if not PRIORITY_RE.match(priority):
+        raise ValueError(f"priority {priority!r} is not two digits (00-99)")
+    return f"{priority}-{package}-{script.rsplit('/', 1)[-1]}"
+
+
+class Finding(NamedTuple):
+    """One problem in one script."""
+
+    check: str
+    """One of :data:`CHECKS`."""
+    name: str
+    """The script's name as the author wrote it (or the installed name for ``duplicate``)."""
+    message: str
+    """What is wrong and how to fix it, without the script name."""
+    line: Optional[int] = None
+    """1-based line number when the problem has one."""
+
+    @property
+    def qa_name(self) -> str:
+        """The OE QA issue name (ERROR_QA/WARN_QA/INSANE_SKIP) of this finding."""
+        return "migration-" + self.check
+
+    def __str__(self) -> str:
+        where = f"{self.name}:{self.line}" if self.line else self.name
+        return f"{where}: {self.message} [{self.qa_name}]"
+
+
+def shebang(data: bytes) -> Optional[List[str]]:
+    """The words of the ``#!`` line (``['/bin/sh', '-e']``), None without one."""
+    if not data.startswith(b"#!"):
+        return None
+    line = data[2:].split(b"\n", 1)[0].rstrip(b"\r")
+    return line.decode("utf-8", "replace").split()
+
+
+def interpreter_name(data: bytes) -> str:
+    """Base name of the program that runs the script, as the runner sees it: 'sh', 'bash',
+    'python3'... (:func:`migration.scripts.interpreter`, which looks through ``env`` and
+    ``busybox``)."""
+    return scripts.interpreter(data).name
+
+
+def is_shell(data: bytes) -> bool:
+    """True when the runner starts the script with a shell (and errexit)."""
+    return scripts.interpreter(data).shell
+
+
+def syntax_checker(data: bytes) -> Optional[str]:
+    """'bash' for bash scripts, 'sh' for POSIX-shell scripts, None for shells with a syntax of
+    their own (ksh, zsh...), which are not checked."""
+    name = interpreter_name(data)
+    if name == "bash":
+        return "bash"
+    if name in POSIX_SHELLS:
+        return "sh"
+    return None
+
+
+def has_errexit(data: bytes) -> bool:
+    """True when a shell script turns on errexit itself.
+
+    Counts ``#!/bin/sh -e`` (any option word with ``e``), ``set -e``, ``set -eu``,
+    ``set -euo pipefail`` and ``set -o errexit`` at the start of a line; comments do not count.
+    """
+    words = shebang(data) or []
+    for word in words[1:]:
+        if word.startswith("-") and not word.startswith("--") and "e" in word[1:]:
+            return True
+    return _SET_ERREXIT.search(data) is not None
+
+
+def _first_crlf_line(data: bytes) -> Optional[int]:
+    pos = data.find(b"\r\n")
+    if pos < 0:
+        return None
+    return data.count(b"\n", 0, pos) + 1
+
+
+def check_name(name: str) -> List[Finding]:
+    """Findings for a name the runner would skip silently or refuse."""
+    base = name.rsplit("/", 1)[-1]
+    if scripts.is_ignored(base):
+        return [
+            Finding(
+                "name",
+                name,
+                "the runner silently skips this name (hidden file, editor or package-manager "
+                "leftover): rename the script",
+            )
+        ]
+    reason = scripts.invalid_name_reason(base)
+    if reason:
+        return [Finding("name", name, f"the runner refuses this name: {reason}")]
+    return []
+
+
+def _run(argv: Sequence[str], data: bytes) -> Tuple[int, str]:
+    proc = subprocess.run(
+        list(argv),
+        input=data,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        check=False,
+    )
+    return proc.returncode, proc.stdout.decode("utf-8", "replace")
+
+
+def check_syntax(name: str, data: bytes) -> List[Finding]:
+    """``sh -n`` / ``bash -n`` on the script text (read from stdin, so no temporary file)."""
+    dialect = syntax_checker(data)
+    prog = shutil.which(dialect) if dialect else None
+    if dialect is None or prog is None:
+        return []
+    code, out = _run([prog, "-n"], data)
+    if code == 0:
+        return []
+    line = None
+    text = " ".join(out.split())
+    match = re.search(r"(?:line |: )(\d+): ", out)
+    if match:
+        line = int(match.group(1))
+    # Drop the shell's own prefix ("sh: 3: ", "bash: line 3: "): the finding names the script.
+    text = re.sub(r"^\S*(?:sh|bash):\s*(?:line\s+)?\d+:\s*", "", text)
+    return [Finding("syntax", name, f"`{dialect} -n` fails: {text}", line)]
+
+
+def check_shellcheck(name: str, data: bytes, shellcheck: str) -> List[Finding]:
+    """ShellCheck findings (severity :data:`SHELLCHECK_SEVERITY` or worse), one per finding."""
+    argv = [
+        shellcheck,
+        "--format=gcc",
+        f"--severity={SHELLCHECK_SEVERITY}",
+        f"--shell={syntax_checker(data) or 'sh'}",
+        "-",
+    ]
+    code, out = _run(argv, data)
+    findings = []
+    for raw in out.splitlines():
+        match = _SHELLCHECK_LINE.match(raw)
+        if match:
+            line, _col, level, text = match.groups()
+            findings.append(Finding("shellcheck", name, f"shellcheck {level}: {text}", int(line)))
+    if code != 0 and not findings:
+        findings.append(Finding("shellcheck", name, f"shellcheck failed: {' '.join(out.split())}"))
+    return findings
+
+
+def find_shellcheck() -> Optional[str]:
+    """Path of the ``shellcheck`` binary in PATH, or None (the check is then skipped)."""
+    return shutil.which("shellcheck")
+
+
+def lint_script(
+    name: str,
+    data: bytes,
+    installed_name: Optional[str] = None,
+    shellcheck: Optional[str] = None,
+) -> List[Finding]:
+    """Every content and name check for one script.
+
+    ``name`` is how the author knows the script (its file name in SRC_URI); ``installed_name``,
+    when given, is its name in /etc/migration.d, and the runner's naming rules apply to it instead
+    of ``name``. ``shellcheck`` is the path of a ShellCheck binary, or None to skip that check.
+    """
+    if installed_name:
+        findings = [
+            f._replace(message=f"installed as {installed_name}: {f.message}")
+            for f in check_name(installed_name)
+        ]
+    else:
+        findings = check_name(name)
+    if not data.strip():
+        findings.append(Finding("empty", name, "the script is empty"))
+        return findings
+    crlf = _first_crlf_line(data)
+    if crlf:
+        findings.append(
+            Finding("crlf", name, "CRLF (DOS) line endings: convert with dos2unix", crlf)
+        )
+    words = shebang(data)
+    if not words:
+        findings.append(
+            Finding(
+                "shebang",
+                name,
+                "no shebang line (#!): the runner cannot tell which interpreter to use",
+                1,
+            )
+        )
+        return findings
+    if not is_shell(data):
+        return findings
+    if not has_errexit(data):
+        findings.append(
+            Finding(
+                "errexit",
+                name,
+                "shell script without errexit: add `set -e` (or `set -eu`) after the shebang",
+            )
+        )
+    # Syntax and ShellCheck see LF text, so a CRLF file reports its line endings only once.
+    text = data.replace(b"\r\n", b"\n")
+    findings += check_syntax(name, text)
+    if shellcheck and syntax_checker(text):
+        findings += check_shellcheck(name, text, shellcheck)
+    return findings
+
+
+def check_duplicates(installed: Iterable[Tuple[str, str]]) -> List[Finding]:
+    """Findings for installed names that occur more than once.
+
+    ``installed`` holds ``(installed_name, origin)`` pairs; origin says where each came from (for
+    instance ``"package foo, script a/fix.sh"``) and the finding names every origin.
+    """
+    seen: Dict[str, List[str]] = {}
+    for inst, origin in installed:
+        seen.setdefault(inst, []).append(origin)
+    return [
+        Finding(
+            "duplicate",
+            inst,
+            "installed more than once, from " + " and ".join(origins),
+        )
+        for inst, origins in sorted(seen.items())
+        if len(origins) > 1
+    ]
+
+
+def lint_scripts(
+    items: Iterable[Tuple[str, bytes]],
+    shellcheck: Optional[str] = None,
+) -> List[Finding]:
+    """:func:`lint_script` for each ``(name, data)`` plus duplicate base names among them."""
+    findings: List[Finding] = []
+    names = []
+    for name, data in items:
+        findings += lint_script(name, data, shellcheck=shellcheck)
+        names.append((name.rsplit("/", 1)[-1], name))
+    findings += check_duplicates(names)
+    return findings

@@ -1,0 +1,255 @@
+# SPDX-License-Identifier: MIT
+"""The build-time lint (migration.lint) and `migration lint`: every check, on real scripts.
+
+`sh -n`, `bash -n` and ShellCheck are the real programs; the ShellCheck tests skip when the
+binary is not installed (it is optional on a build host as well).
+"""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from migration import lint
+
+GOOD_SH = b"#!/bin/sh\nset -eu\nmkdir -p /var/lib/foo\n"
+GOOD_BASH = b'#!/bin/bash\nset -euo pipefail\nfor i in {1..3}; do echo "$i"; done\n'
+GOOD_PY = b"#!/usr/bin/env python3\nprint('moved')\n"
+
+needs_shellcheck = pytest.mark.skipif(
+    shutil.which("shellcheck") is None, reason="shellcheck is not installed"
+)
+
+
+def checks(findings: List[lint.Finding]) -> List[str]:
+    return [f.check for f in findings]
+
+
+@pytest.mark.parametrize("data", [GOOD_SH, GOOD_BASH, GOOD_PY])
+def test_good_scripts_have_no_findings(data: bytes) -> None:
+    assert lint.lint_script("move-data", data, shellcheck=lint.find_shellcheck()) == []
+
+
+@pytest.mark.parametrize("data", [b"", b"\n  \n"])
+def test_empty(data: bytes) -> None:
+    assert checks(lint.lint_script("a.sh", data)) == ["empty"]
+
+
+def test_no_shebang() -> None:
+    (finding,) = lint.lint_script("a.sh", b"set -e\necho hi\n")
+    assert finding.check == "shebang"
+    assert finding.line == 1
+    assert str(finding) == (
+        "a.sh:1: no shebang line (#!): the runner cannot tell which interpreter to use "
+        "[migration-shebang]"
+    )
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"#!/bin/sh\nset -e\n:\n",
+        b"#!/bin/sh\nset -eu\n:\n",
+        b"#!/bin/sh\n  set -x -e\n:\n",
+        b"#!/bin/bash\nset -euo pipefail\n:\n",
+        b"#!/bin/sh\nset -o errexit\n:\n",
+        b"#!/bin/sh -e\n:\n",
+        b"#!/bin/sh -ex\n:\n",
+        b"#!/usr/bin/env bash\nset -e\n:\n",
+    ],
+)
+def test_errexit_forms_accepted(data: bytes) -> None:
+    assert "errexit" not in checks(lint.lint_script("a.sh", data))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"#!/bin/sh\necho no errexit\n",
+        b"#!/bin/sh\n# set -e\n:\n",
+        b"#!/bin/sh\necho set -e\n",
+        b"#!/bin/sh\nset -u\n:\n",
+        b"#!/usr/bin/env bash\n:\n",
+        b"#!/bin/sh --noprofile\n:\n",
+    ],
+)
+def test_errexit_missing(data: bytes) -> None:
+    findings = lint.lint_script("a.sh", data)
+    assert "errexit" in checks(findings)
+
+
+def test_errexit_not_required_for_python() -> None:
+    assert lint.lint_script("a.py", b"#!/usr/bin/python3\nimport os\n") == []
+
+
+def test_sh_syntax_error_names_the_line() -> None:
+    findings = [f for f in lint.lint_script("a.sh", b"#!/bin/sh\nset -e\nif true\n") if True]
+    (syntax,) = [f for f in findings if f.check == "syntax"]
+    assert syntax.message.startswith("`sh -n` fails: ")
+    assert syntax.line is not None
+
+
+def test_bash_syntax_checked_with_bash() -> None:
+    # Valid bash, invalid POSIX sh: a bash script must be checked with bash -n.
+    bash_only = b"#!/bin/bash\nset -e\nf() { [[ -n $1 ]] && echo ${1//a/b}; }\na=(1 2)\n"
+    assert "syntax" not in checks(lint.lint_script("a.sh", bash_only))
+    broken = b"#!/bin/bash\nset -e\nfor x in; do\n"
+    (syntax,) = [f for f in lint.lint_script("b.sh", broken) if f.check == "syntax"]
+    assert syntax.message.startswith("`bash -n` fails: ")
+
+
+def test_posix_sh_rejects_bash_arrays() -> None:
+    data = b"#!/bin/sh\nset -e\na=(1 2)\n"
+    assert "syntax" in checks(lint.lint_script("a.sh", data))
+
+
+def test_crlf() -> None:
+    data = b"#!/bin/sh\nset -e\r\necho hi\r\n"
+    (crlf,) = [f for f in lint.lint_script("a.sh", data) if f.check == "crlf"]
+    assert crlf.line == 2
+    assert "dos2unix" in crlf.message
+
+
+def test_crlf_shebang_still_found() -> None:
+    # "#!/bin/sh\r" must not also count as a missing shebang or a syntax error.
+    data = b"#!/bin/sh\r\nset -e\r\n:\r\n"
+    assert checks(lint.lint_script("a.sh", data)) == ["crlf"]
+
+
+@pytest.mark.parametrize("name", [".hidden.sh", "fix.sh~", "fix.sh.dpkg-new", "fix.sh.orig"])
+def test_names_the_runner_skips(name: str) -> None:
+    findings = lint.lint_script(name, GOOD_SH)
+    assert checks(findings) == ["name"]
+    assert "silently skips" in findings[0].message
+
+
+@pytest.mark.parametrize("name", ["move data.sh", "-move.sh", "mové.sh"])
+def test_names_the_runner_refuses(name: str) -> None:
+    findings = lint.lint_script(name, GOOD_SH)
+    assert checks(findings) == ["name"]
+    assert "refuses" in findings[0].message
+
+
+def test_installed_name_is_checked_instead_of_the_source_name() -> None:
+    inst = lint.installed_name("50", "foo", "fix.sh~")
+    assert inst == "50-foo-fix.sh~"
+    (finding,) = lint.lint_script("fix.sh~", GOOD_SH, installed_name=inst)
+    assert finding.message.startswith("installed as 50-foo-fix.sh~: ")
+    # A source name with a leading dot is fine once it carries the priority prefix.
+    assert lint.lint_script(".x.sh", GOOD_SH, installed_name="50-foo-.x.sh") == []
+
+
+def test_installed_name_orders_by_priority_then_package() -> None:
+    names = [
+        lint.installed_name("50", "zlib", "a.sh"),
+        lint.installed_name("10", "zz", "z.sh"),
+        lint.installed_name("50", "abc", "b/z.sh"),
+    ]
+    assert sorted(names) == ["10-zz-z.sh", "50-abc-z.sh", "50-zlib-a.sh"]
+
+
+@pytest.mark.parametrize("priority", ["5", "100", "ab", "", " 5"])
+def test_priority_must_be_two_digits(priority: str) -> None:
+    with pytest.raises(ValueError, match="two digits"):
+        lint.installed_name(priority, "foo", "a.sh")
+
+
+def test_duplicates_name_every_origin() -> None:
+    (dup,) = lint.check_duplicates(
+        [("50-foo-fix.sh", "script a/fix.sh"), ("50-foo-x.sh", "x"), ("50-foo-fix.sh", "b/fix.sh")]
+    )
+    assert dup.check == "duplicate"
+    assert dup.name == "50-foo-fix.sh"
+    assert "script a/fix.sh and b/fix.sh" in dup.message
+
+
+def test_lint_scripts_finds_duplicate_base_names() -> None:
+    findings = lint.lint_scripts([("a/fix.sh", GOOD_SH), ("b/fix.sh", GOOD_SH)])
+    assert checks(findings) == ["duplicate"]
+
+
+@needs_shellcheck
+def test_shellcheck_findings_are_reported_per_line() -> None:
+    data = b"#!/bin/sh\nset -e\nrm -rf $DIR/\n"
+    findings = lint.lint_script("a.sh", data, shellcheck=lint.find_shellcheck())
+    sc = [f for f in findings if f.check == "shellcheck"]
+    assert sc, findings
+    assert all(f.line == 3 for f in sc)
+    assert any("SC2115" in f.message for f in sc)
+
+
+@needs_shellcheck
+def test_shellcheck_uses_the_script_dialect() -> None:
+    bash = b"#!/bin/bash\nset -e\nif [[ -n ${1:-} ]]; then echo yes; fi\n"
+    assert lint.lint_script("a.sh", bash, shellcheck=lint.find_shellcheck()) == []
+    posix = b"#!/bin/sh\nset -e\nif [[ -n ${1:-} ]]; then echo yes; fi\n"
+    findings = lint.lint_script("a.sh", posix, shellcheck=lint.find_shellcheck())
+    assert any(f.check == "shellcheck" and "SC3010" in f.message for f in findings)
+
+
+def test_shellcheck_skipped_without_binary() -> None:
+    data = b"#!/bin/sh\nset -e\nrm -rf $DIR/\n"
+    assert lint.lint_script("a.sh", data, shellcheck=None) == []
+
+
+def test_qa_names_cover_every_check() -> None:
+    assert {lint.Finding(c, "x", "m").qa_name for c in lint.CHECKS} == {
+        "migration-" + c for c in lint.CHECKS
+    }
+
+
+# `migration lint FILE...`: the command line authors run before building.
+
+
+def run_lint(*args: str) -> subprocess.CompletedProcess:
+    lib = Path(__file__).resolve().parent.parent / "lib"
+    return subprocess.run(
+        [sys.executable, "-m", "migration", "lint", "--no-shellcheck", *args],
+        cwd=lib,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_cli_clean_file_exits_0(tmp_path: Path) -> None:
+    script = tmp_path / "move.sh"
+    script.write_bytes(GOOD_SH)
+    proc = run_lint(str(script))
+    assert (proc.returncode, proc.stdout) == (0, "")
+
+
+def test_cli_findings_exit_1(tmp_path: Path) -> None:
+    script = tmp_path / "move.sh"
+    script.write_bytes(b"#!/bin/sh\necho hi\r\n")
+    proc = run_lint(str(script))
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines() == [
+        f"{script}:2: CRLF (DOS) line endings: convert with dos2unix [migration-crlf]",
+        f"{script}: shell script without errexit: add `set -e` (or `set -eu`) after the "
+        "shebang [migration-errexit]",
+    ]
+
+
+def test_cli_checks_installed_name_with_package(tmp_path: Path) -> None:
+    script = tmp_path / "move.sh"
+    script.write_bytes(GOOD_SH)
+    assert run_lint("--package", "foo bar", str(script)).returncode == 1
+    assert run_lint("--package", "foo", "--priority", "10", str(script)).returncode == 0
+
+
+def test_cli_duplicates_across_files(tmp_path: Path) -> None:
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "fix.sh").write_bytes(GOOD_SH)
+    proc = run_lint(str(tmp_path / "a" / "fix.sh"), str(tmp_path / "b" / "fix.sh"))
+    assert proc.returncode == 1
+    assert "[migration-duplicate]" in proc.stdout
+
+
+@pytest.mark.parametrize("args", [(), ("/nonexistent/x.sh",), ("--priority", "7", "x.sh")])
+def test_cli_usage_errors_exit_2(args: tuple) -> None:
+    assert run_lint(*args).returncode == 2
