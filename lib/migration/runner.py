@@ -189,13 +189,27 @@ def _nothing_to_do(
 def run(opts: Options, say: Callable[[str], None] = _stderr) -> int:
     """Run every pending script once, in order, under the lock; returns the exit code
     (0: everything applied; 1: something failed, was refused or is still pending)."""
-    from migration import execute  # only needed when there is work: keeps no-op runs light
-
     state = State(opts.state_dir)
     manifest = manifest_mod.load(opts.manifest_path) if opts.manifest_path else None
     # A missing scripts dir fails here, before the state dir is touched.
     scripts, warnings = discover(opts.scripts_dir)
     state.lock(opts.lock_wait)
+    try:
+        return _run_locked(opts, state, scripts, warnings, manifest, say)
+    finally:
+        state.unlock()
+
+
+def _run_locked(
+    opts: Options,
+    state: State,
+    scripts: List[Script],
+    warnings: List[str],
+    manifest: Optional[manifest_mod.Manifest],
+    say: Callable[[str], None],
+) -> int:
+    from migration import execute  # only needed when there is work: keeps no-op runs light
+
     meta = state.check_meta()
     image = read_os_release(opts.root)
     for w in warnings:
