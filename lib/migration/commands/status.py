@@ -74,16 +74,14 @@ def run(args: Any) -> int:
             print("(a runner is working now)")
         for row in rows:
             details = []
-            if row["state"] == runner.FAILED and not row.get("reason"):
-                details.append(f"exit {row['exit_code']}")
-            if row.get("finished_at"):
-                details.append(f"{row['finished_at']} ({row['duration_s']} s)")
+            if row.get("reason"):
+                details.append(row["reason"])
             if row.get("running"):
                 details.append("running now")
             if row.get("attempts"):
                 details.append(f"attempts {row['attempts']}")
-            if row.get("reason"):
-                details.append(row["reason"])
+            if row.get("finished_at"):
+                details.append(f"finished {row['finished_at']} ({row['duration_s']} s)")
             if row.get("log") and row["state"] != runner.APPLIED:
                 details.append(f"log {row['log']}")
             print(f"{row['state']:<12} {row['name']}  {', '.join(details)}".rstrip())
