@@ -345,6 +345,9 @@ class State:
                 for name in os.listdir(path):
                     if name.startswith(".") and _TMP_MARK in name:
                         os.unlink(os.path.join(path, name))
+                    elif sub == "started" and os.path.exists(self._file("applied", name)):
+                        # cut between recording success and dropping the note: applied wins
+                        os.unlink(os.path.join(path, name))
             except OSError as e:
                 raise self._error("clean up temporary files", e) from None
         if created:
