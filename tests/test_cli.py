@@ -133,6 +133,14 @@ def test_run_and_status_json_contract(root):
     assert root("status").returncode == 0
 
 
+def test_relative_paths_are_resolved_before_scripts_run(root):
+    root.add("10-a", "echo ran\n")
+    proc = cli("--scripts-dir", "etc/migration.d", "--state-dir", "st", "--manifest", "none",
+               "run", cwd=str(root.path))
+    assert proc.returncode == 0 and "10-a: ran" in proc.stderr
+    assert os.listdir(root.path / "st" / "applied")
+
+
 def test_stop_policy_exit_1_with_pending(root):
     root.add("10-bad", "exit 1\n")
     root.add("20-later", "true\n")

@@ -204,3 +204,11 @@ def test_os_release(tmp_path):
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/os-release").write_text("VERSION_ID='6.0'\nBUILD_ID=20261125\n# x\n")
     assert read_os_release(str(tmp_path)) == {"version_id": "6.0", "build_id": "20261125"}
+
+
+def test_started_note_that_lost_its_content_still_means_interrupted(state):
+    with open(os.path.join(state.path, "started", SHA), "w"):
+        pass  # a power cut took the content of the note, not the note
+    snap = state.snapshot([SHA], repair=True)
+    assert snap.started[SHA]["attempt"] == 0 and not snap.damaged
+    assert os.path.exists(os.path.join(state.path, "started", SHA))

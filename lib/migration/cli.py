@@ -62,14 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_paths(args: Any) -> None:
-    """Fill in the defaults under --root; explicit paths are taken as given."""
+    """Fill in the defaults under --root; explicit paths are taken as given (made absolute)."""
     args.root = os.path.abspath(args.root) if args.root else "/"
-    if not args.scripts_dir:
-        args.scripts_dir = os.path.join(args.root, SCRIPTS_DIR)
-    if not args.state_dir:
-        args.state_dir = os.path.join(args.root, STATE_DIR)
-    if not args.manifest:
-        args.manifest = os.path.join(args.root, MANIFEST)
+    # Absolute: scripts run with the root as working directory.
+    args.scripts_dir = os.path.abspath(args.scripts_dir or os.path.join(args.root, SCRIPTS_DIR))
+    args.state_dir = os.path.abspath(args.state_dir or os.path.join(args.root, STATE_DIR))
+    args.manifest = os.path.abspath(args.manifest or os.path.join(args.root, MANIFEST))
 
 
 def _interrupt(signum: int, _frame: Any) -> None:

@@ -273,7 +273,8 @@ def _run_one(opts: Options, state: State, item: Item, image: Dict[str, str], exe
     assert script is not None
     prev = item.record or {}
     attempt = max(int(prev.get("attempts", 0) or 0), int(prev.get("attempt", 0) or 0)) + 1
-    argv = interpreter(script.path).argv(script.path)
+    path = os.path.abspath(script.path)  # the script's working directory is the root
+    argv = interpreter(path).argv(path)
     env = dict(os.environ)
     env.update(
         MIGRATION_NAME=item.name,

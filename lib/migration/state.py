@@ -196,7 +196,10 @@ class State:
         for sha in dict.fromkeys(shas):
             for kind in KINDS:
                 record, reason = self.read_record(kind, sha)
-                if reason is not None:
+                if reason is not None and kind == "started":
+                    # a note whose content a power cut lost (see mark_started): still a start
+                    found[kind][sha] = {"sha256": sha, "attempt": 0, "unreadable": reason}
+                elif reason is not None:
                     path = self._file(kind, sha)
                     if repair:
                         path = self.move_aside(kind, sha)
@@ -388,23 +391,36 @@ class State:
             raise self._error(f"remove {kind}/{sha}", e) from None
 
     def mark_started(self, name: str, sha: str, attempt: int, image: Dict[str, str]) -> float:
-        """Durably note that `sha` starts now (before it starts); returns the start time."""
+        """Durably note that `sha` starts now (before it starts); returns the start time.
+
+        The note's existence is what matters (found later without an outcome = interrupted), so
+        it costs one fsync, of the directory; its content (attempt, time) is renamed into place
+        without an fsync of its own: whole if only the runner dies, possibly empty after a power
+        cut, which snapshot() accepts for started notes."""
         started = time.time()
-        self._write(
-            "started",
-            sha,
-            {
-                "format": FORMAT,
-                "kind": "started",
-                "name": name,
-                "sha256": sha,
-                "attempt": attempt,
-                "started_at": now_iso(started),
-                "pid": os.getpid(),
-                "runner_version": __version__,
-                "image": image,
-            },
-        )
+        record = {
+            "format": FORMAT,
+            "kind": "started",
+            "name": name,
+            "sha256": sha,
+            "attempt": attempt,
+            "started_at": now_iso(started),
+            "pid": os.getpid(),
+            "runner_version": __version__,
+            "image": image,
+        }
+        path = self._file("started", sha)
+        tmp = os.path.join(os.path.dirname(path), f".{sha}{_TMP_MARK}{os.getpid()}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, dump_json(record))
+            finally:
+                os.close(fd)
+            os.rename(tmp, path)  # whole or absent if only the runner dies
+            _fsync_dir(os.path.dirname(path))
+        except OSError as e:
+            raise self._error(f"write the started record of {name}", e) from None
         return started
 
     def record_outcome(self, kind: str, outcome: Dict[str, Any]) -> Dict[str, Any]:
