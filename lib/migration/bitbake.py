@@ -198,7 +198,7 @@ def _report(d: Any, finding: lint.Finding, pkg: str) -> None:
 
     if _skipped(d, finding.qa_name, pkg):
         return
-    msg = "{}: {}".format(d.getVar("PN"), finding)
+    msg = "{}: {}".format(d.getVar("PN"), finding.describe())
     # Literal names: on wrynose, oe.qa.handle_error's visitorcode then makes the signature
     # depend on whether each name is in ERROR_QA or WARN_QA, and on nothing else.
     handlers = {

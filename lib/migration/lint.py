@@ -96,9 +96,13 @@ class Finding(NamedTuple):
         """The OE QA issue name (ERROR_QA/WARN_QA/INSANE_SKIP) of this finding."""
         return "migration-" + self.check
 
-    def __str__(self) -> str:
+    def describe(self) -> str:
+        """``name[:line]: message``: the finding without its QA name."""
         where = f"{self.name}:{self.line}" if self.line else self.name
-        return f"{where}: {self.message} [{self.qa_name}]"
+        return f"{where}: {self.message}"
+
+    def __str__(self) -> str:
+        return f"{self.describe()} [{self.qa_name}]"
 
 
 def shebang(data: bytes) -> Optional[List[str]]:

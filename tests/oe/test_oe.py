@@ -1,0 +1,192 @@
+# SPDX-License-Identifier: MIT
+"""The layer against real OpenEmbedded-Core and BitBake, offline (see conftest.py for the set-up).
+
+Skipped unless MIGRATION_OECORE_DIR and MIGRATION_BITBAKE_DIR are set. yocto-check-layer runs
+only with MIGRATION_OE_SLOW=1 (about 12 minutes).
+"""
+
+import os
+import re
+import shlex
+from pathlib import Path
+from typing import Dict
+
+import pytest
+from oebuild import OEBuild
+
+pytestmark = pytest.mark.oe
+
+
+def env_values(output: str) -> Dict[str, str]:
+    """Variables of `bitbake -e` output: NAME="value" lines."""
+    values = {}
+    for match in re.finditer(r'^(?:export )?([A-Za-z0-9_:.${}/+-]+)="(.*)"$', output, re.MULTILINE):
+        values[match.group(1)] = match.group(2)
+    return values
+
+
+def shell_function(output: str, name: str) -> str:
+    """The body of a shell function as `bitbake -e` prints it (variables expanded)."""
+    match = re.search(rf"^{re.escape(name)}\(\) {{\n(.*?)^}}$", output, re.MULTILINE | re.DOTALL)
+    assert match, f"{name}() not in bitbake -e output"
+    return match.group(1)
+
+
+def test_parse_has_no_warnings_or_errors(oe: OEBuild) -> None:
+    # A cached recipe prints no parse-time warnings: make BitBake parse every recipe of the layer
+    # (and every recipe that inherits its classes) again.
+    oe.run("find ../meta-migration/recipes-* ../meta-migration/classes -type f -exec touch {} +")
+    proc = oe.run("bitbake -p")
+    assert proc.returncode == 0, proc.stdout
+    problems = [line for line in proc.stdout.splitlines() if re.match(r"(WARNING|ERROR):", line)]
+    assert problems == [], proc.stdout
+    parsed = re.search(
+        r"Parsing of (\d+) \.bb files complete \((\d+) cached, (\d+) parsed\).* 0 errors",
+        proc.stdout,
+    )
+    assert parsed, proc.stdout
+    assert int(parsed.group(3)) >= 3, proc.stdout  # at least migration, exampled, the image
+
+
+def test_example_recipe_files_rdepends_and_install_step(oe: OEBuild) -> None:
+    proc = oe.run("bitbake -e exampled")
+    assert proc.returncode == 0, proc.stdout
+    v = env_values(proc.stdout)
+    files = v["FILES:exampled"].split()
+    assert "/etc/migration.d/50-exampled-run-as-exampled-user.sh" in files
+    assert "/usr/share/migration/packages/exampled.json" in files
+    unitdir = v["systemd_system_unitdir"]
+    assert f"{unitdir}/exampled.service.d/50-migration-exampled.conf" in files
+    assert v["RDEPENDS:exampled"].split() == ["shadow", "migration"]
+    assert "migration.bitbake.install(d)" in proc.stdout
+    flags = oe.run(
+        "bitbake-getvar -r exampled --value -f postfuncs do_install; echo ==; "
+        "bitbake-getvar -r exampled --value -f deps do_migration_lint; echo ==; "
+        "bitbake-getvar -r exampled --value -f deps do_install"
+    )
+    assert flags.returncode == 0, flags.stdout
+    # [deps] is a Python list (addtask), [postfuncs] a string.
+    postfuncs, lint_deps, install_deps = [
+        re.findall(r"[\w.-]+", part) for part in flags.stdout.strip().split("==")[-3:]
+    ]
+    assert "migration_install" in postfuncs
+    # The lint task needs only do_unpack (file:// sources: offline) and gates do_install.
+    assert lint_deps == ["do_unpack"]
+    assert "do_migration_lint" in install_deps
+
+
+def test_interpreters_become_rdepends(oe: OEBuild) -> None:
+    builddir = oe.extra_builddir("build-test-layer", [oe.test_layer])
+    proc = oe.run("bitbake -e migration-interp", builddir)
+    assert proc.returncode == 0, proc.stdout
+    v = env_values(proc.stdout)
+    assert v["PACKAGES"].split()[0] == "migration-interp-migration"
+    assert sorted(v["RDEPENDS:migration-interp-migration"].split()) == [
+        "bash",
+        "migration",
+        "python3",
+    ]
+    assert v["FILES:migration-interp-migration"].split()[:2] == [
+        "/etc/migration.d/20-migration-interp-migration-rename.bash",
+        "/etc/migration.d/20-migration-interp-migration-convert.py",
+    ]
+
+
+def test_broken_recipe_fails_lint_naming_recipe_and_script(oe: OEBuild) -> None:
+    builddir = oe.extra_builddir("build-test-layer", [oe.test_layer])
+    proc = oe.run("bitbake migration-broken -c migration_lint", builddir)
+    assert proc.returncode != 0, proc.stdout
+    assert (
+        "QA Issue: migration-broken: no-errexit.sh: shell script without errexit: add `set -e` "
+        "(or `set -eu`) after the shebang [migration-errexit]"
+    ) in proc.stdout
+    assert re.search(
+        r"QA Issue: migration-broken: not-in-src-uri\.sh: listed in MIGRATION_SCRIPTS but not "
+        r"in /\S+: add file://not-in-src-uri\.sh to SRC_URI \[migration-missing\]",
+        proc.stdout,
+    ), proc.stdout
+    assert "Fatal QA errors were found, failing task." in proc.stdout
+    # And a clean recipe passes the same task.
+    ok = oe.run("bitbake exampled migration-interp -c migration_lint", builddir)
+    assert ok.returncode == 0, ok.stdout
+
+
+def test_runner_install_step_runs_offline(oe: OEBuild) -> None:
+    """The runner recipe's real do_install (as `bitbake -e` expands it) on its unpacked sources.
+
+    do_install itself cannot run offline (pseudo and quilt are native tools built from network
+    sources), so its expanded body runs as a plain shell script into the recipe's own D.
+    """
+    assert oe.run("bitbake migration -c unpack").returncode == 0
+    env = oe.run("bitbake -e migration")
+    assert env.returncode == 0, env.stdout
+    v = env_values(env.stdout)
+    body = shell_function(env.stdout, "do_install")
+    assert "migration-install.sh" in body
+    dest = Path(v["D"])
+    script = (
+        f"rm -rf {shlex.quote(str(dest))} && mkdir -p {shlex.quote(str(dest))} && set -e\n{body}"
+    )
+    proc = oe.run(f"bash -c {shlex.quote(script)}")
+    assert proc.returncode == 0, proc.stdout
+    root = str(dest)
+    for path in (
+        v["sbindir"] + "/migration",
+        v["libdir"] + "/migration/migration/__init__.py",
+        v["libdir"] + "/migration/migration/runner.py",
+        v["systemd_system_unitdir"] + "/migration.service",
+        v["systemd_system_unitdir"] + "/migration-gate@.service",
+        v["sysconfdir"] + "/migration.d",
+        v["datadir"] + "/migration/packages",
+    ):
+        assert os.path.exists(root + path), path
+    wrapper = Path(root + v["sbindir"] + "/migration").read_text()
+    assert wrapper.startswith("#!" + v["bindir"] + "/python3")
+    assert not list(Path(root).rglob("__pycache__"))
+    assert v["RDEPENDS:migration"].split() == ["python3-core", "python3-crypt", "python3-json"]
+
+
+def test_demo_image_pulls_in_runner_and_example(oe: OEBuild) -> None:
+    proc = oe.run("bitbake -g migration-demo-image")
+    assert proc.returncode == 0, proc.stdout
+    buildlist = (oe.builddir / "pn-buildlist").read_text().split()
+    assert "migration" in buildlist
+    assert "exampled" in buildlist
+    deps = (oe.builddir / "task-depends.dot").read_text()
+    assert '"migration-demo-image.do_rootfs" -> "exampled.do_package_write_' in deps
+    assert '"migration-demo-image.do_rootfs" -> "migration.do_package_write_' in deps
+
+
+def test_image_without_migrations_does_not_pull_in_runner(oe: OEBuild) -> None:
+    proc = oe.run("bitbake -g core-image-minimal")
+    assert proc.returncode == 0, proc.stdout
+    buildlist = (oe.builddir / "pn-buildlist").read_text().split()
+    assert "core-image-minimal" in buildlist
+    assert "migration" not in buildlist
+    assert "exampled" not in buildlist
+
+
+def test_oe_selftest_cases_run(oe: OEBuild) -> None:
+    proc = oe.run("oe-selftest -r migration", timeout=3 * 3600)
+    ran = re.search(r"Ran (\d+) tests? in", proc.stdout)
+    assert ran, proc.stdout
+    assert int(ran.group(1)) > 0, "oe-selftest ran 0 tests (no git identity?)\n" + proc.stdout
+    assert proc.returncode == 0, proc.stdout
+    assert re.search(r"^.*\bOK\b", proc.stdout, re.MULTILINE), proc.stdout
+
+
+@pytest.mark.skipif(
+    os.environ.get("MIGRATION_OE_SLOW") != "1",
+    reason="yocto-check-layer takes about 12 minutes: set MIGRATION_OE_SLOW=1",
+)
+def test_yocto_check_layer(oe: OEBuild) -> None:
+    builddir = oe.extra_builddir("build-check-layer", [])
+    bblayers = builddir / "conf/bblayers.conf"
+    # yocto-check-layer wants the layer under test out of BBLAYERS.
+    text = bblayers.read_text()
+    bblayers.write_text(
+        "\n".join(line for line in text.splitlines() if "meta-migration" not in line) + "\n"
+    )
+    proc = oe.run(f"yocto-check-layer {shlex.quote(str(oe.layer))}", builddir, timeout=3 * 3600)
+    assert proc.returncode == 0, proc.stdout
+    assert re.search(r"meta-migration\s+PASS", proc.stdout), proc.stdout
