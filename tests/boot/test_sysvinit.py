@@ -1,0 +1,76 @@
+# SPDX-License-Identifier: MIT
+"""The sysvinit script (/etc/init.d/migration), run in a chroot of the Debian test system with
+the runner installed by migration-install.sh (MIGRATION_INIT=sysvinit)."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import List
+
+import bootharness as h
+import pytest
+
+pytestmark = pytest.mark.boot
+
+
+def sysv_tree(base: h.Base, dest: Path, scripts: List[h.Script], policy: str = "continue") -> Path:
+    tree = dest / "root"
+    subprocess.run(["cp", "-al", str(base.tree), str(tree)], check=True)
+    subprocess.run(["rm", "-rf", str(tree / "var")], check=True)
+    subprocess.run(["cp", "-al", str(base.var), str(tree / "var")], check=True)
+    h.install_runner(tree, policy=policy, init="sysvinit")
+    assert not (tree / "lib/systemd/system/migration.service").exists()
+    if scripts:
+        h.add_scripts(tree, scripts)
+    return tree
+
+
+def chroot(tree: Path, *cmd: str) -> "subprocess.CompletedProcess[str]":
+    return subprocess.run(["chroot", str(tree), *cmd], capture_output=True, text=True, check=False)
+
+
+def ok(tag: str) -> str:
+    return f"#!/bin/sh\n# {tag}\nmkdir -p /var/lib/t\necho \"$MIGRATION_NAME\" >>/var/lib/t/order\n"
+
+
+def test_sysvinit_script_applies_then_is_a_no_op(base: h.Base, tmp_path: Path) -> None:
+    scripts = [h.Script("a", "one.sh", ok("one"), "10"), h.Script("b", "two.sh", ok("two"), "20")]
+    tree = sysv_tree(base, tmp_path, scripts)
+    res = chroot(tree, "/etc/init.d/migration", "start")
+    assert res.returncode == 0, res.stdout + res.stderr
+    order = (tree / "var/lib/t/order").read_text().split()
+    assert order == [s.installed_name for s in scripts]
+    # The stamp the done symlink points at (an absolute path inside the tree).
+    link = tree / "usr/share/migration/done"
+    assert (tree / os.readlink(link).lstrip("/")).is_file()
+    # Second boot: the stamp check ends the script before the runner (Python) is started.
+    res = chroot(tree, "/bin/sh", "-x", "/etc/init.d/migration", "start")
+    assert res.returncode == 0
+    assert "+ [ -e /usr/share/migration/done ]" in res.stderr
+    assert "/usr/sbin/migration" not in res.stderr.replace("migration=/usr/sbin/migration", "")
+    assert (tree / "var/lib/t/order").read_text().split() == order
+
+
+def test_sysvinit_script_without_scripts_starts_nothing(base: h.Base, tmp_path: Path) -> None:
+    tree = sysv_tree(base, tmp_path, [])
+    res = chroot(tree, "/bin/sh", "-x", "/etc/init.d/migration", "start")
+    assert res.returncode == 0
+    assert "/usr/sbin/migration run" not in res.stderr
+    assert not (tree / "var/lib/migration").exists()
+
+
+def test_sysvinit_script_failure_under_continue(base: h.Base, tmp_path: Path) -> None:
+    scripts = [
+        h.Script("a", "one.sh", ok("one"), "10"),
+        h.Script("bad", "fails.sh", "#!/bin/sh\nfalse\necho never\n", "20"),
+        h.Script("c", "three.sh", ok("three"), "30"),
+    ]
+    tree = sysv_tree(base, tmp_path, scripts)
+    res = chroot(tree, "/etc/init.d/migration", "start")
+    assert res.returncode == 1
+    assert 'migration run failed (exit 1); run "migration status"' in res.stdout
+    assert "policy: continue" in res.stdout
+    status = json.loads(chroot(tree, "/usr/sbin/migration", "status", "--json").stdout)
+    assert [e["state"] for e in status] == ["applied", "failed", "applied"]
+    assert list((tree / "var/lib/migration/done").iterdir()) == []
