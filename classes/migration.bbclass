@@ -25,8 +25,8 @@
 #     refreshes the image manifest with `migration manifest`.
 #
 # The image manifest (/usr/share/migration/manifest.json) is written at rootfs time by
-# migration-image.bbclass: add it with IMAGE_CLASSES += "migration-image" (local.conf or distro)
-# or `inherit migration-image` in the image recipe. Images without migrations do not pull in the
+# migration_image.bbclass: add it with IMAGE_CLASSES += "migration_image" (local.conf or distro)
+# or `inherit migration_image` in the image recipe. Images without migrations do not pull in the
 # runner: only packages of recipes that inherit this class depend on it.
 #
 # Variables (set in the recipe; "<pkg>" is a package in MIGRATION_PACKAGES):
@@ -116,9 +116,10 @@ MIGRATION_INTERPRETER_RDEPENDS[bash] ?= "bash"
 MIGRATION_INTERPRETER_RDEPENDS[python3] ?= "python3"
 MIGRATION_INTERPRETER_RDEPENDS[python] ?= "python3"
 
-ERROR_QA:append = " migration-missing migration-empty migration-shebang migration-errexit \
-    migration-syntax migration-shellcheck migration-crlf migration-name migration-duplicate"
+ERROR_QA:append = " migration-missing migration-empty migration-shebang migration-errexit migration-syntax migration-shellcheck migration-crlf migration-name migration-duplicate"
 
+# Parse time, like systemd.bbclass: FILES and RDEPENDS depend on the scripts listed.
+# nooelint: oelint.task.noanonpython
 python __anonymous() {
     migration.bitbake.setup(d)
 }
@@ -139,15 +140,17 @@ migration_install[vardeps] += "MIGRATION_SCRIPTS MIGRATION_PRIORITY MIGRATION_BE
 do_install[postfuncs] += "migration_install"
 
 # A package installed on a running target (package manager, not rootfs time) refreshes the image
-# manifest so the runner knows its scripts; at rootfs time migration-image.bbclass does it once.
+# manifest so the runner knows its scripts; at rootfs time migration_image.bbclass does it once.
 migration_refresh_manifest() {
-	if [ -z "$D" ] && [ -x ${sbindir}/migration ]; then
-		${sbindir}/migration manifest
-	fi
+    if [ -z "$D" ] && [ -x ${sbindir}/migration ]; then
+        ${sbindir}/migration manifest
+    fi
 }
+migration_refresh_manifest[doc] = "Shell fragment appended to pkg_postinst/pkg_postrm of migration packages."
 
 python migration_populate_packages() {
     migration.bitbake.add_postinsts(d)
 }
+migration_populate_packages[doc] = "Adds the manifest refresh to the migration packages' postinst and postrm."
 migration_populate_packages[vardeps] += "migration_refresh_manifest"
 PACKAGESPLITFUNCS:prepend = "migration_populate_packages "

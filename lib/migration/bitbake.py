@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""The BitBake glue of classes/migration.bbclass and classes/migration-image.bbclass.
+"""The BitBake glue of classes/migration.bbclass and classes/migration_image.bbclass.
 
 The only module that sees BitBake's datastore ``d``: it turns variables into plain values, calls
 :mod:`migration.lint` and :mod:`migration.manifest`, and turns their findings and errors into
@@ -317,7 +317,7 @@ def install(d: Any) -> None:
 
 
 def image_manifest(d: Any) -> None:
-    """ROOTFS_POSTPROCESS_COMMAND of migration-image: the image manifest from what is installed.
+    """ROOTFS_POSTPROCESS_COMMAND of migration_image: the image manifest from what is installed.
 
     Images without migrations (no fragments dir and no scripts dir) are left alone. Errors of
     :func:`migration.manifest.generate`, such as two packages shipping one name, fail the build.

@@ -1,16 +1,18 @@
 # SPDX-License-Identifier: MIT
 SUMMARY = "Runs one-shot migration scripts once per device, early at boot"
 DESCRIPTION = "The migration runner: applies the scripts that packages ship in \
-/etc/migration.d exactly once per device (run-once by content hash, state in \
-/var/lib/migration), in order, before the regular services start; a systemd unit, a \
-gate template for per-service ordering and a sysvinit script."
-HOMEPAGE = "https://github.com/meta-migration/meta-migration"
+               /etc/migration.d exactly once per device (run-once by content hash, state in \
+               /var/lib/migration), in order, before the regular services start; a systemd \
+               unit, a gate template for per-service ordering and a sysvinit script."
 SECTION = "base"
 LICENSE = "MIT"
+# The layer's own code, MIT like OE-core's own recipes (run-postinsts).
+# nooelint: oelint.var.licenseremotefile
 LIC_FILES_CHKSUM = "file://${COREBASE}/meta/COPYING.MIT;md5=3da9cfbcb788c80a0384361b4de20420"
 
 # One source of truth: the Python package is the layer's lib/migration (the build-time lint
 # runs the same code); files/ holds the units and the install script (migration-install.sh).
+# nooelint: oelint.vars.fileextrapaths,oelint.vars.outofcontext
 FILESEXTRAPATHS:prepend := "${MIGRATION_LAYERDIR}/lib:${THISDIR}:"
 SRC_URI = "file://migration/ \
            file://files/ \
@@ -35,6 +37,7 @@ MIGRATION_PYTHON[doc] = "Interpreter in the shebang of the migration command."
 # The init integrations to install, from DISTRO_FEATURES (sysvinit when neither is set).
 MIGRATION_INIT ?= "${@' '.join(f for f in ('systemd', 'sysvinit') if bb.utils.contains('DISTRO_FEATURES', f, True, False, d)) or 'sysvinit'}"
 
+# nooelint: oelint.task.noanonpython
 python __anonymous() {
     try:
         oe.data.typed_value("MIGRATION_BOOT_POLICY", d)
@@ -52,16 +55,16 @@ do_configure[noexec] = "1"
 do_compile[noexec] = "1"
 
 do_install() {
-	D="${D}" sbindir="${sbindir}" libdir="${libdir}" datadir="${datadir}" \
-	sysconfdir="${sysconfdir}" localstatedir="${localstatedir}" \
-	systemd_system_unitdir="${systemd_system_unitdir}" \
-	MIGRATION_PYTHON="${MIGRATION_PYTHON}" MIGRATION_INIT="${MIGRATION_INIT}" \
-	MIGRATION_BOOT_POLICY="${MIGRATION_BOOT_POLICY}" \
-	MIGRATION_BOOT_TIMEOUT="${MIGRATION_BOOT_TIMEOUT}" \
-		sh ${S}/files/migration-install.sh ${S}/migration ${S}/files
+    D="${D}" sbindir="${sbindir}" libdir="${libdir}" datadir="${datadir}" \
+    sysconfdir="${sysconfdir}" localstatedir="${localstatedir}" \
+    systemd_system_unitdir="${systemd_system_unitdir}" \
+    MIGRATION_PYTHON="${MIGRATION_PYTHON}" MIGRATION_INIT="${MIGRATION_INIT}" \
+    MIGRATION_BOOT_POLICY="${MIGRATION_BOOT_POLICY}" \
+    MIGRATION_BOOT_TIMEOUT="${MIGRATION_BOOT_TIMEOUT}" \
+        sh ${S}/files/migration-install.sh ${S}/migration ${S}/files
 }
 
-FILES:${PN} += "${libdir}/migration ${systemd_system_unitdir}"
+FILES:${PN} += "${systemd_system_unitdir}"
 
 # What lib/migration's on-target modules import, checked against OE-core's python3-manifest.json.
 RDEPENDS:${PN} = "python3-core python3-crypt python3-json"

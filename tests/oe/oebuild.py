@@ -146,6 +146,8 @@ local_conf_header:
         if self.user is None or os.getuid() != 0:
             return
         pw = pwd.getpwnam(self.user)
+        # The release dir too: oe-selftest creates <builddir>-st next to the build dir.
+        os.lchown(self.root, pw.pw_uid, pw.pw_gid)
         os.lchown(builddir, pw.pw_uid, pw.pw_gid)
         for top in (self.layer, self.root / "kaswork", builddir / "conf"):
             for dirpath, dirnames, filenames in os.walk(top):

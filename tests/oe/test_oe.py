@@ -167,7 +167,9 @@ def test_image_without_migrations_does_not_pull_in_runner(oe: OEBuild) -> None:
 
 
 def test_oe_selftest_cases_run(oe: OEBuild) -> None:
-    proc = oe.run("oe-selftest -r migration", timeout=3 * 3600)
+    # A build dir of its own: oe-selftest adds meta-selftest to its BBLAYERS.
+    builddir = oe.extra_builddir("build-selftest", [])
+    proc = oe.run("oe-selftest -r migration", builddir, timeout=3 * 3600)
     ran = re.search(r"Ran (\d+) tests? in", proc.stdout)
     assert ran, proc.stdout
     assert int(ran.group(1)) > 0, "oe-selftest ran 0 tests (no git identity?)\n" + proc.stdout

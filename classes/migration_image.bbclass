@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: MIT
 #
-# migration-image.bbclass: the image manifest of the migrations an image really contains.
+# migration_image.bbclass: the image manifest of the migrations an image really contains.
 #
-# Usage: IMAGE_CLASSES += "migration-image" (local.conf or distro), or `inherit migration-image`
+# Usage: IMAGE_CLASSES += "migration_image" (local.conf or distro), or `inherit migration_image`
 # in an image recipe.
 #
 # At rootfs time (ROOTFS_POSTPROCESS_COMMAND, after every package and postinst) it runs

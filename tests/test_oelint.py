@@ -1,0 +1,47 @@
+# SPDX-License-Identifier: MIT
+"""oelint-adv, with the layer's .oelint.cfg, finds nothing in the layer's recipes and classes.
+
+Runs in CI (it needs no OE-core): pip install oelint-adv. Checked for each release the layer
+supports, since oelint-adv's rules differ by release.
+"""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+LAYER = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("oelint-adv") is None,
+    reason="oelint-adv is not installed (pip install oelint-adv)",
+)
+
+
+def metadata_files() -> list:
+    files = sorted(
+        str(p.relative_to(LAYER))
+        for pattern in (
+            "classes/*.bbclass",
+            "recipes-*/*/*.bb",
+            "recipes-*/*/*.bbappend",
+            "tests/oe/data/*/recipes-*/*/*.bb",
+        )
+        for p in LAYER.glob(pattern)
+    )
+    assert "classes/migration.bbclass" in files
+    assert "recipes-core/migration/migration_1.0.bb" in files
+    return files
+
+
+@pytest.mark.parametrize("release", ["scarthgap", "whinlatter", "wrynose"])
+def test_oelint_adv_reports_nothing(release: str) -> None:
+    proc = subprocess.run(
+        ["oelint-adv", "--quiet", f"--release={release}", *metadata_files()],
+        cwd=LAYER,  # .oelint.cfg is read from the current directory
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (proc.returncode, proc.stdout + proc.stderr) == (0, "")
