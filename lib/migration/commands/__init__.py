@@ -11,7 +11,7 @@ import importlib
 from types import ModuleType
 from typing import Any, List
 
-NAMES = ["run", "status", "forget", "check", "manifest"]
+NAMES = ["run", "status", "forget", "check", "manifest", "lint"]
 
 
 def load() -> List[ModuleType]:
