@@ -66,5 +66,8 @@ do_install() {
 
 FILES:${PN} += "${systemd_system_unitdir}"
 
-# What lib/migration's on-target modules import, checked against OE-core's python3-manifest.json.
+# What lib/migration's on-target modules import (directly and through the standard library),
+# checked against OE-core's python3-manifest.json. Before Python 3.13 (scarthgap) fcntl, which
+# the state lock uses, was not in python3-core but packaged alone.
 RDEPENDS:${PN} = "python3-core python3-crypt python3-json"
+RDEPENDS:${PN}:append = " ${@'python3-fcntl' if 'scarthgap' in (d.getVar('LAYERSERIES_CORENAMES') or '').split() else ''}"

@@ -1,0 +1,239 @@
+# SPDX-License-Identifier: MIT
+"""migration.bitbake with BitBake's real datastore and OE-core's oe.qa, without a build.
+
+What a full build would do after do_unpack (install into D, the package fragment, the gating
+drop-in) and at rootfs time (the image manifest, its errors as a QA failure) needs native tools
+built from network sources, so these tests call the same functions on a datastore made by
+bb.data.init(), with the libraries of the checkouts in MIGRATION_BITBAKE_DIR and
+MIGRATION_OECORE_DIR. Skipped when those are unset.
+"""
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterator, List
+
+import pytest
+
+from migration import units
+
+pytestmark = pytest.mark.oe
+
+
+@pytest.fixture(scope="module")
+def bbmods() -> Any:
+    oecore, bitbake = (
+        os.environ.get("MIGRATION_OECORE_DIR"),
+        os.environ.get("MIGRATION_BITBAKE_DIR"),
+    )
+    if not oecore or not bitbake:
+        pytest.skip(
+            "needs MIGRATION_OECORE_DIR and MIGRATION_BITBAKE_DIR (BitBake's and oe's libs)"
+        )
+    for path in (os.path.join(bitbake, "lib"), os.path.join(oecore, "meta", "lib")):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    import bb
+    import bb.data
+
+    return bb
+
+
+class Messages(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: List[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def messages(bbmods: Any) -> Iterator[Messages]:
+    handler = Messages()
+    logger = logging.getLogger("BitBake")
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
+
+
+def datastore(bb: Any, tmp_path: Path, pn: str, **values: str) -> Any:
+    d = bb.data.init()
+    defaults = {
+        "PN": pn,
+        "PV": "2.0",
+        "PR": "r0",
+        "FILE": f"/layer/recipes-x/{pn}/{pn}_2.0.bb",
+        "WORKDIR": str(tmp_path / pn),
+        "UNPACKDIR": str(tmp_path / pn / "sources"),
+        "D": str(tmp_path / pn / "image"),
+        "T": str(tmp_path / pn / "temp"),
+        "sysconfdir": "/etc",
+        "datadir": "/usr/share",
+        "systemd_system_unitdir": "/usr/lib/systemd/system",
+        "DISTRO_FEATURES": "systemd",
+        "MIGRATION_PACKAGE": pn,
+        "MIGRATION_PACKAGES": pn,
+        "MIGRATION_PRIORITY": "50",
+        "MIGRATION_SHELLCHECK": "no",
+        "ERROR_QA": "migration-missing migration-empty migration-shebang migration-errexit "
+        "migration-syntax migration-shellcheck migration-crlf migration-name "
+        "migration-duplicate migration-manifest",
+        "WARN_QA": "",
+    }
+    defaults.update(values)
+    for key, value in defaults.items():
+        d.setVar(key, value)
+    os.makedirs(d.getVar("UNPACKDIR"), exist_ok=True)
+    os.makedirs(d.getVar("T"), exist_ok=True)
+    return d
+
+
+def unpack(d: Any, name: str, data: bytes) -> None:
+    path = Path(d.getVar("UNPACKDIR")) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+GOOD = b"#!/bin/sh\nset -eu\nchown -R foo:foo /var/lib/foo\n"
+
+
+def test_install_writes_scripts_fragment_and_gate(bbmods: Any, tmp_path: Path) -> None:
+    from migration import bitbake as glue
+
+    d = datastore(
+        bbmods, tmp_path, "foo", MIGRATION_SCRIPTS="b.sh a.sh", MIGRATION_BEFORE="foo.service"
+    )
+    unpack(d, "a.sh", GOOD)
+    unpack(d, "b.sh", GOOD + b"# b\n")
+    glue.install(d)
+    image = Path(d.getVar("D"))
+    scripts = image / "etc/migration.d"
+    assert sorted(p.name for p in scripts.iterdir()) == ["50-foo-a.sh", "50-foo-b.sh"]
+    assert (scripts / "50-foo-a.sh").read_bytes() == GOOD
+    assert os.stat(scripts / "50-foo-a.sh").st_mode & 0o777 == 0o755
+    fragment = json.loads((image / "usr/share/migration/packages/foo.json").read_text())
+    assert fragment["package"] == "foo"
+    assert fragment["version"] == "2.0-r0"
+    assert [m["name"] for m in fragment["migrations"]] == ["50-foo-a.sh", "50-foo-b.sh"]
+    dropin = image / "usr/lib/systemd/system/foo.service.d/50-migration-foo.conf"
+    assert dropin.read_text() == units.gate_dropin("foo")
+
+
+def test_no_gate_without_systemd(bbmods: Any, tmp_path: Path) -> None:
+    from migration import bitbake as glue
+
+    d = datastore(
+        bbmods,
+        tmp_path,
+        "foo",
+        MIGRATION_SCRIPTS="a.sh",
+        MIGRATION_BEFORE="foo.service",
+        DISTRO_FEATURES="sysvinit",
+    )
+    unpack(d, "a.sh", GOOD)
+    glue.install(d)
+    assert not (Path(d.getVar("D")) / "usr/lib/systemd").exists()
+
+
+def test_per_package_variables_fall_back(bbmods: Any, tmp_path: Path) -> None:
+    from migration import bitbake as glue
+
+    d = datastore(
+        bbmods,
+        tmp_path,
+        "foo",
+        MIGRATION_PACKAGES="foo foo-tools",
+        MIGRATION_SCRIPTS="a.sh",
+        **{"MIGRATION_SCRIPTS:foo-tools": "t.sh", "MIGRATION_PRIORITY:foo-tools": "10"},
+    )
+    configs = glue.package_configs(d)
+    assert [(c.package, c.priority, c.scripts) for c in configs] == [
+        ("foo", "50", ["a.sh"]),
+        ("foo-tools", "10", ["t.sh"]),
+    ]
+
+
+def test_lint_task_reports_each_finding_and_fails(
+    bbmods: Any, tmp_path: Path, messages: Messages
+) -> None:
+    from migration import bitbake as glue
+
+    d = datastore(bbmods, tmp_path, "foo", MIGRATION_SCRIPTS="ok.sh bad.sh gone.sh")
+    unpack(d, "ok.sh", GOOD)
+    unpack(d, "bad.sh", b"#!/bin/sh\necho no errexit\r\n")
+    with pytest.raises(bbmods.BBHandledException):
+        glue.lint_task(d)
+    errors = [line for line in messages.lines if line.startswith("QA Issue")]
+    assert errors == [
+        "QA Issue: foo: bad.sh:2: CRLF (DOS) line endings: convert with dos2unix [migration-crlf]",
+        "QA Issue: foo: bad.sh: shell script without errexit: add `set -e` (or `set -eu`) "
+        "after the shebang [migration-errexit]",
+        f"QA Issue: foo: gone.sh: listed in MIGRATION_SCRIPTS but not in {d.getVar('UNPACKDIR')}: "
+        "add file://gone.sh to SRC_URI [migration-missing]",
+    ]
+
+
+def test_lint_findings_follow_warn_qa_and_insane_skip(
+    bbmods: Any, tmp_path: Path, messages: Messages
+) -> None:
+    from migration import bitbake as glue
+
+    d = datastore(bbmods, tmp_path, "foo", MIGRATION_SCRIPTS="bad.sh", INSANE_SKIP="migration-crlf")
+    d.setVar("ERROR_QA", "")
+    d.setVar("WARN_QA", "migration-errexit")
+    unpack(d, "bad.sh", b"#!/bin/sh\necho no errexit\r\n")
+    glue.lint_task(d)  # warnings only: the task succeeds
+    assert [line for line in messages.lines if line.startswith("QA Issue")] == [
+        "QA Issue: foo: bad.sh: shell script without errexit: add `set -e` (or `set -eu`) "
+        "after the shebang [migration-errexit]"
+    ]
+
+
+def test_image_manifest_from_installed_packages(bbmods: Any, tmp_path: Path) -> None:
+    from migration import bitbake as glue
+
+    rootfs = tmp_path / "rootfs"
+    for pn in ("foo", "bar"):
+        d = datastore(bbmods, tmp_path, pn, MIGRATION_SCRIPTS="a.sh", D=str(rootfs))
+        unpack(d, "a.sh", GOOD + pn.encode())
+        glue.install(d)
+    image = datastore(bbmods, tmp_path, "demo-image", IMAGE_ROOTFS=str(rootfs))
+    glue.image_manifest(image)
+    manifest = json.loads((rootfs / "usr/share/migration/manifest.json").read_text())
+    assert [(m["name"], m["package"]) for m in manifest["migrations"]] == [
+        ("50-bar-a.sh", "bar"),
+        ("50-foo-a.sh", "foo"),
+    ]
+
+
+def test_image_manifest_fails_when_two_packages_ship_one_name(
+    bbmods: Any, tmp_path: Path, messages: Messages
+) -> None:
+    from migration import bitbake as glue
+
+    rootfs = tmp_path / "rootfs"
+    # Package "a-b" with script "c.sh" and package "a" with script "b-c.sh": both 50-a-b-c.sh.
+    for pn, script in (("a-b", "c.sh"), ("a", "b-c.sh")):
+        d = datastore(bbmods, tmp_path, pn, MIGRATION_SCRIPTS=script, D=str(rootfs))
+        unpack(d, script, GOOD)
+        glue.install(d)
+    image = datastore(bbmods, tmp_path, "demo-image", IMAGE_ROOTFS=str(rootfs))
+    with pytest.raises(bbmods.BBHandledException):
+        glue.image_manifest(image)
+    assert [line for line in messages.lines if line.startswith("QA Issue")] == [
+        "QA Issue: demo-image: image manifest: migration 50-a-b-c.sh is shipped by two "
+        "packages: a-b and a [migration-manifest]"
+    ]
+
+
+def test_image_without_migrations_is_left_alone(bbmods: Any, tmp_path: Path) -> None:
+    from migration import bitbake as glue
+
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "etc").mkdir(parents=True)
+    image = datastore(bbmods, tmp_path, "core-image-minimal", IMAGE_ROOTFS=str(rootfs))
+    glue.image_manifest(image)
+    assert not (rootfs / "usr/share/migration").exists()
