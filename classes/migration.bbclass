@@ -83,8 +83,8 @@
 # Misconfiguration (a priority that is not two digits, a MIGRATION_BEFORE entry that is not a
 # unit name) stops parsing with the recipe file, the variable and the fix.
 #
-# To be applied with `+=` or `:append`; the ??= defaults below are weak, so `MIGRATION_X += "y"`
-# on one of them drops the default: use `MIGRATION_X:append = " y"`.
+# Extending a default: MIGRATION_PRIORITY, MIGRATION_RUNNER and MIGRATION_SHELLCHECK are weak
+# defaults (??=), so `+=` on them drops the default; use `:append = " y"` or `:remove`.
 
 MIGRATION_SCRIPTS ?= ""
 MIGRATION_SCRIPTS[doc] = "Migration scripts (paths relative to UNPACKDIR) shipped by MIGRATION_PACKAGE; MIGRATION_SCRIPTS:<pkg> per package."
