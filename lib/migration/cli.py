@@ -15,7 +15,6 @@ import argparse
 import os
 import signal
 import sys
-import traceback
 from typing import Any, List, Optional
 
 from migration import __version__, commands
@@ -27,7 +26,24 @@ STATE_DIR = "var/lib/migration"
 MANIFEST = "usr/share/migration/manifest.json"
 
 
-def build_parser() -> argparse.ArgumentParser:
+_GLOBAL_WITH_VALUE = ("--root", "--scripts-dir", "--state-dir", "--manifest")
+
+
+def _command_in(argv: List[str]) -> Optional[str]:
+    """The subcommand named on the command line, if it is a known one (else None)."""
+    tokens = iter(argv)
+    for token in tokens:
+        if token in _GLOBAL_WITH_VALUE:
+            next(tokens, None)
+        elif not token.startswith("-"):
+            return token if token in commands.NAMES else None
+    return None
+
+
+def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+    """The argument parser; with `only`, just that subcommand is set up (every invocation pays
+    for the parsers it builds, and a no-op boot run should cost little more than the
+    interpreter's start)."""
     parser = argparse.ArgumentParser(
         prog="migration",
         description="Run one-shot migration scripts exactly once, in order, safely.",
@@ -49,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for mod in commands.load():
+    for mod in commands.load([only] if only else None):
         sp = sub.add_parser(
             mod.name,
             help=mod.helpmsg,
@@ -85,7 +101,10 @@ def _say_error(msg: str) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)  # usage errors: argparse exits 2 with a message
+    if argv is None:
+        argv = sys.argv[1:]
+    # usage errors: argparse exits 2 with a message
+    args = build_parser(_command_in(argv)).parse_args(argv)
     resolve_paths(args)
     try:
         return int(args.func(args))
@@ -102,6 +121,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         _say_error(f"{e.strerror or e}{where}")
         return 2
     except Exception:
+        import traceback  # only for bugs: it costs milliseconds at every start
+
         traceback.print_exc()
         _say_error("internal error (a bug: please report it with the traceback above)")
         return 1

@@ -15,13 +15,12 @@ that the manifest does not list, is refused as tampered.
 """
 
 import contextlib
-import hashlib
 import json
 import os
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Union
 
 from migration.errors import ManifestError
-from migration.scripts import discover, invalid_name_reason
+from migration.scripts import discover, invalid_name_reason, sha256
 from migration.state import atomic_write, dump_json, is_sha256
 
 FORMAT = 1
@@ -68,7 +67,7 @@ def write_json_atomic(path: str, obj: Any) -> None:
 def digest(migrations: List[Dict[str, str]]) -> str:
     """sha256 of the canonical JSON (sorted keys, no spaces) of a manifest's migrations list."""
     canonical = json.dumps(migrations, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return sha256(canonical.encode()).hexdigest()
 
 
 def _check_entry(where: str, name: Any, sha: Any) -> None:

@@ -208,8 +208,6 @@ def _run_locked(
     manifest: Optional[manifest_mod.Manifest],
     say: Callable[[str], None],
 ) -> int:
-    from migration import execute  # only needed when there is work: keeps no-op runs light
-
     meta = state.check_meta()
     image = read_os_release(opts.root)
     for w in warnings:
@@ -246,6 +244,8 @@ def _run_locked(
             final.append(PENDING)
             continue
         assert item.script is not None
+        from migration import execute  # imported only when there is work (cheap no-op runs)
+
         ok = _run_one(opts, state, item, image, execute, say)
         outcome[item.sha256] = APPLIED if ok else FAILED
         final.append(outcome[item.sha256])

@@ -6,13 +6,20 @@ Lint (build time), manifest generation (rootfs time) and the runner (target) all
 so they can never disagree on which files are migrations, on their names or on their hashes.
 """
 
-import hashlib
 import os
 import re
 import stat
 from typing import List, NamedTuple, Optional, Tuple, Union
 
 from migration.errors import MigrationError
+
+try:  # the built-in sha256 (python3-crypt's _sha2/_sha256) starts faster than OpenSSL's
+    from _sha2 import sha256  # Python >= 3.12
+except ImportError:
+    try:
+        from _sha256 import sha256  # Python <= 3.11
+    except ImportError:
+        from hashlib import sha256
 
 #: Valid installed names. `<priority>-<pkg>-<script>` is the convention, this is the rule.
 NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]*\Z")
@@ -90,13 +97,16 @@ def invalid_name_reason(name: str) -> Optional[str]:
 
 def sha256_file(path: str) -> str:
     """Hex sha256 of a file's content (follows symlinks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    digest = sha256()
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
         while True:
-            chunk = f.read(_HASH_CHUNK)
+            chunk = os.read(fd, _HASH_CHUNK)
             if not chunk:
                 break
             digest.update(chunk)
+    finally:
+        os.close(fd)
     return digest.hexdigest()
 
 
@@ -104,8 +114,11 @@ def _first_line(path_or_bytes: Union[str, bytes, "os.PathLike[str]"]) -> bytes:
     if isinstance(path_or_bytes, (bytes, bytearray)):
         head = bytes(path_or_bytes[:256])
     else:
-        with open(path_or_bytes, "rb") as f:
-            head = f.read(256)  # the kernel reads at most 256 bytes of a #! line (BINPRM_BUF_SIZE)
+        fd = os.open(path_or_bytes, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            head = os.read(fd, 256)  # the kernel reads at most 256 bytes of a #! line
+        finally:
+            os.close(fd)
     return head.split(b"\n", 1)[0].rstrip(b"\r")
 
 

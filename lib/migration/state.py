@@ -172,8 +172,11 @@ class State:
     def read_record(self, kind: str, sha: str) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
         """(record, None), (None, None) when absent, (None, reason) when damaged."""
         try:
-            with open(self._file(kind, sha), "rb") as f:
-                data = f.read(1 << 20)
+            fd = os.open(self._file(kind, sha), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                data = os.read(fd, 1 << 20)
+            finally:
+                os.close(fd)
         except FileNotFoundError:
             return None, None
         except IsADirectoryError:

@@ -9,13 +9,15 @@ import time (import heavy things inside run()): every invocation imports all of 
 
 import importlib
 from types import ModuleType
-from typing import Any, List
+from typing import Any, List, Optional
 
 NAMES = ["run", "status", "forget", "check", "manifest", "lint"]
 
 
-def load() -> List[ModuleType]:
-    return [importlib.import_module(f"{__name__}.{name}") for name in NAMES]
+def load(names: Optional[List[str]] = None) -> List[ModuleType]:
+    """The command modules (all of them, or just `names`), in NAMES order."""
+    wanted = NAMES if names is None else [n for n in NAMES if n in names]
+    return [importlib.import_module(f"{__name__}.{name}") for name in wanted]
 
 
 def options(args: Any, **extra: Any) -> Any:
