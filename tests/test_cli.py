@@ -80,8 +80,14 @@ def wait_for(path, within=10.0):
         time.sleep(0.01)
 
 
-def test_version_and_usage_errors(root):
+def test_version_help_and_usage_errors(root):
     assert cli("--version").returncode == 0
+    proc = cli("--help")
+    assert proc.returncode == 0
+    for command in ("run", "status", "forget", "check", "manifest"):
+        assert command in proc.stdout
+    proc = cli("--root", "/x", "run", "--help")
+    assert proc.returncode == 0 and "--policy {continue,stop}" in proc.stdout
     for args in (["frobnicate"], [], ["run", "--policy", "maybe"], ["run", "--timeout", "-1"],
                  ["run", "--timeout", "soon"], ["forget"], ["check"]):
         proc = root(*args)
