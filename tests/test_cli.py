@@ -26,9 +26,10 @@ NOBODY = 65534
 def cli(*args, python=sys.executable, lib=LIB, timeout=30, **kw):
     env = dict(os.environ, PYTHONPATH=lib)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
+    if "stdout" not in kw and "stderr" not in kw:
+        kw["capture_output"] = True
     return subprocess.run(
-        [python, "-m", "migration", *args],
-        capture_output=True, text=True, env=env, timeout=timeout, **kw,
+        [python, "-m", "migration", *args], text=True, env=env, timeout=timeout, **kw
     )
 
 
@@ -145,6 +146,19 @@ def test_relative_paths_are_resolved_before_scripts_run(root):
                "run", cwd=str(root.path))
     assert proc.returncode == 0 and "10-a: ran" in proc.stderr
     assert os.listdir(root.path / "st" / "applied")
+
+
+def test_lost_console_does_not_stop_the_run(root):
+    root.add("10-a", "echo hi\n")
+    root.add("20-b", "echo there >&2\n")
+    r, w = os.pipe()
+    os.close(r)  # every write to stdout/stderr now fails with EPIPE
+    try:
+        proc = cli("--root", str(root.path), "run", stdout=w, stderr=w)
+    finally:
+        os.close(w)
+    assert proc.returncode == 0
+    assert {row["state"] for row in root.status().values()} == {"applied"}
 
 
 def test_stop_policy_exit_1_with_pending(root):

@@ -12,6 +12,7 @@ Exit codes (a contract: tests outside this repository rely on them):
 """
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -97,7 +98,9 @@ def install_signal_handlers() -> None:
 
 
 def _say_error(msg: str) -> None:
-    print(f"migration: error: {msg}", file=sys.stderr, flush=True)
+    # With no console left to tell (EPIPE), the exit code still says it.
+    with contextlib.suppress(OSError, ValueError):
+        print(f"migration: error: {msg}", file=sys.stderr, flush=True)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

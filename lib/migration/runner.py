@@ -16,6 +16,7 @@ States (also the `state` of `migration status --json`):
 - pending: never tried.
 """
 
+import contextlib
 import os
 import stat
 import sys
@@ -171,7 +172,10 @@ def inspect(opts: Options, state: State, repair: bool = False) -> Tuple[List[Ite
 
 
 def _stderr(msg: str) -> None:
-    print(f"migration: {msg}", file=sys.stderr, flush=True)
+    """Report on stderr (the journal under systemd). A lost console (EPIPE after a journald
+    restart) must not abort a run between a script and its record."""
+    with contextlib.suppress(OSError, ValueError):
+        print(f"migration: {msg}", file=sys.stderr, flush=True)
 
 
 def _nothing_to_do(
