@@ -116,14 +116,12 @@ def setup(d: Any) -> None:
 
     Misconfiguration is fatal here, naming the recipe file, the variable and the fix.
     """
-    import oe.data
-
     if is_inert(d):
         return
-    try:
-        oe.data.typed_value("MIGRATION_SHELLCHECK", d)
-    except ValueError as e:
-        _fatal(d, f"MIGRATION_SHELLCHECK: {e}: set it to auto or no")
+    mode = d.getVar("MIGRATION_SHELLCHECK") or "auto"
+    choices = (d.getVarFlag("MIGRATION_SHELLCHECK", "choices") or "auto no").split()
+    if mode not in choices:
+        _fatal(d, f"MIGRATION_SHELLCHECK = {mode!r}: set it to one of {', '.join(choices)}")
     pkgs = (d.getVar("MIGRATION_PACKAGES") or "").split()
     runner = (d.getVar("MIGRATION_RUNNER") or "").split()
     sysconfdir = d.getVar("sysconfdir")
@@ -134,7 +132,15 @@ def setup(d: Any) -> None:
         names = " ".join(f"{var}:{pkg}" for var in PER_PACKAGE_VARS)
         for task in ("do_migration_lint", "migration_install"):
             d.appendVarFlag(task, "vardeps", " " + names)
-    for cfg in package_configs(d):
+    configs = package_configs(d)
+    if not configs:
+        import bb
+
+        bb.warn(
+            f"{d.getVar('FILE', False)} inherits migration but no package in MIGRATION_PACKAGES "
+            f"({' '.join(pkgs) or 'empty'}) has MIGRATION_SCRIPTS: set MIGRATION_SCRIPTS"
+        )
+    for cfg in configs:
         pkg = cfg.package
         if not lint.PRIORITY_RE.match(cfg.priority):
             _fatal(

@@ -39,12 +39,13 @@ MIGRATION_INIT ?= "${@' '.join(f for f in ('systemd', 'sysvinit') if bb.utils.co
 
 # nooelint: oelint.task.noanonpython
 python __anonymous() {
-    try:
-        oe.data.typed_value("MIGRATION_BOOT_POLICY", d)
-    except ValueError as e:
-        bb.fatal("%s: MIGRATION_BOOT_POLICY: %s: set continue, rescue or halt" % (d.getVar("FILE", False), e))
-    if not (d.getVar("MIGRATION_BOOT_TIMEOUT") or "0").isdigit():
-        bb.fatal("%s: MIGRATION_BOOT_TIMEOUT = %r is not a number of seconds" % (d.getVar("FILE", False), d.getVar("MIGRATION_BOOT_TIMEOUT")))
+    policy = d.getVar("MIGRATION_BOOT_POLICY")
+    choices = d.getVarFlag("MIGRATION_BOOT_POLICY", "choices").split()
+    if policy not in choices:
+        bb.fatal("%s: MIGRATION_BOOT_POLICY = %r: set one of %s" % (d.getVar("FILE", False), policy, ", ".join(choices)))
+    timeout = d.getVar("MIGRATION_BOOT_TIMEOUT")
+    if not timeout.isdigit():
+        bb.fatal("%s: MIGRATION_BOOT_TIMEOUT = %r is not a whole number of seconds (0: no limit)" % (d.getVar("FILE", False), timeout))
 }
 
 SYSTEMD_SERVICE:${PN} = "migration.service"

@@ -237,3 +237,71 @@ def test_image_without_migrations_is_left_alone(bbmods: Any, tmp_path: Path) -> 
     image = datastore(bbmods, tmp_path, "core-image-minimal", IMAGE_ROOTFS=str(rootfs))
     glue.image_manifest(image)
     assert not (rootfs / "usr/share/migration").exists()
+
+
+def test_setup_warns_when_no_package_has_scripts(
+    bbmods: Any, tmp_path: Path, messages: Messages
+) -> None:
+    from migration import bitbake as glue
+
+    d = datastore(bbmods, tmp_path, "foo", PACKAGES="foo", MIGRATION_SCRIPTS="")
+    glue.setup(d)
+    assert messages.lines == [
+        "/layer/recipes-x/foo/foo_2.0.bb inherits migration but no package in "
+        "MIGRATION_PACKAGES (foo) has MIGRATION_SCRIPTS: set MIGRATION_SCRIPTS"
+    ]
+
+
+def test_setup_packages_files_and_rdepends(bbmods: Any, tmp_path: Path) -> None:
+    from migration import bitbake as glue
+
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "a.sh").write_bytes(GOOD)
+    (files / "b.py").write_bytes(b"#!/usr/bin/env python3\nprint(1)\n")
+    d = datastore(
+        bbmods,
+        tmp_path,
+        "foo",
+        PACKAGES="foo-dev foo",
+        FILESPATH=str(files),
+        MIGRATION_PACKAGES="foo-migration",
+        MIGRATION_SCRIPTS="a.sh b.py",
+        MIGRATION_BEFORE="foo.service",
+        MIGRATION_RUNNER="migration",
+    )
+    d.setVarFlag("MIGRATION_INTERPRETER_RDEPENDS", "python3", "python3-core")
+    glue.setup(d)
+    assert d.getVar("PACKAGES").split() == ["foo-migration", "foo-dev", "foo"]
+    assert d.getVar("FILES:foo-migration").split() == [
+        "/etc/migration.d/50-foo-migration-a.sh",
+        "/etc/migration.d/50-foo-migration-b.py",
+        "/usr/share/migration/packages/foo-migration.json",
+        "/usr/lib/systemd/system/foo.service.d/50-migration-foo-migration.conf",
+    ]
+    assert d.getVar("RDEPENDS:foo-migration").split() == ["migration", "python3-core"]
+    assert "MIGRATION_SCRIPTS:foo-migration" in d.getVarFlag("do_migration_lint", "vardeps")
+    assert "MIGRATION_PRIORITY:foo-migration" in d.getVarFlag("migration_install", "vardeps")
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"MIGRATION_PRIORITY": "5"},
+            "MIGRATION_PRIORITY = '5' for package foo is not two digits",
+        ),
+        ({"MIGRATION_BEFORE": "foo"}, "MIGRATION_BEFORE of package foo names 'foo', which is not"),
+    ],
+)
+def test_setup_misconfiguration_is_fatal(
+    bbmods: Any, tmp_path: Path, messages: Messages, values: dict, message: str
+) -> None:
+    from migration import bitbake as glue
+
+    d = datastore(bbmods, tmp_path, "foo", PACKAGES="foo", MIGRATION_SCRIPTS="a.sh", **values)
+    with pytest.raises(bbmods.BBHandledException):
+        glue.setup(d)
+    assert any(
+        line.startswith("/layer/recipes-x/foo/foo_2.0.bb: " + message) for line in messages.lines
+    ), messages.lines
