@@ -14,7 +14,10 @@ them. Names built at run time (``MIGRATION_SCRIPTS:<pkg>``) are added to ``varde
 
 import os
 import re
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+
+# Only the module, not names from it: BitBake's addpylib (bitbake 2.8) calls inspect on every
+# callable attribute of a BBIMPORTS module, and typing aliases such as List make it fail.
+import typing
 
 from . import lint
 
@@ -26,20 +29,20 @@ UNIT_RE = re.compile(
 )
 
 
-class PackageConfig(NamedTuple):
+class PackageConfig(typing.NamedTuple):
     """What one package ships: plain values read from the datastore."""
 
     package: str
     priority: str
-    scripts: List[str]
-    before: List[str]
+    scripts: typing.List[str]
+    before: typing.List[str]
 
-    def installed(self) -> List[Tuple[str, str]]:
+    def installed(self) -> typing.List[typing.Tuple[str, str]]:
         """``(script, installed_name)`` for each script of the package."""
         return [(s, lint.installed_name(self.priority, self.package, s)) for s in self.scripts]
 
 
-def get_package_var(d: Any, var: str, pkg: str) -> str:
+def get_package_var(d: typing.Any, var: str, pkg: str) -> str:
     """``VAR:<pkg>`` when set and not empty, else ``VAR`` (systemd.bbclass's helper)."""
     val = (d.getVar(f"{var}:{pkg}") or "").strip()
     if not val:
@@ -47,7 +50,7 @@ def get_package_var(d: Any, var: str, pkg: str) -> str:
     return val
 
 
-def package_configs(d: Any) -> List[PackageConfig]:
+def package_configs(d: typing.Any) -> typing.List[PackageConfig]:
     """One :class:`PackageConfig` per package in MIGRATION_PACKAGES that ships a script."""
     configs = []
     for pkg in (d.getVar("MIGRATION_PACKAGES") or "").split():
@@ -65,23 +68,23 @@ def package_configs(d: Any) -> List[PackageConfig]:
     return configs
 
 
-def is_inert(d: Any) -> bool:
+def is_inert(d: typing.Any) -> bool:
     """True for native and nativesdk variants: they ship no migrations."""
     import bb.data
 
     return bb.data.inherits_class("native", d) or bb.data.inherits_class("nativesdk", d)
 
 
-def _systemd(d: Any) -> bool:
+def _systemd(d: typing.Any) -> bool:
     return "systemd" in (d.getVar("DISTRO_FEATURES") or "").split()
 
 
-def source_dir(d: Any) -> str:
+def source_dir(d: typing.Any) -> str:
     """Where do_unpack put the file:// sources: UNPACKDIR (styhead and later) or WORKDIR."""
     return d.getVar("UNPACKDIR") or d.getVar("WORKDIR")
 
 
-def find_local(d: Any, script: str) -> Optional[str]:
+def find_local(d: typing.Any, script: str) -> typing.Optional[str]:
     """The file a ``file://<script>`` SRC_URI entry would fetch (FILESPATH search), or None.
 
     Every path searched is marked as a parse dependency, so adding, removing or editing the
@@ -96,7 +99,7 @@ def find_local(d: Any, script: str) -> Optional[str]:
     return found or None
 
 
-def interpreter_rdepends(d: Any, path: str) -> List[str]:
+def interpreter_rdepends(d: typing.Any, path: str) -> typing.List[str]:
     """Packages the interpreter of the script at ``path`` needs (MIGRATION_INTERPRETER_RDEPENDS)."""
     from . import scripts
 
@@ -104,13 +107,13 @@ def interpreter_rdepends(d: Any, path: str) -> List[str]:
     return (d.getVarFlag("MIGRATION_INTERPRETER_RDEPENDS", name) or "").split()
 
 
-def _fatal(d: Any, msg: str) -> None:
+def _fatal(d: typing.Any, msg: str) -> None:
     import bb
 
     bb.fatal("{}: {}".format(d.getVar("FILE", False), msg))
 
 
-def setup(d: Any) -> None:
+def setup(d: typing.Any) -> None:
     """Parse time (anonymous python): validate the settings, then set PACKAGES, FILES, RDEPENDS,
     the gating drop-ins' FILES and the vardeps of the per-package variables.
 
@@ -179,7 +182,7 @@ def setup(d: Any) -> None:
         d.appendVar("RDEPENDS:" + pkg, " " + " ".join(rdepends))
 
 
-def add_postinsts(d: Any) -> None:
+def add_postinsts(d: typing.Any) -> None:
     """PACKAGESPLITFUNCS: each migration package's pkg_postinst/pkg_postrm refresh the image
     manifest when the package manager runs on the target (not at rootfs time)."""
     if is_inert(d):
@@ -191,14 +194,14 @@ def add_postinsts(d: Any) -> None:
             d.setVar(key, (d.getVar(key) or "#!/bin/sh\n") + refresh)
 
 
-def _skipped(d: Any, qa_name: str, pkg: str) -> bool:
+def _skipped(d: typing.Any, qa_name: str, pkg: str) -> bool:
     """True when INSANE_SKIP or INSANE_SKIP:<pkg> lists the QA name."""
     skip = (d.getVar("INSANE_SKIP") or "").split()
     skip += (d.getVar("INSANE_SKIP:" + pkg) or "").split()
     return qa_name in skip
 
 
-def _report(d: Any, finding: lint.Finding, pkg: str) -> None:
+def _report(d: typing.Any, finding: lint.Finding, pkg: str) -> None:
     """One QA issue per finding, routed by ERROR_QA/WARN_QA; the QA names stay literal."""
     import oe.qa
 
@@ -221,7 +224,7 @@ def _report(d: Any, finding: lint.Finding, pkg: str) -> None:
     handlers[finding.check]()
 
 
-def shellcheck_binary(d: Any) -> Optional[str]:
+def shellcheck_binary(d: typing.Any) -> typing.Optional[str]:
     """The ShellCheck to use per MIGRATION_SHELLCHECK: "auto" (if in the task PATH), "no"."""
     import shutil
 
@@ -239,7 +242,7 @@ def shellcheck_binary(d: Any) -> Optional[str]:
     return found
 
 
-def lint_task(d: Any) -> None:
+def lint_task(d: typing.Any) -> None:
     """do_migration_lint: every check on every listed script, one QA issue per finding."""
     import oe.qa
 
@@ -247,7 +250,7 @@ def lint_task(d: Any) -> None:
         return
     srcdir = source_dir(d)
     shellcheck = shellcheck_binary(d)
-    origins: List[Tuple[str, str]] = []
+    origins: typing.List[typing.Tuple[str, str]] = []
     for cfg in package_configs(d):
         for script, inst in cfg.installed():
             origins.append((inst, f"package {cfg.package} script {script}"))
@@ -273,7 +276,7 @@ def lint_task(d: Any) -> None:
     oe.qa.exit_if_errors(d)
 
 
-def install(d: Any) -> None:
+def install(d: typing.Any) -> None:
     """do_install postfunc: the scripts into ${sysconfdir}/migration.d, the gating drop-ins and
     each package's fragment ${datadir}/migration/packages/<pkg>.json (name and sha256 of what
     was installed, package version PV-PR)."""
@@ -290,7 +293,7 @@ def install(d: Any) -> None:
     scriptsdir = dest + d.getVar("sysconfdir") + "/migration.d"
     version = "{}-{}".format(d.getVar("PV"), d.getVar("PR"))
     for cfg in package_configs(d):
-        entries: List[Dict[str, str]] = []
+        entries: typing.List[typing.Dict[str, str]] = []
         for script, inst in cfg.installed():
             src = os.path.join(srcdir, script)
             if not os.path.isfile(src):
@@ -322,7 +325,7 @@ def install(d: Any) -> None:
         os.chmod(fragment, 0o644)
 
 
-def image_manifest(d: Any) -> None:
+def image_manifest(d: typing.Any) -> None:
     """ROOTFS_POSTPROCESS_COMMAND of migration_image: the image manifest from what is installed.
 
     Images without migrations (no fragments dir and no scripts dir) are left alone. Errors of

@@ -132,6 +132,11 @@ local_conf_header:
             "KAS_WORK_DIR": str(self.root / "kaswork"),
             "KAS_BUILD_DIR": str(builddir),
             "LANG": "en_US.UTF-8",
+            # The layer copy belongs to the BitBake user after the first set-up; kas (run by
+            # root here) must still see it as a git repository to resolve repo-relative includes.
+            "GIT_CONFIG_COUNT": "1",
+            "GIT_CONFIG_KEY_0": "safe.directory",
+            "GIT_CONFIG_VALUE_0": "*",
         }
         (self.root / "kaswork").mkdir(exist_ok=True)
         cmd = [sys.executable, "-m", "kas", "shell", f"{self.kasfile}:offline.yml", "-c", "true"]
