@@ -83,12 +83,12 @@ def is_ignored(name: str) -> bool:
 
 def invalid_name_reason(name: str) -> Optional[str]:
     """Why `name` is not a valid migration name, or None when it is."""
+    if NAME_RE.match(name):  # ASCII only, so characters are bytes
+        return None if len(name) <= NAME_MAX else f"name longer than {NAME_MAX} bytes"
     if not name:
         return "empty name"
     if len(os.fsencode(name)) > NAME_MAX:
         return f"name longer than {NAME_MAX} bytes"
-    if NAME_RE.match(name):
-        return None
     if not re.match(r"[A-Za-z0-9]", name[0]):
         return f"name must start with a letter or digit, not {name[0]!r}"
     bad = sorted({c for c in name if not re.match(r"[A-Za-z0-9._-]", c)})

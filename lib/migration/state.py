@@ -27,6 +27,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import time
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
@@ -40,7 +41,6 @@ STATE_FORMAT = 1
 
 KINDS = ("applied", "failed", "started")
 _SUBDIRS = ("applied", "failed", "started", "logs", "done")
-_HEX = frozenset("0123456789abcdef")
 _TMP_MARK = ".tmp."
 
 
@@ -59,8 +59,12 @@ def now_iso(t: Optional[float] = None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
+_SHA256_RE = re.compile(r"\A[0-9a-f]{64}\Z")
+
+
 def is_sha256(text: str) -> bool:
-    return len(text) == 64 and all(c in _HEX for c in text)
+    """64 lower-case hex digits (the name of a record)."""
+    return _SHA256_RE.match(text) is not None
 
 
 def _fsync_dir(path: str) -> None:
