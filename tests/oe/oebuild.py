@@ -147,14 +147,16 @@ local_conf_header:
             raise RuntimeError(f"kas failed ({' '.join(cmd)}):\n{proc.stdout}\n{proc.stderr}")
 
     def _chown_config(self, builddir: Path) -> None:
-        """Hand the layer copy, kas's work dir and the build dir's conf over to the user."""
+        """Hand kas's work dir and the build dir's conf over to the user."""
         if self.user is None or os.getuid() != 0:
             return
         pw = pwd.getpwnam(self.user)
         # The release dir too: oe-selftest creates <builddir>-st next to the build dir.
         os.lchown(self.root, pw.pw_uid, pw.pw_gid)
         os.lchown(builddir, pw.pw_uid, pw.pw_gid)
-        for top in (self.layer, self.root / "kaswork", builddir / "conf"):
+        # Not the layer copy: BitBake only reads it, and as root's it stays a git repository
+        # that kas (run by root) can resolve repo-relative includes in.
+        for top in (self.root / "kaswork", builddir / "conf"):
             for dirpath, dirnames, filenames in os.walk(top):
                 for name in [dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)]:
                     os.lchown(name, pw.pw_uid, pw.pw_gid)
