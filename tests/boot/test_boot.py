@@ -112,6 +112,15 @@ def host_status(system: h.System, workdir: Path) -> List[dict]:
     return json.loads(res.stdout)
 
 
+def gate_files(service: str, package: str) -> Dict[str, tuple]:
+    """The drop-in the class installs for MIGRATION_BEFORE = "<service>" of <package>."""
+    path = f"/lib/systemd/system/{service}.d/{units.gate_dropin_name(package)}"
+    return {
+        f"/etc/systemd/system/{service}": (gated_unit(service), 0o644),
+        path: (units.gate_dropin(package), 0o644),
+    }
+
+
 # ------------------------------------------------------------------------------------------
 # Scenarios 1, 2, 5, 7: first boot, no-op boot, image update, user creation
 
@@ -125,16 +134,18 @@ A_SCRIPTS = [
 A_NEW = h.Script("beta", "new-in-update.sh", recorder("new"), priority="55", version="2.0-r0")
 A_EXTRA = {
     "/etc/systemd/system/mig-probe.service": (PROBE_UNIT, 0o644),
+    **gate_files("gated-alpha.service", "alpha"),
     # tmpfiles runs after the migrations, so it can name the user a migration creates.
     "/usr/lib/tmpfiles.d/food.conf": ("d /var/lib/food/run 0750 food food -\n", 0o644),
 }
+A_ENABLE = ["mig-probe.service", "gated-alpha.service"]
 A_VAR = {"/lib/food/data.conf": ("setting=1\n", 0o644)}
 
 
 @pytest.fixture(scope="module")
 def chain_a(base: h.Base, boot_root: Path) -> dict:
     sysa = h.new_system(base, boot_root / "a", A_SCRIPTS, extra=A_EXTRA,
-                        enable=["mig-probe.service"], var_extra=A_VAR)  # fmt: skip
+                        enable=A_ENABLE, var_extra=A_VAR)  # fmt: skip
     passwd_before = (sysa.tree / "etc/passwd").read_text()
     out = {"system": sysa, "passwd_before": passwd_before, "boots": []}
     for _ in range(2):
@@ -152,7 +163,7 @@ def chain_a(base: h.Base, boot_root: Path) -> dict:
     }
     # Image update: a new root disk with one more script, over the same /var disk.
     upd = h.new_system(base, boot_root / "a-update", [*A_SCRIPTS, A_NEW], extra=A_EXTRA,
-                       enable=["mig-probe.service"], var_img=sysa.var_img)  # fmt: skip
+                       enable=A_ENABLE, var_img=sysa.var_img)  # fmt: skip
     out["update"] = upd
     out["boots"].append(h.boot(upd))
     out["reports"].append(h.read_report(upd))
@@ -185,6 +196,13 @@ def test_first_boot_applies_all_scripts_in_order_before_sysinit(chain_a: dict) -
         assert report.journal_lines(rf"{re.escape(name)}: applying {re.escape(name)}"), name
     assert report.state == "running"
     assert not report.journal_lines(r"[Oo]rdering cycle")
+    # A service gated on alpha starts after migration.service finished. Its gate found the
+    # image's stamp already written by then (everything applied), so it started no process.
+    gate = unit(report, units.gate_unit("alpha"))
+    assert (gate["Result"], gate["ConditionResult"], gate["ExecMainPID"]) == ("success", "no", "0")
+    gated = unit(report, "gated-alpha.service")
+    assert gated["ActiveState"] == "active"
+    assert mono(gated, "InactiveExitTimestampMonotonic") >= finished
     # The state dir: one record per script, named by its sha256, and the no-op stamp.
     assert chain_a["applied"][0] == sorted(sha(s.text) for s in A_SCRIPTS)
     manifest = json.loads((system.tree / "usr/share/migration/manifest.json").read_text())
@@ -208,6 +226,10 @@ def test_second_boot_starts_no_process(chain_a: dict) -> None:
     assert {e["state"] for e in report.status} == {"applied"}
     assert {e["attempts"] for e in report.status} == {1}
     assert report.state == "running"
+    # The gate of a gated service starts no process either, and the service starts.
+    gate = unit(report, units.gate_unit("alpha"))
+    assert (gate["ConditionResult"], gate["ExecMainPID"]) == ("no", "0")
+    assert unit(report, "gated-alpha.service")["ActiveState"] == "active"
 
 
 def test_image_update_runs_only_the_new_script(chain_a: dict) -> None:
@@ -254,15 +276,6 @@ B_SCRIPTS = [
     h.Script("bad-pkg", "fails.sh", FAILING, priority="20"),
     h.Script("late", "after-failure.sh", recorder("late"), priority="30"),
 ]
-
-
-def gate_files(service: str, package: str) -> Dict[str, tuple]:
-    """The drop-in the class installs for MIGRATION_BEFORE = "<service>" of <package>."""
-    path = f"/lib/systemd/system/{service}.d/{units.gate_dropin_name(package)}"
-    return {
-        f"/etc/systemd/system/{service}": (gated_unit(service), 0o644),
-        path: (units.gate_dropin(package), 0o644),
-    }
 
 
 @pytest.fixture(scope="module")
