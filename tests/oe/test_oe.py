@@ -194,4 +194,4 @@ def test_yocto_check_layer(oe: OEBuild) -> None:
     )
     proc = oe.run(f"yocto-check-layer {shlex.quote(str(oe.layer))}", builddir, timeout=3 * 3600)
     assert proc.returncode == 0, proc.stdout
-    assert re.search(r"meta-migration\s+PASS", proc.stdout), proc.stdout
+    assert re.search(r"meta-migration \.\.\. PASS$", proc.stdout, re.MULTILINE), proc.stdout
