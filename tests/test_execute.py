@@ -171,3 +171,15 @@ def test_unwritable_log_does_not_fail_the_script(tmp_path):
     res = execute.run_script(["/bin/sh", "-e", str(script)], "s", {}, str(tmp_path),
                              str(tmp_path / "no" / "dir" / "x.log"), echo=io.BytesIO())
     assert res.ok and "cannot write log" in res.log_error
+
+
+def test_script_that_closes_its_output_is_still_waited_for(run):
+    res = run("echo before\nexec >/dev/null 2>&1\nsleep 0.3\nexit 5\n")
+    assert res.exit_code == 5 and res.duration_s >= 0.3
+    assert run.output == "10-x: before\n"
+
+
+def test_timeout_applies_after_the_output_is_closed(run):
+    t0 = time.monotonic()
+    res = run("exec >/dev/null 2>&1\nsleep 30\n", timeout=0.3)
+    assert not res.ok and "timed out" in res.reason and time.monotonic() - t0 < 5

@@ -219,7 +219,13 @@ def run_script(
                 _killpg(proc.pid, signal.SIGKILL)
             if eof:
                 # The pipe is closed but the script still runs (or is about to be a zombie).
-                time.sleep(0.001 if now - start < 0.05 else 0.02)
+                if deadline is None and term_at is None:
+                    # Nothing to time: block until it exits (signals still interrupt).
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+                    exited = True
+                else:
+                    time.sleep(0.002)
                 continue
             wait_ms = _POLL_MS
             if deadline is not None and term_at is None:
