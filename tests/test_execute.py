@@ -183,3 +183,16 @@ def test_timeout_applies_after_the_output_is_closed(run):
     t0 = time.monotonic()
     res = run("exec >/dev/null 2>&1\nsleep 30\n", timeout=0.3)
     assert not res.ok and "timed out" in res.reason and time.monotonic() - t0 < 5
+
+
+def test_log_never_follows_a_planted_symlink(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    log = tmp_path / "x.log"
+    os.symlink(victim, log)
+    script = tmp_path / "s"
+    script.write_text("echo output\n")
+    res = execute.run_script(["/bin/sh", "-e", str(script)], "s", {}, str(tmp_path), str(log),
+                             echo=io.BytesIO())
+    assert res.ok and "cannot write log" in res.log_error
+    assert victim.read_text() == "precious\n"

@@ -27,6 +27,9 @@ import sys
 import time
 from typing import BinaryIO, Dict, List, NamedTuple, Optional
 
+# Never follow a symlink planted where a record, temp file or log is created.
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+
 LOG_HEAD = 512 * 1024
 LOG_TAIL = 512 * 1024
 ECHO_CAP = 256 * 1024
@@ -61,7 +64,7 @@ class _Output:
         if log_path is not None:
             try:
                 self.log_fd = os.open(
-                    log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640
+                    log_path, _WRITE_FLAGS, 0o640
                 )
             except OSError as e:
                 self.log_error = f"cannot write log {log_path}: {e.strerror}"

@@ -34,6 +34,9 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 from migration import __version__
 from migration.errors import MigrationError
 
+# Never follow a symlink planted where a record, temp file or log is created.
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+
 #: Format of the records and of state.json written by this runner.
 FORMAT = 1
 #: Highest state.json format this runner can work with; a newer one stops the runner (exit 2).
@@ -82,7 +85,7 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
     a record; a runner removes leftovers of a killed predecessor."""
     directory, name = os.path.split(path)
     tmp = os.path.join(directory, f".{name}{_TMP_MARK}{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    fd = os.open(tmp, _WRITE_FLAGS, mode)
     try:
         try:
             view = memoryview(data)
@@ -419,7 +422,7 @@ class State:
         path = self._file("started", sha)
         tmp = os.path.join(os.path.dirname(path), f".{sha}{_TMP_MARK}{os.getpid()}")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            fd = os.open(tmp, _WRITE_FLAGS, 0o644)
             try:
                 os.write(fd, dump_json(record))
             finally:
