@@ -9,8 +9,10 @@ Layout (the project's most durable contract; every JSON file carries a "format" 
     <state>/lock              flock(2) target; one runner at a time
     <state>/applied/<sha256>  a script with this content succeeded (never runs again)
     <state>/failed/<sha256>   its last attempt failed; "attempts" counts every start so far
-    <state>/started/<sha256>  written durably before a script starts, removed after its outcome is
-                              recorded; found without an outcome = the run was interrupted
+    <state>/started/<sha256>  written durably before a script starts (one directory fsync; its
+                              content may be lost to a power cut, its existence not), removed
+                              after the outcome is recorded; found without an outcome = the run
+                              was interrupted
     <state>/logs/<sha256>.log bounded output of the last attempt (head and tail kept)
     <state>/done/<digest>     the no-op stamp: every entry of manifest <digest> is applied
     <state>/damaged/          unreadable records moved aside (never deleted)

@@ -30,7 +30,7 @@ def setup_parser(parser: Any) -> None:
         "--timeout",
         type=seconds,
         metavar="SECONDS",
-        help="kill a script's process group after this long (default: no limit)",
+        help="kill a script's process group after this long (default and 0: no limit)",
     )
     parser.add_argument(
         "--kill-grace",
