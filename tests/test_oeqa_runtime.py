@@ -1,0 +1,77 @@
+# SPDX-License-Identifier: MIT
+"""lib/oeqa/runtime/cases/migration.py: the testimage cases for boot scenarios 1-3.
+
+They run only under `bitbake -c testimage` on a built image; here they are parse-checked, their
+dependency names are checked against the real test names, and, with OE-core available
+(MIGRATION_OECORE_DIR, MIGRATION_BITBAKE_DIR), imported with OE's own oeqa decorators.
+"""
+
+import ast
+import importlib.util
+import os
+import sys
+import unittest
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CASES = REPO / "lib" / "oeqa" / "runtime" / "cases" / "migration.py"
+
+
+def case_methods() -> Dict[str, List[str]]:
+    """test_* method name -> the names given to its OETestDepends decorator."""
+    tree = ast.parse(CASES.read_text(), filename=str(CASES))
+    out: Dict[str, List[str]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
+            deps: List[str] = []
+            for dec in node.decorator_list:
+                if isinstance(dec, ast.Call) and getattr(dec.func, "id", "") == "OETestDepends":
+                    deps += [elt.value for elt in dec.args[0].elts]  # type: ignore[attr-defined]
+            out[node.name] = deps
+    return out
+
+
+def test_no_init_py_under_lib_oeqa() -> None:
+    """OE finds layer test modules by path; an __init__.py would shadow OE-core's oeqa."""
+    assert not list((REPO / "lib" / "oeqa").rglob("__init__.py"))
+
+
+def test_cases_cover_scenarios_1_to_3_and_depend_on_real_tests() -> None:
+    methods = case_methods()
+    assert sorted(methods) == [
+        "test_migration_failure_is_visible",
+        "test_migration_first_boot_applied",
+        "test_migration_noop_starts_no_process",
+    ]
+    for name, deps in methods.items():
+        assert deps, f"{name} declares no OETestDepends"
+        for dep in deps:
+            module, cls, method = dep.split(".")
+            if module == "migration":
+                assert cls == "MigrationBootTest" and method in methods, dep
+            else:
+                assert dep == "ssh.SSHTest.test_ssh", dep
+
+
+@pytest.mark.oe
+def test_cases_import_with_oe_core_oeqa() -> None:
+    oecore, bitbake = os.environ.get("MIGRATION_OECORE_DIR"), os.environ.get(
+        "MIGRATION_BITBAKE_DIR"
+    )
+    if not (oecore and bitbake):
+        pytest.skip("needs MIGRATION_OECORE_DIR and MIGRATION_BITBAKE_DIR")
+    sys.path[:0] = [str(Path(oecore) / "meta" / "lib"), str(Path(bitbake) / "lib")]
+    try:
+        spec = importlib.util.spec_from_file_location("migration_oeqa_cases", CASES)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        names = unittest.TestLoader().getTestCaseNames(module.MigrationBootTest)
+        assert sorted(names) == sorted(case_methods())
+        ssh = Path(oecore) / "meta" / "lib" / "oeqa" / "runtime" / "cases" / "ssh.py"
+        assert "def test_ssh" in ssh.read_text()
+    finally:
+        del sys.path[:2]
