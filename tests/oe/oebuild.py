@@ -93,6 +93,7 @@ class OEBuild:
         self._write_offline()
         self._kas_configure(self.builddir)
         self._chown_config(self.builddir)
+        self._trust_layer_copy()
 
     def _copy_layer(self) -> None:
         if self.layer.exists():
@@ -145,6 +146,19 @@ local_conf_header:
         )
         if proc.returncode != 0:
             raise RuntimeError(f"kas failed ({' '.join(cmd)}):\n{proc.stdout}\n{proc.stderr}")
+
+    def _trust_layer_copy(self) -> None:
+        """The BitBake user reads the root-owned layer copy with git (oe-selftest collects layer
+        revisions): mark it safe for that user."""
+        if self.user is None or os.getuid() != 0:
+            return
+        git = ["runuser", "-u", self.user, "--", "git", "config", "--global"]
+        env = {"HOME": pwd.getpwnam(self.user).pw_dir, "PATH": "/usr/bin:/bin"}
+        have = subprocess.run(
+            [*git, "--get-all", "safe.directory"], capture_output=True, text=True, env=env
+        )
+        if str(self.layer) not in have.stdout.split():
+            subprocess.run([*git, "--add", "safe.directory", str(self.layer)], check=True, env=env)
 
     def _chown_config(self, builddir: Path) -> None:
         """Hand kas's work dir and the build dir's conf over to the user."""
