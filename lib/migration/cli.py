@@ -11,15 +11,20 @@ Exit codes (a contract: tests outside this repository rely on them):
   130 interrupted by SIGINT or SIGTERM (the running script's process group is stopped first)
 """
 
-import argparse
-import contextlib
-import os
-import signal
-import sys
-from typing import Any, List, Optional
+from __future__ import annotations
 
-from migration import __version__, commands
+import os
+import sys
+
+from migration import __version__
 from migration.errors import Interrupted, MigrationError
+
+# argparse, typing, signal (enum), contextlib and the command modules are imported where they
+# are used: a no-op boot run (migration.noop) needs none of them.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from typing import Any
 
 #: Defaults, relative to --root (default /).
 SCRIPTS_DIR = "etc/migration.d"
@@ -30,8 +35,10 @@ MANIFEST = "usr/share/migration/manifest.json"
 _GLOBAL_WITH_VALUE = ("--root", "--scripts-dir", "--state-dir", "--manifest")
 
 
-def _command_in(argv: List[str]) -> Optional[str]:
+def _command_in(argv: list[str]) -> str | None:
     """The subcommand named on the command line, if it is a known one (else None)."""
+    from migration import commands
+
     tokens = iter(argv)
     for token in tokens:
         if token in _GLOBAL_WITH_VALUE:
@@ -41,10 +48,14 @@ def _command_in(argv: List[str]) -> Optional[str]:
     return None
 
 
-def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; with `only`, just that subcommand is set up (every invocation pays
     for the parsers it builds, and a no-op boot run should cost little more than the
     interpreter's start)."""
+    import argparse
+
+    from migration import commands
+
     parser = argparse.ArgumentParser(
         prog="migration",
         description="Run one-shot migration scripts exactly once, in order, safely.",
@@ -88,24 +99,39 @@ def resolve_paths(args: Any) -> None:
 
 
 def _interrupt(signum: int, _frame: Any) -> None:
+    import signal
+
     raise Interrupted(f"got {signal.Signals(signum).name}")
 
 
 def install_signal_handlers() -> None:
     """SIGTERM (systemd stopping the unit, shutdown) becomes Interrupted like SIGINT, so the
     running script's group is stopped and the runner exits 130 with its started note kept."""
+    import signal
+
     signal.signal(signal.SIGTERM, _interrupt)
 
 
 def _say_error(msg: str) -> None:
-    # With no console left to tell (EPIPE), the exit code still says it.
-    with contextlib.suppress(OSError, ValueError):
+    # With no console left to tell (EPIPE), the exit code still says it. (No contextlib here:
+    # the fast path reports through this too and should not import it.)
+    try:  # noqa: SIM105
         print(f"migration: error: {msg}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
+    from migration import noop
+
+    try:
+        if noop.fast_run(argv) == 0:
+            return 0  # a `run` with nothing to do, proven without the full path's imports
+    except KeyboardInterrupt:
+        _say_error("interrupted (SIGINT)")
+        return Interrupted.exit_code
     # usage errors: argparse exits 2 with a message
     args = build_parser(_command_in(argv)).parse_args(argv)
     resolve_paths(args)

@@ -57,6 +57,7 @@ class Manifest(NamedTuple):
     path: str
     digest: str
     entries: Dict[str, Entry]  # by name, in name order
+    file_sha256: str = ""  # sha256 of the file's bytes this was parsed from (the no-op key)
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
@@ -97,12 +98,17 @@ def fragment(
     return {"format": FORMAT, "package": package, "version": str(version), "migrations": migrations}
 
 
-def _read_json(path: str) -> Any:
+def _read_json(path: str, raw: Optional[List[bytes]] = None) -> Any:
+    """The JSON document at `path`; its bytes are appended to `raw` when given."""
     try:
         with open(path, "rb") as f:
-            return json.loads(f.read().decode("utf-8"))
+            data = f.read()
     except OSError as e:
         raise ManifestError(f"cannot read {path}: {e.strerror}") from None
+    if raw is not None:
+        raw.append(data)
+    try:
+        return json.loads(data.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise ManifestError(f"{path} is not valid JSON: {e}") from None
 
@@ -203,7 +209,8 @@ def load(path: str) -> Optional[Manifest]:
     invalid, or its digest does not match its content."""
     if not os.path.lexists(path):
         return None
-    obj = _read_json(path)
+    raw: List[bytes] = []
+    obj = _read_json(path, raw)
     if not isinstance(obj, dict) or not isinstance(obj.get("format"), int):
         raise ManifestError(f"{path}: not a migration manifest (no format)")
     if obj["format"] > FORMAT:
@@ -221,4 +228,4 @@ def load(path: str) -> Optional[Manifest]:
         )
     if obj.get("digest") != digest(migrations):
         raise ManifestError(f"{path}: digest does not match its migrations (damaged or edited)")
-    return Manifest(path, obj["digest"], entries)
+    return Manifest(path, obj["digest"], entries, sha256(raw[0]).hexdigest())

@@ -190,6 +190,13 @@ def _nothing_to_do(
     return all(s.name in entries and entries[s.name].sha256 == s.sha256 for s in scripts)
 
 
+def _leave_noop_key(state: State, manifest: Optional[manifest_mod.Manifest],
+                    image: Dict[str, str]) -> None:
+    if manifest is not None and manifest.file_sha256:
+        entries = [(e.name, e.sha256) for e in manifest.entries.values()]
+        state.write_noop_key(manifest.file_sha256, image, manifest.digest, entries)
+
+
 def run(opts: Options, say: Callable[[str], None] = _stderr) -> int:
     """Run every pending script once, in order, under the lock; returns the exit code
     (0: everything applied; 1: something failed, was refused or is still pending)."""
@@ -218,6 +225,7 @@ def _run_locked(
         say(w)
     if _nothing_to_do(state, scripts, manifest):
         state.update_meta(image, meta)
+        _leave_noop_key(state, manifest, image)
         return 0
     state.prepare()
     snap = state.snapshot(_shas(scripts, manifest), repair=True)
@@ -261,6 +269,8 @@ def _run_locked(
     elif not everything:
         state.clear_done()
     state.update_meta(image, meta)
+    if manifest is not None and everything:
+        _leave_noop_key(state, manifest, image)
     counts = {s: final.count(s) for s in (APPLIED, FAILED, REFUSED, PENDING)}
     ran = len(outcome)
     if ran or not everything:

@@ -13,23 +13,15 @@ from typing import List, NamedTuple, Optional, Tuple, Union
 
 from migration.errors import MigrationError
 
-try:  # the built-in sha256 (python3-crypt's _sha2/_sha256) starts faster than OpenSSL's
-    from _sha2 import sha256  # Python >= 3.12
-except ImportError:
-    try:
-        from _sha256 import sha256  # Python <= 3.11
-    except ImportError:
-        from hashlib import sha256
+# shared with the no-op fast path (which must not import this module's re and typing)
+from migration.noop import is_ignored as is_ignored
+from migration.noop import sha256 as sha256
 
 #: Valid installed names. `<priority>-<pkg>-<script>` is the convention, this is the rule.
 NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 
 #: Longest accepted name (bytes): NAME_MAX of common Linux filesystems.
 NAME_MAX = 255
-
-# Leftovers of editors and package managers: skipped without a word (issue 2).
-_IGNORED_SUFFIXES = ("~", ".swp", ".bak", ".orig", ".rpmnew", ".rpmsave")
-_IGNORED_INFIXES = (".dpkg-", ".opkg-")
 
 #: Shells that get errexit: the ones of issue 2 (sh, bash, dash, ash) plus the other POSIX-style
 #: shells that accept `-e` the same way, so R3 holds whichever one a script names.
@@ -70,15 +62,6 @@ class Interpreter(NamedTuple):
         author's explicit choice."""
         extra = ["-e"] if self.shell else []
         return [*self.command, *extra, script_path]
-
-
-def is_ignored(name: str) -> bool:
-    """True for names skipped silently: hidden files and editor/package-manager leftovers."""
-    return (
-        name.startswith(".")
-        or name.endswith(_IGNORED_SUFFIXES)
-        or any(infix in name for infix in _IGNORED_INFIXES)
-    )
 
 
 def invalid_name_reason(name: str) -> Optional[str]:

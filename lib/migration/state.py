@@ -16,6 +16,7 @@ Layout (the project's most durable contract; every JSON file carries a "format" 
     <state>/logs/<sha256>.log bounded output of the last attempt (head and tail kept)
     <state>/done/<digest>     the no-op stamp: every entry of manifest <digest> is applied
     <state>/damaged/          unreadable records moved aside (never deleted)
+    <state>/noop-key          cache of the no-op fast path (migration/noop.py); may be removed
 
 A record is {"format": 1, "kind", "name", "sha256", "started_at", "finished_at", "duration_s",
 "exit_code", "attempts", "runner_version", "image": {...}} (started records: "attempt" and "pid"
@@ -35,6 +36,9 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 from migration import __version__
 from migration.errors import MigrationError
+
+# re-exported: it lives with the no-op fast path, which needs it without this module's imports
+from migration.noop import read_os_release as read_os_release
 
 # Never follow a symlink planted where a record, temp file or log is created.
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -106,27 +110,6 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
 
 def dump_json(obj: Any) -> bytes:
     return (json.dumps(obj, sort_keys=True, indent=1) + "\n").encode()
-
-
-def read_os_release(root: str = "/") -> Dict[str, str]:
-    """VERSION_ID and BUILD_ID of the image at `root` (os-release(5): /etc first, then /usr/lib),
-    as {"version_id": ..., "build_id": ...} with only the keys present."""
-    for rel in ("etc/os-release", "usr/lib/os-release"):
-        try:
-            with open(os.path.join(root, rel), encoding="utf-8", errors="replace") as f:
-                text = f.read(65536)
-        except OSError:
-            continue
-        found: Dict[str, str] = {}
-        for line in text.splitlines():
-            key, sep, value = line.strip().partition("=")
-            if sep and key in ("VERSION_ID", "BUILD_ID"):
-                value = value.strip()
-                if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-                    value = value[1:-1]
-                found[key.lower()] = value
-        return found
-    return {}
 
 
 def validate_record(kind: str, sha: str, obj: Any) -> Optional[str]:
@@ -483,6 +466,26 @@ class State:
         except OSError as e:
             raise self._error("remove the done stamps", e) from None
         return stamps
+
+    def write_noop_key(self, manifest_sha: str, image: Dict[str, str], digest: str,
+                       entries: List[Tuple[str, str]]) -> None:
+        """Leave the no-op fast path its key (see migration.noop) after a run that ended with
+        every entry of this manifest applied and state.json up to date. Best effort: it is a
+        cache, and a no-op run on a read-only state dir must still succeed."""
+        from migration import noop
+
+        path = os.path.join(self.path, noop.KEY_NAME)
+        try:
+            state_sha = noop.file_sha256(os.path.join(self.path, "state.json"))
+            if state_sha is None:
+                return
+            data = noop.key_text(manifest_sha, state_sha, image, digest, entries)
+            with contextlib.suppress(OSError), open(path, "rb") as f:
+                if f.read(len(data) + 1) == data:
+                    return
+            atomic_write(path, data)
+        except OSError:
+            pass
 
     def update_meta(self, image: Dict[str, str], old: Optional[Dict[str, Any]]) -> None:
         """Note which image and runner used the state last; rewritten only when that changed,

@@ -1,0 +1,280 @@
+# SPDX-License-Identifier: MIT
+"""The no-op fast path of `migration run`: prove that nothing is to be done, or step aside.
+
+A boot with every script applied should cost little more than the interpreter's start (issue 2:
+within 2x of `python3 -c pass`). The full path imports argparse, json, re, typing, enum and the
+runner (about as much as the interpreter's own start). This module imports only os, sys, stat,
+fcntl and the built-in sha256, and still does what the contract asks of a no-op run: it reads the
+scripts dir and hashes every file, so a changed script is always noticed.
+
+It answers exit code 0 only when the full path would certainly answer 0 without writing or
+printing anything; in every other case (an option it does not know, a missing or changed file,
+a busy lock, an unreadable anything) it returns None and the full path decides. Being wrong
+towards None costs milliseconds; it is never wrong towards 0, because every input of the full
+path's decision is checked:
+
+- The full path's no-op test (runner._nothing_to_do) needs the manifest's digest and entries.
+  Parsing JSON and recomputing the digest costs the json and re imports, so the full path leaves
+  a *key* in `<state>/noop-key` when a run ends with every manifest entry applied: the sha256
+  of the manifest file's bytes, with the digest and (name, sha256) entries it verified from
+  exactly those bytes. Here the manifest file is hashed and must match the key byte for byte;
+  then the key's digest and entries are what the full path would parse.
+- The done stamp `<state>/done/<digest>` must exist (`forget` removes it: the next run is full).
+- Every non-ignored name in the scripts dir must be a regular file (not a symlink) listed in the
+  entries with the same sha256, and the count must match: no warning, no refusal, no pending.
+- state.json must be byte-identical to the one the key was written with (so its format is known
+  and update_meta would not write), and the image's os-release VERSION_ID/BUILD_ID and this
+  runner's version must be those recorded.
+- The runner lock is taken (without waiting; a busy lock means the full path, which waits).
+
+The key is a cache, not state: it may be missing, stale or damaged (anything unexpected means
+the full path), so it is written without fsync ordering concerns beyond atomic_write.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import stat
+
+try:  # the built-in sha256 (python3-crypt's _sha2/_sha256) starts faster than OpenSSL's
+    from _sha2 import sha256  # Python >= 3.12
+except ImportError:
+    try:
+        from _sha256 import sha256  # Python <= 3.11
+    except ImportError:
+        from hashlib import sha256
+
+from migration import __version__
+
+#: Name of the key in the state dir, and its first line (format of the key).
+KEY_NAME = "noop-key"
+_MAGIC = "migration-noop-key 1"
+
+# Leftovers of editors and package managers: skipped without a word (issue 2).
+_IGNORED_SUFFIXES = ("~", ".swp", ".bak", ".orig", ".rpmnew", ".rpmsave")
+_IGNORED_INFIXES = (".dpkg-", ".opkg-")
+
+_GLOBALS = ("--root", "--scripts-dir", "--state-dir", "--manifest")
+_RUN_SECONDS = ("--timeout", "--kill-grace", "--lock-wait")
+_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+_CHUNK = 1 << 16
+
+
+def is_ignored(name: str) -> bool:
+    """True for names skipped silently: hidden files and editor/package-manager leftovers."""
+    return (
+        name.startswith(".")
+        or name.endswith(_IGNORED_SUFFIXES)
+        or any(infix in name for infix in _IGNORED_INFIXES)
+    )
+
+
+def read_os_release(root: str = "/") -> dict[str, str]:
+    """VERSION_ID and BUILD_ID of the image at `root` (os-release(5): /etc first, then /usr/lib),
+    as {"version_id": ..., "build_id": ...} with only the keys present."""
+    for rel in ("etc/os-release", "usr/lib/os-release"):
+        try:
+            with open(os.path.join(root, rel), encoding="utf-8", errors="replace") as f:
+                text = f.read(65536)
+        except OSError:
+            continue
+        found: dict[str, str] = {}
+        for line in text.splitlines():
+            key, sep, value = line.strip().partition("=")
+            if sep and key in ("VERSION_ID", "BUILD_ID"):
+                value = value.strip()
+                if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+                    value = value[1:-1]
+                found[key.lower()] = value
+        return found
+    return {}
+
+
+def file_sha256(path: str, flags: int = _READ_FLAGS) -> str | None:
+    """Hex sha256 of a regular file's content, None when it is not one (or a symlink)."""
+    fd = os.open(path, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        digest = sha256()
+        while True:
+            chunk = os.read(fd, _CHUNK)
+            if not chunk:
+                return digest.hexdigest()
+            digest.update(chunk)
+    finally:
+        os.close(fd)
+
+
+def key_text(
+    manifest_sha: str, state_sha: str, image: dict[str, str], digest: str,
+    entries: list[tuple[str, str]],
+) -> bytes:
+    """The key's content. `entries` are (name, sha256) pairs of valid names (no blanks)."""
+    lines = [_MAGIC, f"runner {__version__}", f"manifest {manifest_sha}", f"state {state_sha}"]
+    lines += [f"image {k}={v}" for k, v in sorted(image.items())]
+    lines.append(f"digest {digest}")
+    lines += [f"entry {sha} {name}" for name, sha in entries]
+    lines.append(f"end {len(entries)}")
+    return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
+
+
+def _parse_key(data: bytes) -> tuple[dict[str, str], dict[str, str], dict[str, str]] | None:
+    """(fields, image, entries by name) of a key, None unless it is whole and of this format."""
+    lines = data.decode("utf-8", "surrogateescape").split("\n")
+    if len(lines) < 2 or lines[0] != _MAGIC or lines[-1] != "":
+        return None
+    fields: dict[str, str] = {}
+    image: dict[str, str] = {}
+    entries: dict[str, str] = {}
+    for line in lines[1:-1]:
+        word, _, rest = line.partition(" ")
+        if word == "entry":
+            sha, _, name = rest.partition(" ")
+            entries[name] = sha
+        elif word == "image":
+            k, _, v = rest.partition("=")
+            image[k] = v
+        else:
+            fields[word] = rest
+    if fields.get("end") != str(len(entries)):
+        return None  # torn or edited: the full path decides (and rewrites it)
+    return fields, image, entries
+
+
+def _parse_argv(argv: list[str]) -> dict[str, str] | None:
+    """The global paths of a plain `run` (values as given), None for anything else."""
+    paths: dict[str, str] = {}
+    tokens = iter(argv)
+    for token in tokens:
+        opt, eq, value = token.partition("=")
+        if opt in _GLOBALS:
+            if not eq:
+                value = next(tokens, None)  # type: ignore[assignment]
+                if value is None:
+                    return None
+            paths[opt] = value
+        elif token == "run":
+            break
+        else:
+            return None
+    else:
+        return None  # no command
+    for token in tokens:  # `run` options that do not change a no-op run, validated like argparse
+        opt, eq, value = token.partition("=")
+        if opt == "--policy" or opt in _RUN_SECONDS:
+            if not eq:
+                value = next(tokens, None)  # type: ignore[assignment]
+                if value is None:
+                    return None
+            if opt == "--policy":
+                if value not in ("continue", "stop"):
+                    return None
+            else:
+                try:
+                    seconds = float(value)
+                except ValueError:
+                    return None
+                if not seconds >= 0 or seconds == float("inf"):
+                    return None
+        else:
+            return None
+    return paths
+
+
+def _read(path: str, limit: int = 1 << 22) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
+
+
+def fast_run(argv: list[str]) -> int | None:
+    """0 when `migration <argv>` is a `run` with nothing to do (proven as the module docstring
+    says), else None: the full path must run. Never raises for I/O problems."""
+    given = _parse_argv(argv)
+    if given is None:
+        return None
+    root = os.path.abspath(given["--root"]) if given.get("--root") else "/"
+    scripts_dir = os.path.abspath(given.get("--scripts-dir") or
+                                  os.path.join(root, "etc/migration.d"))
+    state_dir = os.path.abspath(given.get("--state-dir") or
+                                os.path.join(root, "var/lib/migration"))
+    manifest = os.path.abspath(given.get("--manifest") or
+                               os.path.join(root, "usr/share/migration/manifest.json"))
+    try:
+        lock = os.open(os.path.join(state_dir, "lock"), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return _check(root, scripts_dir, state_dir, manifest)
+    except OSError:
+        return None
+    finally:
+        os.close(lock)  # drops the lock
+
+
+def _check(root: str, scripts_dir: str, state_dir: str, manifest: str) -> int | None:
+    parsed = _parse_key(_read(os.path.join(state_dir, KEY_NAME)))
+    if parsed is None:
+        return None
+    fields, image, entries = parsed
+    if fields.get("runner") != __version__:
+        return None
+    if fields.get("manifest") != sha256(_read(manifest)).hexdigest():
+        return None
+    if fields.get("state") != sha256(_read(os.path.join(state_dir, "state.json"))).hexdigest():
+        return None
+    digest = fields.get("digest", "")
+    if not digest or not os.path.isfile(os.path.join(state_dir, "done", digest)):
+        return None
+    if read_os_release(root) != image:
+        return None
+    if any(is_ignored(name) for name in entries):
+        return None  # a hand-made manifest listing a name the full path skips: let it say so
+    # Names opened relative to the directory's fd: one path component to resolve, not all.
+    dfd = os.open(scripts_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return _check_dir(dfd, entries)
+    finally:
+        os.close(dfd)
+
+
+def _check_dir(dfd: int, entries: dict[str, str]) -> int | None:
+    seen = 0
+    with os.scandir(dfd) as it:
+        for entry in it:
+            name = entry.name
+            expected = entries.get(name)  # listed names are never ignored (checked above)
+            if expected is None:
+                if is_ignored(name):
+                    continue
+                return None  # an unlisted name: the full path warns or refuses
+            # d_type from the listing (no syscall) and O_NOFOLLOW: a regular file, not a symlink
+            if not entry.is_file(follow_symlinks=False) or _hash(name, dfd) != expected:
+                return None  # changed content or not a regular file: the full path decides
+            seen += 1
+    return 0 if seen == len(entries) else None
+
+
+def _hash(name: str, dfd: int) -> str | None:
+    """file_sha256 with one read for the usual small script (a short read of a regular file is
+    its end); only a file of a chunk or more pays for fstat and more reads."""
+    fd = os.open(name, _READ_FLAGS, dir_fd=dfd)
+    try:
+        data = os.read(fd, _CHUNK)
+        if len(data) < _CHUNK:
+            return sha256(data).hexdigest()
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        digest = sha256(data)
+        while True:
+            chunk = os.read(fd, _CHUNK)
+            if not chunk:
+                return digest.hexdigest()
+            digest.update(chunk)
+    finally:
+        os.close(fd)
