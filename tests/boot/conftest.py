@@ -18,7 +18,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
     if os.environ.get("MIGRATION_SKIP_BOOT") == "1":
         skip = pytest.mark.skip(reason="MIGRATION_SKIP_BOOT=1: QEMU boot tests switched off")
         for item in items:
-            if "boot" in item.keywords:
+            if item.get_closest_marker("boot") is not None:
                 item.add_marker(skip)
 
 
