@@ -152,13 +152,9 @@ local_conf_header:
         revisions): mark it safe for that user."""
         if self.user is None or os.getuid() != 0:
             return
-        git = ["runuser", "-u", self.user, "--", "git", "config", "--global"]
-        env = {"HOME": pwd.getpwnam(self.user).pw_dir, "PATH": "/usr/bin:/bin"}
-        have = subprocess.run(
-            [*git, "--get-all", "safe.directory"], capture_output=True, text=True, env=env
-        )
+        have = user_git(self.user, "--get-all", "safe.directory")
         if str(self.layer) not in have.stdout.split():
-            subprocess.run([*git, "--add", "safe.directory", str(self.layer)], check=True, env=env)
+            user_git(self.user, "--add", "safe.directory", str(self.layer), check=True)
 
     def _chown_config(self, builddir: Path) -> None:
         """Hand kas's work dir and the build dir's conf over to the user."""
@@ -244,6 +240,17 @@ local_conf_header:
         return pwd.getpwnam(self.user).pw_dir
 
 
+def user_git(user: str, *args: str, check: bool = False) -> subprocess.CompletedProcess:
+    """`git config --global ARGS` as ``user``, in that user's own ~/.gitconfig."""
+    home = pwd.getpwnam(user).pw_dir
+    return subprocess.run(
+        ["runuser", "-u", user, "--", "env", f"HOME={home}", "git", "config", "--global", *args],
+        capture_output=True,
+        text=True,
+        check=check,
+    )
+
+
 def ensure_user(user: str) -> None:
     """Create the unprivileged user (when root) and give it a git identity (oe-selftest)."""
     try:
@@ -251,14 +258,5 @@ def ensure_user(user: str) -> None:
     except KeyError:
         subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", user], check=True)
     for key, value in (("user.name", "meta-migration tests"), ("user.email", f"{user}@localhost")):
-        have = subprocess.run(
-            ["runuser", "-u", user, "--", "git", "config", "--global", key],
-            capture_output=True,
-            check=False,
-        )
-        if have.returncode != 0:
-            subprocess.run(
-                ["runuser", "-u", user, "--", "git", "config", "--global", key, value],
-                check=True,
-                env={"HOME": pwd.getpwnam(user).pw_dir, "PATH": "/usr/bin:/bin"},
-            )
+        if user_git(user, key).returncode != 0:
+            user_git(user, key, value, check=True)
