@@ -210,3 +210,105 @@ def test_script_that_kills_the_runner_runs_again_and_is_recorded_once(tmp_path, 
     assert device.run() == 0
     check(device)
     assert [e[1] for e in device.executions() if e[0] == "begin"].count(name) == 2
+
+
+# The kernel-visible order of the state writes, traced in a real run: what a real power cut
+# (which, unlike SIGKILL, loses whatever was not fsynced) could leave behind depends on it.
+# Audit hooks see open/rename/unlink/exec; os.fsync is wrapped to note which file it synced.
+TRACER = """
+import json, os, sys
+sys.path.insert(0, {lib!r})
+events = []
+def hook(event, args):
+    if event == "os.rename":
+        events.append(("rename", os.fsdecode(args[0]), os.fsdecode(args[1])))
+    elif event == "os.remove":
+        events.append(("unlink", os.fsdecode(args[0])))
+    elif event == "subprocess.Popen":
+        events.append(("exec", os.fsdecode(args[1][-1])))
+sys.addaudithook(hook)
+real_fsync = os.fsync
+def fsync(fd):
+    events.append(("fsync", os.readlink(f"/proc/self/fd/{{fd}}")))
+    real_fsync(fd)
+os.fsync = fsync
+from migration import runner
+opts = runner.Options({scripts!r}, {state!r}, "/", {manifest!r}, lock_wait=1.0)
+rc = runner.run(opts, say=lambda _m: None)
+print(json.dumps([rc, events]))
+"""
+
+
+def test_durable_order_of_the_state_writes(tmp_path):
+    """Under POSIX rules (a rename or unlink is durable only after an fsync of its directory, a
+    file's content only after an fsync of the file): every script starts only after its started
+    note and every earlier outcome are durable; every record's content is durable before it is
+    renamed into place; a started note is dropped only after its outcome is durable; the done
+    stamp comes after every outcome is durable."""
+    import hashlib
+
+    from migration import manifest as manifest_mod
+
+    device = Device(tmp_path)
+    bad = device.scripts / device.names[5]
+    bad.write_text(bad.read_text() + "exit 3\n")
+    migrations = [{"name": p.name, "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+                   "package": "p", "version": "1"} for p in sorted(device.scripts.iterdir())]
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"format": 1, "digest": manifest_mod.digest(migrations),
+                                    "migrations": migrations}))
+
+    def traced():
+        code = TRACER.format(lib=LIB, scripts=str(device.scripts), state=str(device.state),
+                             manifest=str(manifest))
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True)
+        rc, events = json.loads(out.stdout)
+        return rc, [tuple(e) for e in events]
+
+    rc, events = traced()
+    assert rc == 1  # one script failed
+    state = str(device.state)
+    sha_of = {os.path.join(str(device.scripts), m["name"]): m["sha256"] for m in migrations}
+
+    def synced_after(i, path, before):
+        """Is `path` fsynced after event i and before event index `before`?"""
+        return any(e == ("fsync", path) for e in events[i + 1:before])
+
+    execs = [i for i, e in enumerate(events) if e[0] == "exec"]
+    assert len(execs) == N_SCRIPTS
+    outcomes = []  # (index, kind dir, sha) of outcome renames
+    for i, e in enumerate(events):
+        if e[0] == "rename" and os.path.dirname(e[2]) in (f"{state}/applied", f"{state}/failed"):
+            outcomes.append((i, os.path.dirname(e[2]), os.path.basename(e[2])))
+            # the record's content was synced (as its temporary file) before the rename
+            assert ("fsync", e[1]) in events[:i], f"record {e[2]} renamed before its content synced"
+    assert len(outcomes) == N_SCRIPTS
+    for x in execs:
+        sha = sha_of[events[x][1]]
+        note = [i for i, e in enumerate(events[:x])
+                if e[0] == "rename" and e[2] == f"{state}/started/{sha}"]
+        assert note and synced_after(note[-1], f"{state}/started", x), "started note not durable"
+        for i, kind_dir, _ in outcomes:
+            if i < x:
+                assert synced_after(i, kind_dir, x), "a script started before an earlier outcome " \
+                    "was durable"
+    for i, e in enumerate(events):
+        if e[0] == "unlink" and os.path.dirname(e[1]) == f"{state}/started":
+            sha = os.path.basename(e[1])
+            rec = [(j, kind_dir) for j, kind_dir, s in outcomes if s == sha and j < i]
+            assert rec, "a started note dropped before its outcome was recorded"
+            assert synced_after(*rec[-1], i), "a started note dropped before its outcome " \
+                "was durable"
+    # The failed script is fixed: the rerun applies it and writes the done stamp last.
+    bad.write_text(bad.read_text().replace("exit 3\n", ""))
+    migrations[5]["sha256"] = hashlib.sha256(bad.read_bytes()).hexdigest()
+    manifest.write_text(json.dumps({"format": 1, "digest": manifest_mod.digest(migrations),
+                                    "migrations": migrations}))
+    rc, events = traced()
+    assert rc == 0
+    stamp = [i for i, e in enumerate(events) if e[0] == "rename" and "/done/" in e[2]]
+    rec = [i for i, e in enumerate(events) if e[0] == "rename" and "/applied/" in e[2]]
+    assert len(stamp) == 1 and len(rec) == 1 and rec[0] < stamp[0]
+    assert synced_after(rec[0], f"{state}/applied", stamp[0])
+    assert os.listdir(device.state / "started") == []

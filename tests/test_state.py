@@ -212,3 +212,29 @@ def test_started_note_that_lost_its_content_still_means_interrupted(state):
     snap = state.snapshot([SHA], repair=True)
     assert snap.started[SHA]["attempt"] == 0 and not snap.damaged
     assert os.path.exists(os.path.join(state.path, "started", SHA))
+
+
+def _failed(state, attempts, batch):
+    return state.record_outcome("failed", {
+        "name": "10-x", "sha256": SHA, "exit_code": 3, "attempts": attempts, "reason": "exit 3",
+    }, batch=batch)
+
+
+def test_batched_outcome_keeps_its_note_until_settle_and_reads_as_failed(state):
+    state.mark_started("10-x", SHA, 2, {})
+    _failed(state, 2, batch=True)
+    assert os.path.exists(os.path.join(state.path, "started", SHA))  # dropped by settle()
+    snap = state.snapshot([SHA])
+    assert SHA in snap.failed and SHA not in snap.started  # failed, not interrupted
+    state.settle()
+    assert os.listdir(os.path.join(state.path, "started")) == []
+    assert state.snapshot([SHA]).failed[SHA]["attempts"] == 2
+
+
+def test_a_later_or_emptied_note_than_the_failure_is_still_interrupted(state):
+    _failed(state, 1, batch=False)
+    state.mark_started("10-x", SHA, 2, {})  # the retry started, its outcome was never recorded
+    assert state.snapshot([SHA]).started[SHA]["attempt"] == 2
+    with open(os.path.join(state.path, "started", SHA), "w"):
+        pass  # a power cut emptied the note: it may be a later attempt, so it still counts
+    assert SHA in state.snapshot([SHA]).started

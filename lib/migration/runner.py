@@ -23,6 +23,7 @@ import sys
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from migration import manifest as manifest_mod
+from migration.errors import MigrationError
 from migration.scripts import Script, discover, interpreter
 from migration.state import Snapshot, State, now_iso, read_os_release
 
@@ -207,6 +208,12 @@ def run(opts: Options, say: Callable[[str], None] = _stderr) -> int:
     state.lock(opts.lock_wait)
     try:
         return _run_locked(opts, state, scripts, warnings, manifest, say)
+    except BaseException:
+        # Interrupted or failing: the outcomes recorded so far still become durable (the first
+        # error is the one reported).
+        with contextlib.suppress(MigrationError):
+            state.settle()
+        raise
     finally:
         state.unlock()
 
@@ -264,6 +271,7 @@ def _run_locked(
         if not ok and opts.policy == "stop":
             stopped_by = item.name
     everything = all(s == APPLIED for s in final)
+    state.settle()  # every outcome durable before the stamp says so
     if manifest is not None and everything:
         state.write_done(manifest.digest)
     elif not everything:
@@ -319,11 +327,11 @@ def _run_one(opts: Options, state: State, item: Item, image: Dict[str, str], exe
     if result.log_error:
         say(f"{item.name}: {result.log_error}")
     if result.ok:
-        state.record_outcome("applied", record)
+        state.record_outcome("applied", record, batch=True)
         say(f"{item.name}: done in {result.duration_s:.2f} s")
         return True
     record["reason"] = result.reason
-    state.record_outcome("failed", record)
+    state.record_outcome("failed", record, batch=True)
     say(f"{item.name}: FAILED: {result.reason} (attempt {attempt}); log: {log}")
     return False
 

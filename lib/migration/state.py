@@ -11,8 +11,8 @@ Layout (the project's most durable contract; every JSON file carries a "format" 
     <state>/failed/<sha256>   its last attempt failed; "attempts" counts every start so far
     <state>/started/<sha256>  written durably before a script starts (one directory fsync; its
                               content may be lost to a power cut, its existence not), removed
-                              after the outcome is recorded; found without an outcome = the run
-                              was interrupted
+                              after the outcome is durable (at the end of the run); found
+                              without an outcome = the run was interrupted
     <state>/logs/<sha256>.log bounded output of the last attempt (head and tail kept)
     <state>/done/<digest>     the no-op stamp: every entry of manifest <digest> is applied
     <state>/damaged/          unreadable records moved aside (never deleted)
@@ -23,6 +23,44 @@ A record is {"format": 1, "kind", "name", "sha256", "started_at", "finished_at",
 instead of the outcome fields; failed ones also "reason"). A record with a higher format than
 this runner knows is kept and trusted for its kind; one that is not a JSON object with the fields
 above is moved to damaged/. Only a runner holding the lock writes; `status` only reads.
+
+Durability, and what it costs (issue 2: "before a script starts, the runner durably notes that it
+started"; records "written atomically (write, fsync, rename, fsync the directory) so a power cut
+at any instant leaves either no record or a whole one"). The rules assumed are POSIX's, with no
+file-system favours: a file's content is durable after fsync of the file; a name created,
+renamed or removed in a directory is durable only after fsync of *that* directory (an fsync of
+started/ says nothing about applied/); rename within one file system is atomic. Per script:
+
+1. started note: write `.<sha>.tmp.<pid>` in started/, rename it to started/<sha>, fsync
+   started/. No fsync of the note's own content: its existence is the fact that matters
+   (found without an outcome = interrupted); after a power cut it may be empty, which
+   snapshot() reads as "started, attempt unknown" (never as damaged). An fsync of the fresh
+   file would buy only the attempt number and start time of a run that was cut anyway.
+2. the script runs.
+3. outcome record: write a temporary file in applied/ (or failed/), fsync it, rename it into
+   place: whole or absent, whatever happens next. The fsync of the directory is *batched*
+   (record_outcome(batch=True)): it is done by the next mark_started(), right before the
+   fsync of started/ (both before the next script starts), or by settle() at the end of the run
+   (before the done stamp is written, also when the run is interrupted). So every outcome is
+   durable before anything that depends on it happens, exactly as with an immediate fsync.
+4. the started note (and, after a success, an older failed record) is removed by settle() at
+   the end of the run, after its outcome is durable, never before; until then applied+started
+   reads as applied and failed+started of the same attempt as failed (snapshot()), so a cut in
+   between reports what really happened, and a run killed before settle() leaves notes that
+   the next run's prepare()/settle() drop.
+
+That is three fsync calls per script (note's dir, record's content, record's dir), the least
+these guarantees allow under POSIX: the note and the record live in different directories, so
+one directory fsync cannot cover both, and the record's content must be durable before its
+rename is. What the batching buys is on ext4 (data=ordered, the default; also XFS and btrfs
+have a similar log): a directory fsync commits the running journal transaction, which holds
+*every* pending metadata change, so the fsync of applied/ also commits the started note created
+just before it, and the fsync of started/ that follows finds its transaction committed and costs
+only a cache flush, not a commit. Per script that is two journal commits (record content, then
+both renames) and a flush, instead of three commits, and no per-script unlink in the journal.
+Going lower would need either giving up the whole-or-nothing record (no content fsync) or a
+started note that is not durable before the script starts, both guarantees of issue 2; the
+benchmark prints run-parts plus the same number of fsyncs per script to show that floor.
 """
 
 import contextlib
@@ -84,7 +122,7 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
+def atomic_write(path: str, data: bytes, mode: int = 0o644, sync_dir: bool = True) -> None:
     """Replace `path` with `data` so that a power cut leaves the old file or the new one, whole:
     write a temporary file in the same directory, fsync it, rename it over `path`, fsync the
     directory. The temporary name is hidden (`.<name>.tmp.<pid>`) so readers never take it for
@@ -105,7 +143,8 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(directory or ".")
+    if sync_dir:  # else the caller fsyncs the directory before anything depends on the rename
+        _fsync_dir(directory or ".")
 
 
 def dump_json(obj: Any) -> bytes:
@@ -136,6 +175,15 @@ def validate_record(kind: str, sha: str, obj: Any) -> Optional[str]:
     return None
 
 
+def _superseded(note: Optional[Dict[str, Any]], failed: Optional[Dict[str, Any]]) -> bool:
+    """A started note whose attempt has a recorded failure (an unreadable note, attempt 0, is
+    never superseded: it may be a later attempt that a power cut emptied)."""
+    if note is None or failed is None:
+        return False
+    attempt, attempts = note.get("attempt"), failed.get("attempts")
+    return isinstance(attempt, int) and isinstance(attempts, int) and 1 <= attempt <= attempts
+
+
 class Damaged(NamedTuple):
     path: str
     reason: str
@@ -156,6 +204,9 @@ class State:
     def __init__(self, path: str) -> None:
         self.path = path
         self._lock_fd: Optional[int] = None
+        self._dir_fds: Dict[str, int] = {}  # subdirs kept open for their fsyncs during a run
+        self._unsynced: List[str] = []  # subdirs holding a batched rename not yet made durable
+        self._settled: List[Tuple[str, str]] = []  # (kind, sha) to drop once outcomes are durable
 
     # -- reading ---------------------------------------------------------------------------
     def _file(self, kind: str, sha: str) -> str:
@@ -203,6 +254,9 @@ class State:
                     found[kind][sha] = record
                     if kind == "applied":
                         break  # applied wins: failed/started of it are stale and not needed
+            if _superseded(found["started"].get(sha), found["failed"].get(sha)):
+                # the failure of that attempt was recorded; the note awaits settle() (batched)
+                del found["started"][sha]
         return Snapshot(found["applied"], found["failed"], found["started"], damaged)
 
     def all_records(self, kind: str) -> Iterator[Tuple[str, Dict[str, Any]]]:
@@ -305,6 +359,9 @@ class State:
         self._lock_fd = fd
 
     def unlock(self) -> None:
+        for fd in self._dir_fds.values():
+            os.close(fd)
+        self._dir_fds.clear()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -370,9 +427,9 @@ class State:
             raise self._error("move a damaged record aside", e) from None
         return dst
 
-    def _write(self, kind: str, sha: str, record: Dict[str, Any]) -> None:
+    def _write(self, kind: str, sha: str, record: Dict[str, Any], sync_dir: bool = True) -> None:
         try:
-            atomic_write(self._file(kind, sha), dump_json(record))
+            atomic_write(self._file(kind, sha), dump_json(record), sync_dir=sync_dir)
         except OSError as e:
             raise self._error(f"write the {kind} record of {record.get('name')}", e) from None
 
@@ -385,13 +442,28 @@ class State:
         except OSError as e:
             raise self._error(f"remove {kind}/{sha}", e) from None
 
+    def _sync_dir(self, sub: str) -> None:
+        fd = self._dir_fds.get(sub)
+        if fd is None:
+            fd = os.open(os.path.join(self.path, sub), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self._dir_fds[sub] = fd
+        os.fsync(fd)
+
+    def _sync_batched(self) -> None:
+        """Make the batched outcome renames durable (fsync their directories)."""
+        while self._unsynced:
+            self._sync_dir(self._unsynced[0])
+            del self._unsynced[0]
+
     def mark_started(self, name: str, sha: str, attempt: int, image: Dict[str, str]) -> float:
         """Durably note that `sha` starts now (before it starts); returns the start time.
 
         The note's existence is what matters (found later without an outcome = interrupted), so
-        it costs one fsync, of the directory; its content (attempt, time) is renamed into place
-        without an fsync of its own: whole if only the runner dies, possibly empty after a power
-        cut, which snapshot() accepts for started notes."""
+        it costs no fsync of its own, only one of the started/ directory; its content (attempt,
+        time) is renamed into place: whole if only the runner dies, possibly empty after a power
+        cut, which snapshot() accepts for started notes. The outcome renames batched by
+        record_outcome(batch=True) are made durable here first, in the same breath (see the
+        module docstring: on ext4 the two directory fsyncs cost one journal commit)."""
         started = time.time()
         record = {
             "format": FORMAT,
@@ -413,21 +485,49 @@ class State:
             finally:
                 os.close(fd)
             os.rename(tmp, path)  # whole or absent if only the runner dies
-            _fsync_dir(os.path.dirname(path))
+            self._sync_batched()  # the previous script's outcome, before this script starts
+            self._sync_dir("started")
         except OSError as e:
             raise self._error(f"write the started record of {name}", e) from None
         return started
 
-    def record_outcome(self, kind: str, outcome: Dict[str, Any]) -> Dict[str, Any]:
-        """Record an outcome ("applied" or "failed") durably, then drop the started note.
-        A power cut between the two leaves applied+started, which reads as applied."""
+    def record_outcome(
+        self, kind: str, outcome: Dict[str, Any], batch: bool = False
+    ) -> Dict[str, Any]:
+        """Record an outcome ("applied" or "failed") atomically and durably, then drop the
+        started note (and, for applied, an older failed record). A power cut between the two
+        leaves applied+started (reads as applied) or failed+started of the same attempt (reads
+        as failed).
+
+        With `batch` (a runner going on to its next script), the fsync of the record's directory
+        is left to the next mark_started() or to settle(), and the notes are dropped by
+        settle(): the record is whole before it is renamed into place in any case, and durable
+        before anything that depends on it happens (the next script, the done stamp)."""
         record = {"format": FORMAT, "kind": kind, "runner_version": __version__, **outcome}
         sha = record["sha256"]
-        self._write(kind, sha, record)
-        if kind == "applied":
-            self._remove("failed", sha)
-        self._remove("started", sha)
+        self._write(kind, sha, record, sync_dir=not batch)
+        stale = [("failed", sha)] if kind == "applied" else []
+        stale.append(("started", sha))
+        if batch:
+            if kind not in self._unsynced:
+                self._unsynced.append(kind)
+            self._settled += stale
+        else:
+            for k, s in stale:
+                self._remove(k, s)
         return record
+
+    def settle(self) -> None:
+        """After batched outcomes: make them durable, then drop the notes they made stale."""
+        try:
+            self._sync_batched()
+            dropped = False
+            while self._settled:
+                dropped = self._remove(*self._settled.pop(0)) or dropped
+            if dropped:
+                self._sync_dir("started")
+        except OSError as e:
+            raise self._error("sync the records", e) from None
 
     def drop_stale_started(self, sha: str) -> None:
         self._remove("started", sha)
