@@ -62,7 +62,7 @@ class Manifest(NamedTuple):
 
 def write_json_atomic(path: str, obj: Any) -> None:
     """Write JSON durably and atomically (temp file, fsync, rename, fsync dir)."""
-    atomic_write(path, dump_json(obj))
+    atomic_write(path, dump_json(obj, indent=1))  # read by people; written once per image
 
 
 def digest(migrations: List[Dict[str, str]]) -> str:
