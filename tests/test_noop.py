@@ -172,3 +172,27 @@ def test_no_key_without_a_manifest_or_with_failures(tmp_path):
     assert img.full_run() == 1
     assert not (img.state / noop.KEY_NAME).exists()
     assert noop.fast_run(img.argv()) is None
+
+
+@pytest.mark.parametrize("argv", [
+    ["run"], ["--root", "/r", "run"], ["--root=/r", "--state-dir", "/s", "run", "--policy=stop"],
+    ["--scripts-dir", "/d", "--manifest", "/m", "--root", "/a", "--root", "/b", "run",
+     "--timeout", "2.5", "--lock-wait=0", "--kill-grace", "1", "--policy", "continue"],
+    ["--root=", "run", "--timeout", "0"], ["--root=-x", "run"],
+])
+def test_plain_run_lines_read_exactly_as_argparse_reads_them(argv):
+    from migration import cli
+
+    parsed = noop.parse_run_argv(argv)
+    assert parsed is not None
+    ours = vars(cli._plain_run_args(*parsed))
+    theirs = vars(cli.build_parser("run").parse_args(argv))
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("argv", [
+    ["--root", "-x", "run"], ["run", "--timeout", "-1"], ["run", "--lock-wait", "nan"],
+    ["run", "--", "x"], ["-h"], ["run", "-h"], ["run", "--dry-run"], ["status"],
+])
+def test_other_lines_are_left_to_argparse(argv):
+    assert noop.parse_run_argv(argv) is None

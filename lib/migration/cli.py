@@ -89,6 +89,25 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class _Args:
+    """An argparse.Namespace look-alike for the plain `run` command lines."""
+
+    def __init__(self, **kw: Any) -> None:
+        self.__dict__.update(kw)
+
+
+def _plain_run_args(paths: dict[str, str], opts: dict[str, object]) -> Any:
+    from migration.commands import run
+
+    return _Args(
+        root=paths.get("--root"), scripts_dir=paths.get("--scripts-dir"),
+        state_dir=paths.get("--state-dir"), manifest=paths.get("--manifest"), command="run",
+        dry_run=False, policy=opts.get("--policy", "continue"), timeout=opts.get("--timeout"),
+        kill_grace=opts.get("--kill-grace", 5.0), lock_wait=opts.get("--lock-wait", 60.0),
+        func=run.run,
+    )
+
+
 def resolve_paths(args: Any) -> None:
     """Fill in the defaults under --root; explicit paths are taken as given (made absolute)."""
     args.root = os.path.abspath(args.root) if args.root else "/"
@@ -132,8 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say_error("interrupted (SIGINT)")
         return Interrupted.exit_code
-    # usage errors: argparse exits 2 with a message
-    args = build_parser(_command_in(argv)).parse_args(argv)
+    plain = noop.parse_run_argv(argv)
+    if plain is not None:
+        args = _plain_run_args(*plain)  # what argparse would make of it, without importing it
+    else:
+        # usage errors: argparse exits 2 with a message
+        args = build_parser(_command_in(argv)).parse_args(argv)
     resolve_paths(args)
     try:
         return int(args.func(args))

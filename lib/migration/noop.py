@@ -143,17 +143,29 @@ def _parse_key(data: bytes) -> tuple[dict[str, str], dict[str, str], dict[str, s
     return fields, image, entries
 
 
-def _parse_argv(argv: list[str]) -> dict[str, str] | None:
-    """The global paths of a plain `run` (values as given), None for anything else."""
+def parse_run_argv(argv: list[str]) -> tuple[dict[str, str], dict[str, object]] | None:
+    """(global paths as given, run options parsed) of a plain `run` command line, the way
+    argparse would read it; None for anything else (another command, --dry-run, --help, an
+    abbreviation, a bad or dash-leading value...), which argparse then handles."""
     paths: dict[str, str] = {}
+    opts: dict[str, object] = {}
     tokens = iter(argv)
+
+    def value_of(token: str) -> str | None:
+        _, eq, value = token.partition("=")
+        if eq:
+            return value
+        value = next(tokens, None)
+        if value is None or value.startswith("-"):
+            return None  # argparse would not take it as the value
+        return value
+
     for token in tokens:
-        opt, eq, value = token.partition("=")
+        opt = token.partition("=")[0]
         if opt in _GLOBALS:
-            if not eq:
-                value = next(tokens, None)  # type: ignore[assignment]
-                if value is None:
-                    return None
+            value = value_of(token)
+            if value is None:
+                return None
             paths[opt] = value
         elif token == "run":
             break
@@ -161,26 +173,26 @@ def _parse_argv(argv: list[str]) -> dict[str, str] | None:
             return None
     else:
         return None  # no command
-    for token in tokens:  # `run` options that do not change a no-op run, validated like argparse
-        opt, eq, value = token.partition("=")
-        if opt == "--policy" or opt in _RUN_SECONDS:
-            if not eq:
-                value = next(tokens, None)  # type: ignore[assignment]
-                if value is None:
-                    return None
-            if opt == "--policy":
-                if value not in ("continue", "stop"):
-                    return None
-            else:
-                try:
-                    seconds = float(value)
-                except ValueError:
-                    return None
-                if not seconds >= 0 or seconds == float("inf"):
-                    return None
-        else:
+    for token in tokens:
+        opt = token.partition("=")[0]
+        if opt != "--policy" and opt not in _RUN_SECONDS:
             return None
-    return paths
+        value = value_of(token)
+        if value is None:
+            return None
+        if opt == "--policy":
+            if value not in ("continue", "stop"):
+                return None
+            opts[opt] = value
+            continue
+        try:
+            seconds = float(value)
+        except ValueError:
+            return None
+        if not seconds >= 0 or seconds == float("inf"):
+            return None
+        opts[opt] = seconds
+    return paths, opts
 
 
 def _read(path: str, limit: int = 1 << 22) -> bytes:
@@ -194,9 +206,10 @@ def _read(path: str, limit: int = 1 << 22) -> bytes:
 def fast_run(argv: list[str]) -> int | None:
     """0 when `migration <argv>` is a `run` with nothing to do (proven as the module docstring
     says), else None: the full path must run. Never raises for I/O problems."""
-    given = _parse_argv(argv)
-    if given is None:
+    parsed = parse_run_argv(argv)
+    if parsed is None:
         return None
+    given = parsed[0]
     root = os.path.abspath(given["--root"]) if given.get("--root") else "/"
     scripts_dir = os.path.abspath(given.get("--scripts-dir") or
                                   os.path.join(root, "etc/migration.d"))
