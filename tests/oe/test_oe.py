@@ -8,6 +8,7 @@ only with MIGRATION_OE_SLOW=1 (about 12 minutes).
 import os
 import re
 import shlex
+import shutil
 from pathlib import Path
 from typing import Dict
 
@@ -172,6 +173,9 @@ def test_image_without_migrations_does_not_pull_in_runner(oe: OEBuild) -> None:
 def test_oe_selftest_cases_run(oe: OEBuild) -> None:
     # A build dir of its own: oe-selftest adds meta-selftest to its BBLAYERS.
     builddir = oe.extra_builddir("build-selftest", [])
+    # oe-selftest works in a copy, <builddir>-st, and refuses to start when an earlier run that
+    # failed left it behind.
+    shutil.rmtree(builddir.parent / (builddir.name + "-st"), ignore_errors=True)
     proc = oe.run("oe-selftest -r migration", builddir, timeout=3 * 3600)
     ran = re.search(r"Ran (\d+) tests? in", proc.stdout)
     assert ran, proc.stdout
