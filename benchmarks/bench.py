@@ -1,20 +1,33 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
-"""Benchmark of the runner against two baselines over the same scripts (not a test).
+"""Benchmark of the runner against its baselines over the same scripts, side by side (not a test).
 
-For N = 0, 10, 100, 1000 trivial scripts (`#!/bin/sh`, a distinct comment, `true`) it prints a
-Markdown table with
-- noop: a `migration run` with every script applied, (a) without a manifest (records are read)
-  and (b) with the image manifest and its done stamp (the cheap path);
-- apply: a `migration run` applying all N, each durably recorded;
-- peak RSS of the runner (ru_maxrss of the process, from wait4);
-- the same for Debian's `run-parts` (apply only: it has no memory of what ran) and for a POSIX-sh
-  loop that hashes each script with sha256sum and keeps a stamp file per hash (the naive design
-  from the discussion; no fsync), and `python3 -I -c pass` as the floor of any Python runner.
+For N = 0, 10, 100, 1000 trivial scripts (`#!/bin/sh`, a distinct comment, `true`) it measures,
+interleaved in the same run (so a machine busy with other work slows every column alike):
 
-The runner starts like the installed wrapper: `python3 -I` running the migration package from a
-path (recipes-core/migration/files/migration.wrapper). Times are medians of --repeat runs (apply:
-of fresh state dirs). Usage: python3 benchmarks/bench.py [--python /usr/bin/python3] [--dir D]
+- `python3 -I -c pass`: the floor of any Python runner;
+- no-op `migration run` (every script applied, image manifest and done stamp present: the boot
+  case) through the installed wrapper (runpy) and through a wrapper calling cli.main() directly,
+  and without a manifest (every record read);
+- the naive design from the discussion: a POSIX-sh loop running `sha256sum` per script and
+  keeping a stamp file per hash (no fsync), no-op and apply;
+- apply: `migration run` applying all N, each durably recorded (3 fsync calls per script, see
+  lib/migration/state.py);
+- Debian's `run-parts` (apply only: it has no memory of what ran);
+- the durability floor: the same file operations as the runner's state writes done by a sh loop
+  with `sync FILE` (coreutils >= 8.24 fsyncs the named files) in the runner's order, minus the
+  identical loop with `true` in place of `sync`: what 3 fsyncs per script cost on that file
+  system, without the process starts. `run-parts + fsync` is the fair baseline for a durable
+  runner;
+- peak RSS of the runner (GNU time's %M, measured in separate runs).
+
+Everything (scripts and state) lives on the file system under test: a directory on disk
+(--disk-dir, default $TMPDIR or /tmp) and tmpfs (--tmpfs-dir, default /dev/shm). Times are
+medians of --repeat runs (apply at N=1000: --repeat-big). The verdicts compare against the
+targets of issue 2: no-op at N=1000 within 2x of `python3 -c pass` and at least 10x faster than
+the sh loop; applying 100 within 2x of run-parts; peak RSS under 16 MiB.
+
+Usage: python3 benchmarks/bench.py [--python /usr/bin/python3] [--sizes 0,10,100,1000]
 """
 
 import argparse
@@ -28,7 +41,8 @@ import tempfile
 import time
 
 LIB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lib")
-WRAPPER = """import runpy, sys
+# recipes-core/migration/files/migration.wrapper, as installed
+WRAPPER_RUNPY = """import runpy, sys
 sys.path.insert(0, {lib!r})
 runpy.run_module("migration", run_name="__main__", alter_sys=False)
 """
@@ -39,48 +53,70 @@ sys.exit(main())
 """
 NAIVE = """set -e
 for f in "$1"/*; do
+    [ -e "$f" ] || continue  # N = 0: the pattern itself
     h=$(sha256sum "$f" | cut -d' ' -f1)
     [ -e "$2/$h" ] && continue
     sh -e "$f"
     touch "$2/$h"
 done
 """
-
-
+# The runner's state writes per script, in its order, with $3 = sync (fsync the named files) or
+# true (the same process starts, no fsync): note + fsync of its dir; the script; record content
+# + fsync; rename; fsync of the record's dir.
+DURABLE = """set -e
+mkdir -p "$2/started" "$2/applied"
+for f in "$1"/*; do
+    [ -e "$f" ] || continue
+    n=${f##*/}
+    echo "$n" > "$2/started/$n"
+    $3 "$2/started"
+    "$f"
+    echo "$n" > "$2/applied/.$n.tmp"
+    $3 "$2/applied/.$n.tmp"
+    mv "$2/applied/.$n.tmp" "$2/applied/$n"
+    $3 "$2/applied"
+done
+"""
 GNU_TIME = "/usr/bin/time"
 
 
-def timed(argv, env=None):
-    """(seconds, peak RSS KiB, exit status) of one command. The RSS comes from GNU time when
-    it is installed: ru_maxrss of a child forked from this (big) Python process would count
-    the parent's pages it inherited until exec."""
-    rss_file = None
-    if os.path.exists(GNU_TIME):
-        fd, rss_file = tempfile.mkstemp()
-        os.close(fd)
-        argv = [GNU_TIME, "-f", "%M", "-o", rss_file, *argv]
+def run(argv):
     t0 = time.perf_counter()
-    proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     elapsed = time.perf_counter() - t0
-    rss = 0
-    if rss_file:
-        with open(rss_file) as f:
-            rss = int(f.read().split()[-1])
-        os.unlink(rss_file)
-    return elapsed, rss, proc.returncode
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark command failed ({proc.returncode}): {' '.join(argv)}")
+    return elapsed
+
+
+def peak_rss_kib(argv):
+    """ru_maxrss of the command itself, from GNU time (a child forked from this big Python
+    process would count pages it inherited until exec)."""
+    if not os.path.exists(GNU_TIME):
+        return float("nan")
+    fd, out = tempfile.mkstemp()
+    os.close(fd)
+    try:
+        subprocess.run([GNU_TIME, "-f", "%M", "-o", out, *argv], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=True)
+        with open(out) as f:
+            return int(f.read().split()[-1])
+    finally:
+        os.unlink(out)
 
 
 def make_root(base, n):
+    """An image root with n scripts, their package fragment and the image manifest."""
+    sys.path.insert(0, LIB)
+    from migration import manifest
+    from migration import scripts as scr
+
     root = os.path.join(base, f"root{n}")
     scripts = os.path.join(root, "etc", "migration.d")
     frags = os.path.join(root, "usr", "share", "migration", "packages")
     os.makedirs(scripts)
     os.makedirs(frags)
     entries = []
-    sys.path.insert(0, LIB)
-    from migration import manifest
-    from migration import scripts as scr
-
     for i in range(n):
         name = f"{i:04d}-bench-step"  # no dot: run-parts skips names with dots
         path = os.path.join(scripts, name)
@@ -94,8 +130,121 @@ def make_root(base, n):
     return root, scripts
 
 
+def fs_type(path):
+    """Type and options of the mount holding `path` (from /proc/mounts)."""
+    best = ("", "?", "")
+    with open("/proc/mounts") as f:
+        for line in f:
+            _dev, mnt, kind, opts = line.split()[:4]
+            if (path + "/").startswith(mnt.rstrip("/") + "/") and len(mnt) >= len(best[0]):
+                best = (mnt, kind, opts)
+    return f"{best[1]} {best[2]}"
+
+
 def median(values):
     return statistics.median(values) if values else float("nan")
+
+
+def measure(base, n, args, files):
+    """Every column for one N on the file system of `base`, interleaved repetition by
+    repetition."""
+    py = [args.python, "-I"]
+    root, scripts = make_root(base, n)
+    runpy_w, direct_w = [*py, files["runpy"]], [*py, files["direct"]]
+    none = os.path.join(base, "no-manifest.json")
+    counter = iter(range(10**6))
+
+    def fresh(prefix):
+        path = os.path.join(base, f"{prefix}{n}-{next(counter)}")
+        os.mkdir(path)
+        return path
+
+    def plain(state):
+        return [*direct_w, "--scripts-dir", scripts, "--state-dir", state, "--manifest", none,
+                "run"]
+
+    # states for the no-op runs: all applied (with manifest: the stamp and the key too)
+    noop_state = fresh("noop-state")
+    run(plain(noop_state))
+    run([*direct_w, "--root", root, "run"])
+    naive_stamps = fresh("naive-noop")
+    run(["sh", files["naive"], scripts, naive_stamps])
+
+    t = {k: [] for k in ("pass", "noop_runpy", "noop_direct", "noop_plain", "naive_noop",
+                         "apply", "run_parts", "naive_apply", "sync_loop", "true_loop")}
+    reps = args.repeat
+    apply_reps = reps if n <= 100 else args.repeat_big
+    for r in range(reps):
+        t["pass"].append(run([*py, "-c", "pass"]))
+        t["noop_runpy"].append(run([*runpy_w, "--root", root, "run"]))
+        t["noop_direct"].append(run([*direct_w, "--root", root, "run"]))
+        t["noop_plain"].append(run(plain(noop_state)))
+        t["naive_noop"].append(run(["sh", files["naive"], scripts, naive_stamps]))
+        if r >= apply_reps:
+            continue
+        t["apply"].append(run(plain(fresh("apply-state"))))
+        if args.run_parts:
+            t["run_parts"].append(run([args.run_parts, "--exit-on-error", scripts]))
+        t["naive_apply"].append(run(["sh", files["naive"], scripts, fresh("naive-apply")]))
+        t["sync_loop"].append(run(["sh", files["durable"], scripts, fresh("sync-loop"),
+                                   args.sync]))
+        t["true_loop"].append(run(["sh", files["durable"], scripts, fresh("true-loop"),
+                                   args.true]))
+    row = {k: median(v) for k, v in t.items()}
+    row["n"] = n
+    row["fsync"] = max(row["sync_loop"] - row["true_loop"], 0.0)
+    row["rss_apply"] = peak_rss_kib(plain(fresh("rss-state")))
+    row["rss_noop"] = peak_rss_kib([*direct_w, "--root", root, "run"])
+    shutil.rmtree(root)
+    return row
+
+
+def ms(s):
+    return f"{s * 1000:.0f} ms" if s == s else "n/a"
+
+
+def ratio(a, b):
+    return a / b if b > 0 else float("inf")
+
+
+def verdict(ok):
+    return "PASS" if ok else "MISS"
+
+
+def report(title, rows, run_parts):
+    print(f"### {title}")
+    print()
+    print("| N | python -c pass | no-op (runpy wrapper) | no-op (direct) | no-op, no manifest "
+          "| sh loop no-op | apply N | run-parts | run-parts + fsync | fsync cost | sh loop apply "
+          "| peak RSS |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        rss = max(r["rss_apply"], r["rss_noop"]) / 1024
+        print(f"| {r['n']} | {ms(r['pass'])} | {ms(r['noop_runpy'])} | {ms(r['noop_direct'])} "
+              f"| {ms(r['noop_plain'])} | {ms(r['naive_noop'])} | {ms(r['apply'])} "
+              f"| {ms(r['run_parts'])} | {ms(r['run_parts'] + r['fsync'])} | {ms(r['fsync'])} "
+              f"| {ms(r['naive_apply'])} | {rss:.1f} MiB |")
+    print()
+    by_n = {r["n"]: r for r in rows}
+    big, hundred = by_n.get(1000), by_n.get(100)
+    if big:
+        for label, key in (("direct", "noop_direct"), ("runpy wrapper", "noop_runpy")):
+            x = ratio(big[key], big["pass"])
+            print(f"- no-op N=1000 ({label}) / python -c pass: {x:.2f}x (target <= 2x): "
+                  f"{verdict(x <= 2)}")
+        x = ratio(big["naive_noop"], big["noop_direct"])
+        print(f"- sh loop no-op / no-op N=1000 (direct): {x:.1f}x faster (target >= 10x): "
+              f"{verdict(x >= 10)}")
+    if hundred and run_parts:
+        x = ratio(hundred["apply"], hundred["run_parts"])
+        print(f"- apply 100 / run-parts: {x:.2f}x (target <= 2x): {verdict(x <= 2)}")
+        floor = hundred["run_parts"] + hundred["fsync"]
+        x = ratio(hundred["apply"], floor)
+        print(f"- apply 100 / (run-parts + the same fsyncs): {x:.2f}x (same target against the "
+              f"durable baseline): {verdict(x <= 2)}")
+    rss = max(max(r["rss_apply"], r["rss_noop"]) for r in rows) / 1024
+    print(f"- peak RSS: {rss:.1f} MiB (target < 16 MiB): {verdict(rss < 16)}")
+    print()
 
 
 def main():
@@ -103,76 +252,40 @@ def main():
     ap.add_argument("--python", default="/usr/bin/python3" if os.path.exists("/usr/bin/python3")
                     else sys.executable)
     ap.add_argument("--sizes", default="0,10,100,1000")
-    ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--dir", help="work directory (default: a new one under $TMPDIR)")
-    ap.add_argument("--direct", action="store_true",
-                    help="wrapper calls migration.cli.main() instead of runpy.run_module()")
+    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--repeat-big", type=int, default=3, help="apply repetitions at N > 100")
+    ap.add_argument("--disk-dir", default=tempfile.gettempdir())
+    ap.add_argument("--tmpfs-dir", default="/dev/shm", help="'' to skip the tmpfs table")
     args = ap.parse_args()
-    base = tempfile.mkdtemp(prefix="migration-bench-", dir=args.dir)
-    wrapper = os.path.join(base, "migration")
-    with open(wrapper, "w") as f:
-        f.write((WRAPPER_DIRECT if args.direct else WRAPPER).format(lib=LIB))
-    naive = os.path.join(base, "naive.sh")
-    with open(naive, "w") as f:
-        f.write(NAIVE)
-    py = [args.python, "-I"]
-    run_parts = shutil.which("run-parts")
-    rows = []
-    floor = median([timed([*py, "-c", "pass"])[0] for _ in range(args.repeat)])
-    floor_rss = timed([*py, "-c", "pass"])[1]
-    for n in (int(x) for x in args.sizes.split(",")):
-        root, scripts = make_root(base, n)
-        plain = [*py, wrapper, "--scripts-dir", scripts, "--manifest", os.path.join(base, "none")]
-        stamped = [*py, wrapper, "--root", root]
-        apply_t, apply_rss = [], []
-        reps = args.repeat if n <= 100 else max(1, args.repeat // 2)
-        for r in range(reps):
-            state = os.path.join(base, f"state{n}-{r}")
-            t, rss, rc = timed([*plain, "--state-dir", state, "run"])
-            assert rc == 0, f"migration run failed for N={n}"
-            apply_t.append(t)
-            apply_rss.append(rss)
-        state = os.path.join(base, f"state{n}-0")
-        noop = [timed([*plain, "--state-dir", state, "run"]) for _ in range(args.repeat)]
-        assert all(rc == 0 for _, _, rc in noop)
-        # with the image manifest: first run applies and stamps, then the cheap path
-        t, _, rc = timed([*stamped, "run"])
-        assert rc == 0
-        noop_m = [timed([*stamped, "run"]) for _ in range(args.repeat)]
-        assert all(rc == 0 for _, _, rc in noop_m)
-        rp = []
-        if run_parts:
-            rp = [timed([run_parts, "--exit-on-error", scripts])[0] for _ in range(reps)]
-        nv_apply, nv_noop = [], []
-        for r in range(reps):
-            stamps = os.path.join(base, f"naive{n}-{r}")
-            os.mkdir(stamps)
-            nv_apply.append(timed(["sh", naive, scripts, stamps])[0])
-        stamps = os.path.join(base, f"naive{n}-0")
-        nv_noop = [timed(["sh", naive, scripts, stamps])[0] for _ in range(args.repeat)]
-        rows.append({
-            "n": n,
-            "noop": median([x[0] for x in noop]),
-            "noop_manifest": median([x[0] for x in noop_m]),
-            "apply": median(apply_t),
-            "rss_kib": max(apply_rss + [x[1] for x in noop]),
-            "run_parts": median(rp),
-            "naive_apply": median(nv_apply),
-            "naive_noop": median(nv_noop),
-        })
-    shutil.rmtree(base)
-    ms = lambda s: f"{s * 1000:.0f} ms"  # noqa: E731
-    how = "cli.main()" if args.direct else "runpy"
-    print(f"python: {args.python} -I (wrapper: {how}); `python3 -I -c pass`: {ms(floor)}, "
-          f"peak RSS {floor_rss / 1024:.1f} MiB; state dir on {os.path.dirname(base) or '.'}")
+    args.run_parts = shutil.which("run-parts")
+    # absolute paths: the shell's builtin `true` would not start a process like `sync` does
+    args.sync, args.true = shutil.which("sync"), shutil.which("true")
+    sizes = [int(x) for x in args.sizes.split(",")]
+    targets = [("state on disk", args.disk_dir)]
+    if args.tmpfs_dir:
+        targets.append(("state on tmpfs", args.tmpfs_dir))
+    results = []
+    for label, where in targets:
+        base = tempfile.mkdtemp(prefix="migration-bench-", dir=where)
+        try:
+            files = {}
+            for key, text in (("runpy", WRAPPER_RUNPY.format(lib=LIB)),
+                              ("direct", WRAPPER_DIRECT.format(lib=LIB)),
+                              ("naive", NAIVE), ("durable", DURABLE)):
+                files[key] = os.path.join(base, key)
+                with open(files[key], "w") as f:
+                    f.write(text)
+            fstype = fs_type(base)
+            rows = [measure(base, n, args, files) for n in sizes]
+            results.append((f"{label} ({where}, {fstype})", rows))
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+    load = os.getloadavg()
+    print(f"python: {args.python} -I; repetitions: {args.repeat} (apply at N>100: "
+          f"{args.repeat_big}); medians; load average {load[0]:.1f} on {os.cpu_count()} CPUs")
     print()
-    print("| N | no-op run | no-op run, manifest+stamp | sh loop no-op | apply N | run-parts "
-          "| sh loop apply | peak RSS |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['n']} | {ms(r['noop'])} | {ms(r['noop_manifest'])} | {ms(r['naive_noop'])} "
-              f"| {ms(r['apply'])} | {ms(r['run_parts'])} | {ms(r['naive_apply'])} "
-              f"| {r['rss_kib'] / 1024:.1f} MiB |")
+    for title, rows in results:
+        report(title, rows, args.run_parts)
 
 
 if __name__ == "__main__":
