@@ -438,8 +438,12 @@ def test_power_cut_during_a_migration(base: h.Base, boot_root: Path) -> None:
     assert cut.killed
     # Right after the cut (journal replayed on a copy): pre applied, slow noted as started.
     img = h.replayed_copy(syse.var_img)
-    assert h.list_dir(img, "/lib/migration/applied") == [sha(pre.text)]
-    assert h.list_dir(img, "/lib/migration/started") == [sha(slow.text)]
+    applied = h.list_dir(img, "/lib/migration/applied")
+    assert applied == [sha(pre.text)]
+    # A started note left next to an applied record is harmless (the record wins, and the runner
+    # drops the note without an fsync); only the slow script is interrupted.
+    started = set(h.list_dir(img, "/lib/migration/started"))
+    assert started - set(applied) == {sha(slow.text)}
     assert h.read_file(img, "/lib/old-data/payload") == "precious\n"
     img.unlink()
 
