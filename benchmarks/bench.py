@@ -7,8 +7,8 @@ interleaved in the same run (so a machine busy with other work slows every colum
 
 - `python3 -I -c pass`: the floor of any Python runner;
 - no-op `migration run` (every script applied, image manifest and done stamp present: the boot
-  case) through the installed wrapper (runpy) and through a wrapper calling cli.main() directly,
-  and without a manifest (every record read);
+  case) through the `migration` command as the runner recipe installs it
+  (recipes-core/migration/files/migration.wrapper), and without a manifest (every record read);
 - the naive design from the discussion: a POSIX-sh loop running `sha256sum` per script and
   keeping a stamp file per hash (no fsync), no-op and apply;
 - apply: `migration run` applying all N, each durably recorded (3 fsync calls per script, see
@@ -41,16 +41,15 @@ import tempfile
 import time
 
 LIB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lib")
-# recipes-core/migration/files/migration.wrapper, as installed
-WRAPPER_RUNPY = """import runpy, sys
-sys.path.insert(0, {lib!r})
-runpy.run_module("migration", run_name="__main__", alter_sys=False)
-"""
-WRAPPER_DIRECT = """import sys
-sys.path.insert(0, {lib!r})
-from migration.cli import main
-sys.exit(main())
-"""
+WRAPPER = os.path.join(os.path.dirname(LIB), "recipes-core/migration/files/migration.wrapper")
+
+
+def installed_wrapper() -> str:
+    """The `migration` command as migration-install.sh installs it, pointing at this lib/."""
+    with open(WRAPPER) as f:
+        return f.read().replace("@LIBDIR@/migration", LIB)
+
+
 NAIVE = """set -e
 for f in "$1"/*; do
     [ -e "$f" ] || continue  # N = 0: the pattern itself
@@ -150,7 +149,7 @@ def measure(base, n, args, files):
     repetition."""
     py = [args.python, "-I"]
     root, scripts = make_root(base, n)
-    runpy_w, direct_w = [*py, files["runpy"]], [*py, files["direct"]]
+    direct_w = [*py, files["wrapper"]]
     none = os.path.join(base, "no-manifest.json")
     counter = iter(range(10**6))
 
@@ -170,13 +169,12 @@ def measure(base, n, args, files):
     naive_stamps = fresh("naive-noop")
     run(["sh", files["naive"], scripts, naive_stamps])
 
-    t = {k: [] for k in ("pass", "noop_runpy", "noop_direct", "noop_plain", "naive_noop",
+    t = {k: [] for k in ("pass", "noop_direct", "noop_plain", "naive_noop",
                          "apply", "run_parts", "naive_apply", "sync_loop", "true_loop")}
     reps = args.repeat
     apply_reps = reps if n <= 100 else args.repeat_big
     for r in range(reps):
         t["pass"].append(run([*py, "-c", "pass"]))
-        t["noop_runpy"].append(run([*runpy_w, "--root", root, "run"]))
         t["noop_direct"].append(run([*direct_w, "--root", root, "run"]))
         t["noop_plain"].append(run(plain(noop_state)))
         t["naive_noop"].append(run(["sh", files["naive"], scripts, naive_stamps]))
@@ -214,13 +212,13 @@ def verdict(ok):
 def report(title, rows, run_parts):
     print(f"### {title}")
     print()
-    print("| N | python -c pass | no-op (runpy wrapper) | no-op (direct) | no-op, no manifest "
+    print("| N | python -c pass | no-op | no-op, no manifest "
           "| sh loop no-op | apply N | run-parts | run-parts + fsync | fsync cost | sh loop apply "
           "| peak RSS |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         rss = max(r["rss_apply"], r["rss_noop"]) / 1024
-        print(f"| {r['n']} | {ms(r['pass'])} | {ms(r['noop_runpy'])} | {ms(r['noop_direct'])} "
+        print(f"| {r['n']} | {ms(r['pass'])} | {ms(r['noop_direct'])} "
               f"| {ms(r['noop_plain'])} | {ms(r['naive_noop'])} | {ms(r['apply'])} "
               f"| {ms(r['run_parts'])} | {ms(r['run_parts'] + r['fsync'])} | {ms(r['fsync'])} "
               f"| {ms(r['naive_apply'])} | {rss:.1f} MiB |")
@@ -228,12 +226,10 @@ def report(title, rows, run_parts):
     by_n = {r["n"]: r for r in rows}
     big, hundred = by_n.get(1000), by_n.get(100)
     if big:
-        for label, key in (("direct", "noop_direct"), ("runpy wrapper", "noop_runpy")):
-            x = ratio(big[key], big["pass"])
-            print(f"- no-op N=1000 ({label}) / python -c pass: {x:.2f}x (target <= 2x): "
-                  f"{verdict(x <= 2)}")
+        x = ratio(big["noop_direct"], big["pass"])
+        print(f"- no-op N=1000 / python -c pass: {x:.2f}x (target <= 2x): {verdict(x <= 2)}")
         x = ratio(big["naive_noop"], big["noop_direct"])
-        print(f"- sh loop no-op / no-op N=1000 (direct): {x:.1f}x faster (target >= 10x): "
+        print(f"- sh loop no-op / no-op N=1000: {x:.1f}x faster (target >= 10x): "
               f"{verdict(x >= 10)}")
     if hundred and run_parts:
         x = ratio(hundred["apply"], hundred["run_parts"])
@@ -269,8 +265,7 @@ def main():
         base = tempfile.mkdtemp(prefix="migration-bench-", dir=where)
         try:
             files = {}
-            for key, text in (("runpy", WRAPPER_RUNPY.format(lib=LIB)),
-                              ("direct", WRAPPER_DIRECT.format(lib=LIB)),
+            for key, text in (("wrapper", installed_wrapper()),
                               ("naive", NAIVE), ("durable", DURABLE)):
                 files[key] = os.path.join(base, key)
                 with open(files[key], "w") as f:
