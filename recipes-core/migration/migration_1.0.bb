@@ -50,7 +50,10 @@ python __anonymous() {
 
 SYSTEMD_SERVICE:${PN} = "migration.service"
 INITSCRIPT_NAME = "migration"
-INITSCRIPT_PARAMS = "start 03 S ."
+# After checkroot (S05: root remounted writable), mountall (S03: /var) and read-only-rootfs-hook
+# (S29: the writable overlay of a read-only root),
+# before bootmisc (S36), populate-volatile (S37) and every rc2-5 service.
+INITSCRIPT_PARAMS = "start 30 S ."
 
 do_configure[noexec] = "1"
 do_compile[noexec] = "1"
