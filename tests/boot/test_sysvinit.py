@@ -74,3 +74,63 @@ def test_sysvinit_script_failure_under_continue(base: h.Base, tmp_path: Path) ->
     status = json.loads(chroot(tree, "/usr/sbin/migration", "status", "--json").stdout)
     assert [e["state"] for e in status] == ["applied", "failed", "applied"]
     assert list((tree / "var/lib/migration/done").iterdir()) == []
+
+
+def with_stand_ins(tree: Path) -> Path:
+    """A chroot cannot halt the machine or own a console: `halt` and `sulogin` are replaced by
+    stand-ins in /usr/local/sbin (first in PATH) that record their call; `halt` then kills the
+    init script as the real machine would stop it. /dev/console becomes a plain file."""
+    log = "/var/lib/t/stand-ins"
+    sbin = tree / "usr/local/sbin"
+    sbin.mkdir(parents=True, exist_ok=True)
+    for name, tail in (("halt", 'kill -KILL "$PPID"\n'), ("sulogin", "")):
+        stub = sbin / name
+        stub.write_text(
+            f'#!/bin/sh\nmkdir -p /var/lib/t\necho "{name} $*" >>{log}\n{tail}'
+        )
+        stub.chmod(0o755)
+    console = tree / "dev/console"
+    if console.exists() or console.is_symlink():
+        console.unlink()
+    console.parent.mkdir(exist_ok=True)
+    console.write_text("")
+    return tree / log.lstrip("/")
+
+
+def chroot_env(tree: Path, *cmd: str) -> "subprocess.CompletedProcess[str]":
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+    return subprocess.run(
+        ["chroot", str(tree), *cmd], capture_output=True, text=True, check=False, env=env
+    )
+
+
+FAILING = [
+    h.Script("a", "one.sh", ok("one"), "10"),
+    h.Script("bad", "fails.sh", "#!/bin/sh\nfalse\necho never\n", "20"),
+    h.Script("c", "three.sh", ok("three"), "30"),
+]
+
+
+def test_sysvinit_script_failure_under_halt_stops_and_halts(base: h.Base, tmp_path: Path) -> None:
+    tree = sysv_tree(base, tmp_path, FAILING, policy="halt")
+    calls = with_stand_ins(tree)
+    res = chroot_env(tree, "/etc/init.d/migration", "start")
+    # halt -f was called and the script never went on to exit by itself.
+    assert calls.read_text().split("\n")[0] == "halt -f"
+    assert res.returncode == -9, res.stdout + res.stderr
+    assert "halting the system" in res.stdout
+    # --policy stop: the script after the failed one was not run.
+    status = json.loads(chroot(tree, "/usr/sbin/migration", "status", "--json").stdout)
+    assert [e["state"] for e in status] == ["applied", "failed", "pending"]
+
+
+def test_sysvinit_script_failure_under_rescue_opens_a_shell(base: h.Base, tmp_path: Path) -> None:
+    tree = sysv_tree(base, tmp_path, FAILING, policy="rescue")
+    calls = with_stand_ins(tree)
+    res = chroot_env(tree, "/etc/init.d/migration", "start")
+    assert calls.read_text() == "sulogin \n"
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "starting a rescue shell" in res.stdout
+    # rescue applies what it can, like continue.
+    status = json.loads(chroot(tree, "/usr/sbin/migration", "status", "--json").stdout)
+    assert [e["state"] for e in status] == ["applied", "failed", "applied"]
