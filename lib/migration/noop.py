@@ -97,14 +97,18 @@ def file_sha256(path: str, flags: int = _READ_FLAGS) -> str | None:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
-        digest = sha256()
-        while True:
-            chunk = os.read(fd, _CHUNK)
-            if not chunk:
-                return digest.hexdigest()
-            digest.update(chunk)
+        return _digest_rest(fd, sha256())
     finally:
         os.close(fd)
+
+
+def _digest_rest(fd: int, digest: sha256) -> str:
+    """Feed the rest of `fd` into `digest`; its hex value."""
+    while True:
+        chunk = os.read(fd, _CHUNK)
+        if not chunk:
+            return digest.hexdigest()
+        digest.update(chunk)
 
 
 def key_text(
@@ -283,11 +287,6 @@ def _hash(name: str, dfd: int) -> str | None:
             return sha256(data).hexdigest()
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
-        digest = sha256(data)
-        while True:
-            chunk = os.read(fd, _CHUNK)
-            if not chunk:
-                return digest.hexdigest()
-            digest.update(chunk)
+        return _digest_rest(fd, sha256(data))
     finally:
         os.close(fd)

@@ -115,6 +115,14 @@ def is_sha256(text: str) -> bool:
     return _SHA256_RE.match(text) is not None
 
 
+def _unlink_durably(directory: str, names: List[str]) -> None:
+    """Remove `names` from `directory`, then fsync it once (nothing to do for no names)."""
+    for name in names:
+        os.unlink(os.path.join(directory, name))
+    if names:
+        _fsync_dir(directory)
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -550,22 +558,15 @@ class State:
         try:
             if not self.has_done(digest):
                 atomic_write(os.path.join(directory, digest), b"")
-            for name in others:
-                os.unlink(os.path.join(directory, name))
-            if others:
-                _fsync_dir(directory)
+            _unlink_durably(directory, others)
         except OSError as e:
             raise self._error("write the done stamp", e) from None
 
     def clear_done(self) -> List[str]:
         """Remove every no-op stamp (durably); returns the removed digests."""
-        directory = os.path.join(self.path, "done")
         stamps = self.done_stamps()
         try:
-            for name in stamps:
-                os.unlink(os.path.join(directory, name))
-            if stamps:
-                _fsync_dir(directory)
+            _unlink_durably(os.path.join(self.path, "done"), stamps)
         except OSError as e:
             raise self._error("remove the done stamps", e) from None
         return stamps
