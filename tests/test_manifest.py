@@ -132,3 +132,141 @@ def test_bad_fragment(image):
     (image.frags / "foo.json").write_text('{"format": 1, "package": "", "version": "1"}')
     with pytest.raises(ManifestError, match="package and version"):
         manifest.generate(str(image.root))
+
+
+# -- issue 5: one-way levels, compat_level, upgrade floor, data markers ---------------------
+
+
+def test_fragment_passes_oneway_through():
+    frag = manifest.fragment(
+        "foo", "1", [("10-a", "a" * 64, 2), {"name": "20-b", "sha256": "b" * 64, "oneway": 1},
+                     {"name": "30-c", "sha256": "c" * 64, "oneway": 0}, ("40-d", "d" * 64, None)]
+    )
+    assert frag["migrations"] == [
+        {"name": "10-a", "sha256": "a" * 64, "oneway": 2},
+        {"name": "20-b", "sha256": "b" * 64, "oneway": 1},
+        {"name": "30-c", "sha256": "c" * 64},
+        {"name": "40-d", "sha256": "d" * 64},
+    ]
+
+
+@pytest.mark.parametrize("level", [-1, "1", 1.0, True])
+def test_fragment_rejects_bad_oneway(level):
+    with pytest.raises(ManifestError, match="oneway must be an integer >= 1"):
+        manifest.fragment("foo", "1", [{"name": "10-a", "sha256": "a" * 64, "oneway": level}])
+
+
+def test_generate_writes_levels_floor_markers_and_oneway(image):
+    frag = manifest.fragment("foo", "1", [("50-foo-a", _sha("a\n"), 3), ("50-foo-b", _sha("b\n"))])
+    (image.scripts / "50-foo-a").write_text("a\n")
+    (image.scripts / "50-foo-b").write_text("b\n")
+    (image.frags / "foo.json").write_text(json.dumps(frag))
+    result = manifest.generate(str(image.root), compat_level=1, upgrade_floor="2.0",
+                               data_markers=["/var/lib/foo", "/etc/foo.conf"])
+    assert result["compat_level"] == 3  # max'ed with the one-way level
+    assert result["upgrade_floor"] == "2.0"
+    assert result["data_markers"] == ["/var/lib/foo", "/etc/foo.conf"]
+    assert result["migrations"][0]["oneway"] == 3 and "oneway" not in result["migrations"][1]
+    # the digest covers the one-way level
+    assert result["digest"] == manifest.digest(result["migrations"])
+    plain = [dict(result["migrations"][0]), result["migrations"][1]]
+    del plain[0]["oneway"]
+    assert manifest.digest(plain) != result["digest"]
+    loaded = manifest.load(str(image.root / manifest.MANIFEST_REL))
+    assert loaded.compat_level == 3 and loaded.upgrade_floor == "2.0"
+    assert loaded.data_markers == ("/var/lib/foo", "/etc/foo.conf")
+    assert loaded.entries["50-foo-a"].oneway == 3 and loaded.entries["50-foo-b"].oneway == 0
+
+
+def test_generate_without_options_writes_level_zero_only(image):
+    image.ship("foo", {"50-x": "echo 1\n"})
+    result = manifest.generate(str(image.root))
+    assert result["compat_level"] == 0
+    assert "upgrade_floor" not in result and "data_markers" not in result
+    # entries without "oneway" hash exactly as before issue 5 (1.0 manifests stay valid)
+    entry = {"name": "50-x", "sha256": _sha("echo 1\n"), "package": "foo", "version": "1.0-r0"}
+    assert result["digest"] == manifest.digest([entry])
+    loaded = manifest.load(str(image.root / manifest.MANIFEST_REL))
+    assert (loaded.compat_level, loaded.upgrade_floor, loaded.data_markers) == (0, "", ())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"upgrade_floor": "latest"}, "upgrade floor 'latest' is not a version"),
+        ({"upgrade_floor": "2.0 beta"}, "not a version"),
+        ({"upgrade_floor": "v2"}, "not a version"),
+        ({"data_markers": ["var/lib/foo"]}, "data marker 'var/lib/foo' is not an absolute path"),
+        ({"data_markers": [""]}, "not an absolute path"),
+        ({"compat_level": -1}, "compat_level must be an integer >= 0"),
+    ],
+)
+def test_generate_rejects_bad_options(image, kwargs, match):
+    with pytest.raises(ManifestError, match=match):
+        manifest.generate(str(image.root), **kwargs)
+    assert not (image.root / manifest.MANIFEST_REL).exists()
+
+
+def test_load_of_a_1_0_manifest_has_level_zero(tmp_path):
+    migrations = [{"name": "50-x", "sha256": "a" * 64, "package": "p", "version": "1"}]
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"format": 1, "digest": manifest.digest(migrations),
+                                "migrations": migrations}))
+    loaded = manifest.load(str(path))
+    assert (loaded.compat_level, loaded.upgrade_floor, loaded.data_markers) == (0, "", ())
+    assert loaded.entries["50-x"].oneway == 0
+
+
+def test_load_takes_the_image_level_from_oneway_entries(tmp_path):
+    """A hand-written manifest without compat_level still knows the levels it ships."""
+    migrations = [{"name": "50-x", "sha256": "a" * 64, "oneway": 2}]
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"format": 1, "digest": manifest.digest(migrations),
+                                "migrations": migrations}))
+    assert manifest.load(str(path)).compat_level == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ({"compat_level": "1"}, "compat_level must be an integer"),
+        ({"upgrade_floor": "x"}, "is not a version"),
+        ({"data_markers": "/a"}, "must be a list"),
+        ({"data_markers": ["rel"]}, "not an absolute path"),
+    ],
+)
+def test_load_rejects_bad_top_level_fields(tmp_path, extra, match):
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"format": 1, "digest": manifest.digest([]), "migrations": [],
+                                **extra}))
+    with pytest.raises(ManifestError, match=match):
+        manifest.load(str(path))
+
+
+def test_load_rejects_bad_oneway(tmp_path):
+    migrations = [{"name": "50-x", "sha256": "a" * 64, "oneway": 0}]
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"format": 1, "digest": manifest.digest(migrations),
+                                "migrations": migrations}))
+    with pytest.raises(ManifestError, match="oneway must be an integer >= 1"):
+        manifest.load(str(path))
+
+
+def test_manifest_command_options(image, capsys):
+    from migration import cli
+
+    image.ship("foo", {"50-x": "echo 1\n"})
+    rc = cli.main(["manifest", "--root", str(image.root), "--compat-level", "2",
+                   "--upgrade-floor", "1.5", "--data-marker", "/var/a", "--data-marker", "/b"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "compatibility level 2" in out and "upgrades from 1.5 or newer" in out
+    loaded = manifest.load(str(image.root / manifest.MANIFEST_REL))
+    assert (loaded.compat_level, loaded.upgrade_floor, loaded.data_markers) == (2, "1.5",
+                                                                             ("/var/a", "/b"))
+    assert cli.main(["manifest", "--root", str(image.root), "--upgrade-floor", "soon"]) == 2
+    assert "is not a version" in capsys.readouterr().err
+    assert cli.main(["manifest", "--root", str(image.root), "--data-marker", "rel"]) == 2
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["manifest", "--root", str(image.root), "--compat-level", "-1"])
+    assert exc.value.code == 2

@@ -3,11 +3,15 @@
 
 Each package that ships migrations carries a fragment written at build time by the class,
 `/usr/share/migration/packages/<pkg>.json`:
-`{"format": 1, "package": PKG, "version": "PV-PR", "migrations": [{"name", "sha256"}...]}`.
+`{"format": 1, "package": PKG, "version": "PV-PR", "migrations": [{"name", "sha256"}...]}`;
+an entry of a one-way migration also carries `"oneway": LEVEL` (an integer >= 1).
 At rootfs time `migration manifest --root IMAGE` checks the fragments against the files really in
 IMAGE/etc/migration.d and writes `/usr/share/migration/manifest.json`:
-`{"format": 1, "digest": HEX, "migrations": [{"name", "sha256", "package", "version"}...]}`
-(sorted by name; digest = sha256 of the canonical JSON of the migrations list), plus the symlink
+`{"format": 1, "digest": HEX, "compat_level": N, "migrations": [{"name", "sha256", "package",
+"version"}...]}` (sorted by name; digest = sha256 of the canonical JSON of the migrations list;
+one-way entries also carry "oneway", inside the digest; entries without it hash as before), with
+`"upgrade_floor": VERSION` and `"data_markers": [PATH...]` only when set (see migration.compat;
+additions keep format 1: a 1.0 runner ignores them), plus the symlink
 `/usr/share/migration/done -> /var/lib/migration/done/<digest>`, dangling until the runner has
 applied every entry; the boot unit's `ConditionPathExists=!/usr/share/migration/done` then skips
 the runner entirely. On the target, a script whose content differs from its manifest entry, or
@@ -17,8 +21,9 @@ that the manifest does not list, is refused as tampered.
 import contextlib
 import json
 import os
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Union
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
+from migration.compat import plausible_version
 from migration.errors import ManifestError
 from migration.scripts import discover, invalid_name_reason, sha256
 from migration.state import atomic_write, dump_json, is_sha256
@@ -51,6 +56,7 @@ class Entry(NamedTuple):
     sha256: str
     package: str
     version: str
+    oneway: int = 0  # compatibility level of a one-way migration; 0: not one-way
 
 
 class Manifest(NamedTuple):
@@ -58,6 +64,11 @@ class Manifest(NamedTuple):
     digest: str
     entries: Dict[str, Entry]  # by name, in name order
     file_sha256: str = ""  # sha256 of the file's bytes this was parsed from (the no-op key)
+    #: The image's compatibility level: max of the manifest's compat_level and every entry's
+    #: one-way level (a hand-written manifest may omit the former).
+    compat_level: int = 0
+    upgrade_floor: str = ""  # oldest release this image upgrades from; "" when none
+    data_markers: Tuple[str, ...] = ()  # absolute paths that prove the device has data
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
@@ -65,7 +76,7 @@ def write_json_atomic(path: str, obj: Any) -> None:
     atomic_write(path, dump_json(obj, indent=1))  # read by people; written once per image
 
 
-def digest(migrations: List[Dict[str, str]]) -> str:
+def digest(migrations: List[Dict[str, Any]]) -> str:
     """sha256 of the canonical JSON (sorted keys, no spaces) of a manifest's migrations list."""
     canonical = json.dumps(migrations, sort_keys=True, separators=(",", ":"))
     return sha256(canonical.encode()).hexdigest()
@@ -79,17 +90,47 @@ def _check_entry(where: str, name: Any, sha: Any) -> None:
         raise ManifestError(f"{where}: {name}: sha256 must be 64 lower-case hex digits")
 
 
+def _is_level(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _check_oneway(where: str, name: Any, entry: Dict[str, Any]) -> int:
+    """The entry's one-way level (0 when it has none); ManifestError unless an integer >= 1."""
+    if "oneway" not in entry:
+        return 0
+    level = entry["oneway"]
+    if not _is_level(level, 1):
+        raise ManifestError(f"{where}: {name}: oneway must be an integer >= 1, not {level!r}")
+    return int(level)
+
+
 def fragment(
-    package: str, version: str, entries: Iterable[Union[Dict[str, str], "tuple[str, str]"]]
+    package: str,
+    version: str,
+    entries: Iterable[Union[Dict[str, Any], "tuple[str, str]", "tuple[str, str, int]"]],
 ) -> Dict[str, Any]:
-    """A package's fragment from (name, sha256) pairs or {"name", "sha256"} dicts."""
+    """A package's fragment from (name, sha256[, oneway]) tuples or {"name", "sha256"[,
+    "oneway"]} dicts; "oneway" (the level of a one-way migration, >= 1) is kept when given and
+    not 0 or None."""
     if not isinstance(package, str) or not package:
         raise ManifestError(f"invalid package name {package!r}")
     migrations = []
     for entry in entries:
-        name, sha = (entry["name"], entry["sha256"]) if isinstance(entry, dict) else entry
+        if isinstance(entry, dict):
+            item = dict(entry)
+        else:
+            item = {"name": entry[0], "sha256": entry[1]}
+            if len(entry) > 2:
+                item["oneway"] = entry[2]  # type: ignore[misc]
+        if item.get("oneway") in (0, None):
+            item.pop("oneway", None)
+        name, sha = item.get("name"), item.get("sha256")
         _check_entry(f"package {package}", name, sha)
-        migrations.append({"name": name, "sha256": sha})
+        m: Dict[str, Any] = {"name": name, "sha256": sha}
+        level = _check_oneway(f"package {package}", name, item)
+        if level:
+            m["oneway"] = level
+        migrations.append(m)
     migrations.sort(key=lambda m: os.fsencode(m["name"]))
     names = [m["name"] for m in migrations]
     dups = sorted({n for n in names if names.count(n) > 1})
@@ -129,17 +170,49 @@ def _read_fragment(path: str) -> Dict[str, Any]:
         if not isinstance(m, dict):
             raise ManifestError(f"{path}: each migration must be an object")
         _check_entry(path, m.get("name"), m.get("sha256"))
+        _check_oneway(path, m.get("name"), m)
     return obj
 
 
-def generate(root: str) -> Dict[str, Any]:
+def _check_top(where: str, compat_level: Any, upgrade_floor: Any,
+               data_markers: Any) -> Tuple[int, str, Tuple[str, ...]]:
+    """Validated (compat_level, upgrade_floor, data_markers); ManifestError naming the bad one."""
+    if not _is_level(compat_level, 0):
+        raise ManifestError(f"{where}compat_level must be an integer >= 0, not {compat_level!r}")
+    if not isinstance(upgrade_floor, str) or (upgrade_floor and
+                                              not plausible_version(upgrade_floor)):
+        raise ManifestError(
+            f"{where}upgrade floor {upgrade_floor!r} is not a version (expected e.g. 2.1 or "
+            "5.0.4: a digit first, then letters, digits and . + ~ _ : -)"
+        )
+    if isinstance(data_markers, str) or not isinstance(data_markers, (list, tuple)):
+        raise ManifestError(f"{where}data markers must be a list of absolute paths")
+    for marker in data_markers:
+        if not isinstance(marker, str) or not marker.startswith("/") or "\n" in marker:
+            raise ManifestError(f"{where}data marker {marker!r} is not an absolute path")
+    return int(compat_level), upgrade_floor, tuple(data_markers)
+
+
+def generate(
+    root: str,
+    compat_level: int = 0,
+    upgrade_floor: str = "",
+    data_markers: Sequence[str] = (),
+) -> Dict[str, Any]:
     """Build and write `<root>/usr/share/migration/manifest.json` and the done symlink from the
     fragments and the files really in `<root>/etc/migration.d`; returns the manifest.
 
+    `compat_level` (MIGRATION_COMPAT_LEVEL) is written max'ed with every one-way level of the
+    entries; `upgrade_floor` (MIGRATION_UPGRADE_FLOOR) and `data_markers`
+    (MIGRATION_DATA_MARKERS, absolute paths) are written only when set (see migration.compat).
+
     Raises ManifestError when two packages ship one name (naming both), when a fragment's hash
-    differs from the installed file, when a declared script is missing, or when the scripts dir
-    holds a migration that no fragment declares.
+    differs from the installed file, when a declared script is missing, when the scripts dir
+    holds a migration that no fragment declares, or when the floor is not a version or a marker
+    not an absolute path.
     """
+    compat_level, upgrade_floor, markers = _check_top("", compat_level, upgrade_floor,
+                                                      list(data_markers))
     frag_dir = os.path.join(root, FRAGMENTS_DIR)
     try:
         frag_names = sorted(n for n in os.listdir(frag_dir) if n.endswith(".json"))
@@ -152,7 +225,8 @@ def generate(root: str) -> Dict[str, Any]:
         path = os.path.join(frag_dir, fname)
         frag = _read_fragment(path)
         for m in frag["migrations"]:
-            entry = Entry(m["name"], m["sha256"], frag["package"], frag["version"])
+            entry = Entry(m["name"], m["sha256"], frag["package"], frag["version"],
+                          int(m.get("oneway", 0)))
             other = declared.get(entry.name)
             if other is not None:
                 raise ManifestError(
@@ -181,11 +255,23 @@ def generate(root: str) -> Dict[str, Any]:
             problems.append(f"{script.path} is not declared by any package fragment")
     if problems:
         raise ManifestError("; ".join(problems))
-    migrations = [
-        {"name": e.name, "sha256": e.sha256, "package": e.package, "version": e.version}
-        for e in sorted(declared.values(), key=lambda e: os.fsencode(e.name))
-    ]
-    manifest = {"format": FORMAT, "digest": digest(migrations), "migrations": migrations}
+    migrations: List[Dict[str, Any]] = []
+    for e in sorted(declared.values(), key=lambda e: os.fsencode(e.name)):
+        m: Dict[str, Any] = {
+            "name": e.name, "sha256": e.sha256, "package": e.package, "version": e.version
+        }
+        if e.oneway:
+            m["oneway"] = e.oneway
+        migrations.append(m)
+    level = max([compat_level] + [e.oneway for e in declared.values()])
+    manifest: Dict[str, Any] = {
+        "format": FORMAT, "digest": digest(migrations), "compat_level": level,
+    }
+    if upgrade_floor:
+        manifest["upgrade_floor"] = upgrade_floor
+    if markers:
+        manifest["data_markers"] = list(markers)
+    manifest["migrations"] = migrations
     path = os.path.join(root, MANIFEST_REL)
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -224,8 +310,15 @@ def load(path: str) -> Optional[Manifest]:
             raise ManifestError(f"{path}: each migration must be an object")
         _check_entry(path, m.get("name"), m.get("sha256"))
         entries[m["name"]] = Entry(
-            m["name"], m["sha256"], str(m.get("package", "")), str(m.get("version", ""))
+            m["name"], m["sha256"], str(m.get("package", "")), str(m.get("version", "")),
+            _check_oneway(path, m["name"], m),
         )
     if obj.get("digest") != digest(migrations):
         raise ManifestError(f"{path}: digest does not match its migrations (damaged or edited)")
-    return Manifest(path, obj["digest"], entries, sha256(raw[0]).hexdigest())
+    level, floor, markers = _check_top(
+        f"{path}: ", obj.get("compat_level", 0), obj.get("upgrade_floor", ""),
+        obj.get("data_markers", []),
+    )
+    level = max([level] + [e.oneway for e in entries.values()])
+    return Manifest(path, obj["digest"], entries, sha256(raw[0]).hexdigest(), level, floor,
+                    markers)

@@ -4,6 +4,12 @@
 Reads the package fragments in ROOT/usr/share/migration/packages/ and the scripts really in
 ROOT/etc/migration.d. Two packages shipping one name, a fragment hash that differs from the
 installed file, a declared script that is missing or an undeclared one: exit 2 naming them.
+
+--compat-level N (MIGRATION_COMPAT_LEVEL) is written max'ed with the one-way levels of the
+fragments; --upgrade-floor VERSION (MIGRATION_UPGRADE_FLOOR: the oldest release this image
+upgrades from) and --data-marker PATH (MIGRATION_DATA_MARKERS, repeatable: absolute paths whose
+existence proves that a device without migration state has data) are written when given. A floor
+that is not a version or a marker that is not absolute: exit 2.
 """
 
 from typing import Any
@@ -12,9 +18,33 @@ name = "manifest"
 helpmsg = "generate the image manifest from package fragments (at rootfs time)"
 
 
+def _level(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not a whole number >= 0: {text!r}")
+    return value
+
+
 def setup_parser(parser: Any) -> None:
     parser.add_argument(
         "--root", dest="manifest_root", metavar="DIR", help="image root (default: global --root)"
+    )
+    parser.add_argument(
+        "--compat-level", type=_level, default=0, metavar="N",
+        help="the image's compatibility level (default 0; max'ed with the one-way levels)",
+    )
+    parser.add_argument(
+        "--upgrade-floor", default="", metavar="VERSION",
+        help="oldest release (VERSION_ID) this image upgrades from (default: none)",
+    )
+    parser.add_argument(
+        "--data-marker", action="append", default=[], metavar="PATH", dest="data_markers",
+        help="absolute path proving that a device has data (repeatable)",
     )
 
 
@@ -24,7 +54,13 @@ def run(args: Any) -> int:
     from migration import manifest as manifest_mod
 
     root = os.path.abspath(args.manifest_root) if args.manifest_root else args.root
-    result = manifest_mod.generate(root)
+    result = manifest_mod.generate(
+        root, compat_level=args.compat_level, upgrade_floor=args.upgrade_floor,
+        data_markers=args.data_markers,
+    )
     path = os.path.join(root, manifest_mod.MANIFEST_REL)
-    print(f"{path}: {len(result['migrations'])} migrations, digest {result['digest']}")
+    extra = f", compatibility level {result['compat_level']}"
+    if result.get("upgrade_floor"):
+        extra += f", upgrades from {result['upgrade_floor']} or newer"
+    print(f"{path}: {len(result['migrations'])} migrations, digest {result['digest']}{extra}")
     return 0

@@ -1,0 +1,218 @@
+# SPDX-License-Identifier: MIT
+"""May this image use the device's data? Upgrade floors (R6) and one-way migrations (R7).
+
+Everything here is a pure function of plain values, so pytest covers the decisions exhaustively
+(tests/test_compat.py); state.py reads the values from the state dir, runner.py acts on them.
+
+Words:
+- *image version*: VERSION_ID of the image's os-release. Versions compare like Debian package
+  versions (`compare_versions`, dpkg's algorithm).
+- *compatibility level*: a whole number >= 0. A one-way migration has a level >= 1. The image's
+  level is max(MIGRATION_COMPAT_LEVEL of the image, every one-way level in its manifest); the
+  state's level is the highest level of any one-way migration *started* on the device (raised
+  durably before it starts: a one-way script that failed half-way may already have converted
+  data).
+- *upgrade floor*: the oldest release the image can upgrade from (MIGRATION_UPGRADE_FLOOR).
+- *data markers*: absolute paths whose existence proves that the device has data (used only
+  when there is no migration state at all, to tell a fresh device from one whose data was written
+  by an image older than meta-migration).
+
+The decision (`decide`), in this order:
+1. state level > image level: *downgrade*, refused (the data went through a one-way migration
+   this image does not know).
+2. no state (no state.json and no record): with a floor set and a data marker present:
+   *predates*, refused. Otherwise *fresh*: every migration of the image runs (scripts must cope
+   with absent data).
+3. floor set and the recorded version (applied_image, else the image of a 1.0 runner's
+   state.json, else the newest image in the records) is older than the floor: *below-floor*,
+   refused; state without any recorded version with a floor set: *below-floor* too (cannot prove
+   the data is recent enough).
+4. otherwise ok (a downgrade within a compatible level included: nothing re-runs).
+"""
+
+import re
+from typing import NamedTuple, Optional, Sequence, Tuple
+
+OK, FRESH, DOWNGRADE, BELOW_FLOOR, PREDATES = "ok", "fresh", "downgrade", "below-floor", "predates"
+#: Verdict kinds that refuse the image (the values of MIGRATION_VERDICT for the hooks).
+REFUSALS = (DOWNGRADE, BELOW_FLOOR, PREDATES)
+
+#: A version a floor may name: an optional epoch, then a digit, then dpkg's version characters
+#: (plus os-release's `_`). VERSION_ID values such as 5.0.4, 2024.10, 3.1~rc1 all fit.
+_VERSION_RE = re.compile(r"\A(?:[0-9]+:)?[0-9][A-Za-z0-9.+~_:-]*\Z")
+VERSION_MAX = 128
+
+
+def plausible_version(text: str) -> bool:
+    """True for a string usable as an upgrade floor (see _VERSION_RE), at most 128 chars."""
+    return isinstance(text, str) and len(text) <= VERSION_MAX and bool(_VERSION_RE.match(text))
+
+
+def _order(c: str) -> int:
+    """dpkg's order(): letters sort by ASCII, before every other non-digit; `~` before all,
+    even the end of the string (so 1.0~rc1 < 1.0)."""
+    if c.isdigit():
+        return 0
+    if "A" <= c <= "Z" or "a" <= c <= "z":
+        return ord(c)
+    if c == "~":
+        return -1
+    if c:
+        return ord(c) + 256
+    return 0
+
+
+def _verrevcmp(a: str, b: str) -> int:
+    """dpkg's verrevcmp(): alternate non-digit runs (compared by _order, char by char) and digit
+    runs (compared as numbers, leading zeros ignored). Returns <0, 0 or >0."""
+    i = j = 0
+    while i < len(a) or j < len(b):
+        first_diff = 0
+        while (i < len(a) and not a[i].isdigit()) or (j < len(b) and not b[j].isdigit()):
+            ac = _order(a[i] if i < len(a) else "")
+            bc = _order(b[j] if j < len(b) else "")
+            if ac != bc:
+                return ac - bc
+            i += 1
+            j += 1
+        while i < len(a) and a[i] == "0":
+            i += 1
+        while j < len(b) and b[j] == "0":
+            j += 1
+        while i < len(a) and a[i].isdigit() and j < len(b) and b[j].isdigit():
+            if not first_diff:
+                first_diff = ord(a[i]) - ord(b[j])
+            i += 1
+            j += 1
+        if i < len(a) and a[i].isdigit():
+            return 1
+        if j < len(b) and b[j].isdigit():
+            return -1
+        if first_diff:
+            return first_diff
+    return 0
+
+
+def _split(version: str) -> Tuple[int, str, str]:
+    """(epoch, upstream, revision) the way dpkg parses a version: the epoch is the number
+    before the first `:` (0 when absent or not a number), the revision what follows the last
+    `-` (empty when none)."""
+    epoch = 0
+    head, colon, rest = version.partition(":")
+    if colon and head.isdigit():
+        epoch, version = int(head), rest
+    upstream, dash, revision = version.rpartition("-")
+    if not dash:
+        upstream, revision = revision, ""
+    return epoch, upstream, revision
+
+
+def compare_versions(a: str, b: str) -> int:
+    """-1, 0 or 1 as version `a` is older than, equal to or newer than `b`, with dpkg's rules
+    (dpkg --compare-versions): epoch first, then the upstream part, then the revision, each of
+    these compared by verrevcmp: digit runs as numbers (1.10 > 1.9, 1.01 == 1.1), letters before
+    other characters (1.0a < 1.0+), `~` before anything, the end of the string included
+    (1.0~rc1 < 1.0 < 1.0.1 and 1.0 < 1.0a)."""
+    ea, ua, ra = _split(a)
+    eb, ub, rb = _split(b)
+    result = (ea > eb) - (ea < eb) or _verrevcmp(ua, ub) or _verrevcmp(ra, rb)
+    return (result > 0) - (result < 0)
+
+
+class Verdict(NamedTuple):
+    """The answer: `kind` is one of OK, FRESH (both allow the run) or a refusal (DOWNGRADE,
+    BELOW_FLOOR, PREDATES); `message` says in plain words what was found and what to do."""
+
+    kind: str
+    message: str
+
+    @property
+    def refused(self) -> bool:
+        return self.kind in REFUSALS
+
+
+def _image(version: str) -> str:
+    return f"this image ({version})" if version else "this image (its os-release has no VERSION_ID)"
+
+
+def decide(
+    image_version: str,
+    image_level: int,
+    floor: str,
+    markers_found: Sequence[str],
+    has_state: bool,
+    state_level: int,
+    recorded_version: str,
+    recorded_from: str = "",
+) -> Verdict:
+    """The verdict for an image on the device's state (see the module docstring for the rules).
+
+    image_version: VERSION_ID of the image whose migrations would run ("" when unknown).
+    image_level: the image's compatibility level (manifest compat_level, one-way levels max'ed).
+    floor: the image's upgrade floor ("" when none).
+    markers_found: the image's data markers that exist on the device.
+    has_state: state.json or any record exists.
+    state_level: the state's compatibility level (0 when none).
+    recorded_version: the image version the state says last completed ("" when none).
+    recorded_from: where recorded_version comes from, for the message (e.g. "applied_image").
+    """
+    this = _image(image_version)
+    wipe = "or wipe the writable data"
+    if state_level > image_level:
+        return Verdict(
+            DOWNGRADE,
+            f"incompatible downgrade: the data on this device went through a one-way migration "
+            f"of compatibility level {state_level}, but {this} only understands level "
+            f"{image_level}; it must not touch the data. Boot an image of compatibility level "
+            f">= {state_level}, {wipe}.",
+        )
+    if not has_state:
+        if floor and markers_found:
+            return Verdict(
+                PREDATES,
+                f"data exists ({', '.join(markers_found)}) but there is no migration state: it "
+                f"was written by an image older than meta-migration; {this} upgrades only from "
+                f"{floor} or newer. Install release {floor} (or a newer one that can upgrade "
+                f"from the installed release) first, {wipe}.",
+            )
+        return Verdict(
+            FRESH,
+            f"no migration state: a fresh device; {this} runs every migration it ships",
+        )
+    if floor:
+        if not recorded_version:
+            return Verdict(
+                BELOW_FLOOR,
+                f"the migration state records no image version, so it cannot be proven that "
+                f"the data was written by release {floor} or newer, the oldest that {this} "
+                f"upgrades from. Install release {floor} first, {wipe}.",
+            )
+        if compare_versions(recorded_version, floor) < 0:
+            where = f" ({recorded_from})" if recorded_from else ""
+            return Verdict(
+                BELOW_FLOOR,
+                f"upgrade from a too old release: the data was last fully migrated by release "
+                f"{recorded_version}{where}, but {this} upgrades only from {floor} or newer "
+                f"(the migrations in between are no longer shipped). Install release {floor} "
+                f"(or a newer one that can still upgrade from {recorded_version}) first, {wipe}.",
+            )
+    last = f"release {recorded_version}" if recorded_version else "an unknown release"
+    return Verdict(
+        OK,
+        f"compatible: state of {last}, level {state_level}; {this}, level {image_level}"
+        + (f", upgrades from {floor} or newer" if floor else ""),
+    )
+
+
+def image_level(compat_level: int, oneway_levels: Sequence[int]) -> int:
+    """max(compat_level, every one-way level): the level an image understands."""
+    return max([compat_level, *oneway_levels])
+
+
+def newest(versions: Sequence[str]) -> Optional[str]:
+    """The newest of `versions` (compare_versions), None for none."""
+    best: Optional[str] = None
+    for v in versions:
+        if v and (best is None or compare_versions(v, best) > 0):
+            best = v
+    return best
