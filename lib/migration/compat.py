@@ -31,7 +31,7 @@ The decision (`decide`), in this order:
 """
 
 import re
-from typing import NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, NamedTuple, Optional, Sequence, Tuple
 
 OK, FRESH, DOWNGRADE, BELOW_FLOOR, PREDATES = "ok", "fresh", "downgrade", "below-floor", "predates"
 #: Verdict kinds that refuse the image (the values of MIGRATION_VERDICT for the hooks).
@@ -216,3 +216,56 @@ def newest(versions: Sequence[str]) -> Optional[str]:
         if v and (best is None or compare_versions(v, best) > 0):
             best = v
     return best
+
+
+def _level_of(value: Any) -> Optional[int]:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+def _version_of(image: Any) -> str:
+    if isinstance(image, dict):
+        v = image.get("version_id")
+        if isinstance(v, str):
+            return v
+    return ""
+
+
+class StateFacts(NamedTuple):
+    """What the state says, for decide(): its level and the version it last completed."""
+
+    level: int
+    version: str  # "" when none is recorded
+    source: str  # where `version` comes from, in words ("" when none)
+
+
+def state_facts(meta: Optional[Dict[str, Any]], records: Iterable[Dict[str, Any]]) -> StateFacts:
+    """The state's level and recorded version from state.json (`meta`, None when missing or
+    damaged) and, only when `meta` cannot tell, from the records (applied, failed and started).
+
+    Level: state.json's compat_level (absent: 0); when state.json is missing or damaged, or its
+    compat_level is not a whole number, the highest "oneway" of any record (a one-way script's
+    records carry its level, and the level is raised before it starts, so state.json is never
+    lower than its records).
+    Version: applied_image.version_id (the image whose manifest a run last left completely
+    applied); without applied_image (a 1.0 runner's state.json, or no run has completed yet),
+    image.version_id (the image that last ran); without a usable state.json, the newest image
+    version found in the records (a power cut during the very first run leaves records but no
+    state.json: the image that wrote them is the one to trust).
+    """
+    level = _level_of(meta.get("compat_level", 0)) if meta is not None else None
+    recs = None
+    if level is None:
+        recs = list(records)
+        level = max([0] + [r["oneway"] for r in recs if _level_of(r.get("oneway"))])
+    if meta is not None:
+        if "applied_image" in meta:
+            v = _version_of(meta["applied_image"])
+            return StateFacts(level, v, "applied_image in state.json" if v else "")
+        v = _version_of(meta.get("image"))
+        return StateFacts(level, v, "image in state.json" if v else "")
+    if recs is None:
+        recs = list(records)
+    v = newest([_version_of(r.get("image")) for r in recs]) or ""
+    return StateFacts(level, v, "records" if v else "")
