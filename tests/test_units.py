@@ -5,6 +5,7 @@ Installs with the real install script into a temporary root and checks the resul
 systemd tools of the host (systemd-analyze verify, systemd-escape).
 """
 
+import hashlib
 import os
 import re
 import shutil
@@ -277,3 +278,96 @@ def test_install_refuses_a_directory_that_is_not_the_package(tmp_path: Path) -> 
     res = install(tmp_path / "root", tmp_path)
     assert res.returncode == 2
     assert "not the migration Python package" in res.stderr
+
+
+def imported_modules(*cmd: str, cwd: Optional[Path] = None) -> "set[str]":
+    """The modules a python3 -X importtime command line imports (its stderr), checked to exit 0."""
+    res = subprocess.run(
+        [sys.executable, "-X", "importtime", *cmd], capture_output=True, text=True, check=False,
+        cwd=cwd,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return {
+        ln.rsplit("|", 1)[1].strip()
+        for ln in res.stderr.splitlines()
+        if ln.startswith("import time:") and "|" in ln and "imported package" not in ln
+    }
+
+
+def two_trees(tmp_path: Path, pkg_src: Path) -> "tuple[Path, Path]":
+    """Two roots, each with the runner installed by migration-install.sh; the second one's
+    package says a different version, so the output tells which package ran."""
+    old, new = tmp_path / "old", tmp_path / "mnt" / "new"
+    assert install(old, pkg_src).returncode == 0
+    init = pkg_src / "__init__.py"
+    init.write_text(re.sub(r'__version__ = "[^"]*"', '__version__ = "99.0-new-tree"',
+                           init.read_text()))  # fmt: skip
+    assert install(new, pkg_src).returncode == 0
+    return old, new
+
+
+def version_of(wrapper: str, cwd: Optional[Path] = None) -> str:
+    res = subprocess.run([sys.executable, "-I", wrapper, "--version"], capture_output=True,
+                         text=True, check=False, cwd=cwd)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip()
+
+
+@needs_runner
+def test_wrapper_runs_the_package_of_its_own_tree(tmp_path: Path, pkg_src: Path) -> None:
+    """What an updater relies on: NEWROOT/usr/sbin/migration runs NEWROOT's runner, whatever
+    runner the running system has (and however the command is reached)."""
+    from migration import __version__
+
+    old, new = two_trees(tmp_path, pkg_src)
+    assert version_of(str(old / "usr/sbin/migration")) == f"migration {__version__}"
+    assert version_of(str(new / "usr/sbin/migration")) == "migration 99.0-new-tree"
+    # A relative path, and a symlink from elsewhere (e.g. /usr/bin/migration -> ../sbin/...).
+    assert version_of("./migration", cwd=new / "usr/sbin") == "migration 99.0-new-tree"
+    link = tmp_path / "bin" / "migration"
+    link.parent.mkdir()
+    link.symlink_to(new / "usr/sbin/migration")
+    assert version_of(str(link)) == "migration 99.0-new-tree"
+    # Executed through its shebang too (the host's python3 stands in for the image's).
+    shebang = (new / "usr/sbin/migration").read_text().splitlines()[0]
+    assert shebang == "#!/usr/bin/python3 -I"
+    if Path("/usr/bin/python3").exists():
+        res = subprocess.run([str(new / "usr/sbin/migration"), "--version"],
+                             capture_output=True, text=True, check=False)  # fmt: skip
+        assert res.stdout.strip() == "migration 99.0-new-tree", res.stderr
+
+
+@needs_runner
+def test_wrapper_adds_no_import_to_a_no_op_run(tmp_path: Path, pkg_src: Path) -> None:
+    """Finding its own tree costs the no-op boot nothing: the wrapper imports exactly what
+    importing migration.cli and calling main() from the interpreter's start does."""
+    root = tmp_path / "root"
+    assert install(root, pkg_src).returncode == 0
+    script = root / "etc/migration.d/50-demo-noop.sh"
+    script.write_text("#!/bin/sh\ntrue\n")
+    script.chmod(0o755)
+    sys_path = str(REPO / "lib")
+    sys.path.insert(0, sys_path) if sys_path not in sys.path else None
+    from migration import manifest
+
+    frag = manifest.fragment("demo", "1.0-r0", [
+        {"name": script.name, "sha256": hashlib.sha256(script.read_bytes()).hexdigest()},
+    ])  # fmt: skip
+    manifest.write_json_atomic(str(root / "usr/share/migration/packages/demo.json"), frag)
+    manifest.generate(str(root))
+    wrapper = str(root / "usr/sbin/migration")
+    argv = ["--root", str(root), "run"]
+    first = subprocess.run([sys.executable, "-I", wrapper, *argv], capture_output=True,
+                           text=True, check=False)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    assert (root / "var/lib/migration/noop-key").is_file()
+    via_wrapper = imported_modules("-I", wrapper, *argv)
+    direct = imported_modules(
+        "-I", "-c",
+        "import sys; sys.path.insert(0, sys.argv.pop(1)); from migration.cli import main; "
+        "sys.exit(main())",
+        str(root / "usr/lib/migration"), *argv,
+    )  # fmt: skip
+    assert "migration.noop" in via_wrapper
+    assert "migration.runner" not in via_wrapper
+    assert via_wrapper == direct
