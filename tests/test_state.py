@@ -133,9 +133,9 @@ def test_meta_written_only_when_changed(state):
     meta["later_key"] = "kept"
     atomic_write(meta_path, json.dumps(meta).encode())
     before = os.stat(meta_path).st_mtime_ns
-    state.update_meta({"version_id": "1"}, state.check_meta())
+    state.update_meta({"version_id": "1"}, state.check_meta()[0])
     assert os.stat(meta_path).st_mtime_ns == before
-    state.update_meta({"version_id": "2"}, state.check_meta())
+    state.update_meta({"version_id": "2"}, state.check_meta()[0])
     meta, _ = state.read_meta()
     assert meta["image"] == {"version_id": "2"} and meta["later_key"] == "kept"
 

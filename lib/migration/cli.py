@@ -7,6 +7,9 @@ Exit codes (a contract: tests outside this repository rely on them):
   1   at least one script failed, was refused, or is still pending (also: an internal error,
       shown with a traceback)
   2   bad usage or configuration: a clear one-line message on stderr (errors.MigrationError)
+  3   this image cannot use the device's data (errors.Incompatible, migration.compat): an
+      incompatible downgrade, an upgrade from below the image's floor, or data that predates
+      the framework; nothing was written (run, update; status and dry-run report it the same)
   75  another runner holds the lock and did not release it within the wait (state.LockBusy)
   130 interrupted by SIGINT or SIGTERM (the running script's process group is stopped first)
 """
@@ -60,7 +63,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         prog="migration",
         description="Run one-shot migration scripts exactly once, in order, safely.",
         epilog="Exit codes: 0 ok, 1 something failed/refused/pending, 2 usage or configuration "
-        "error, 75 lock busy, 130 interrupted.",
+        "error, 3 this image cannot use the device's data (incompatible downgrade, below the "
+        "upgrade floor, data older than the framework; nothing written), 75 lock busy, "
+        "130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
@@ -104,7 +109,7 @@ def _plain_run_args(paths: dict[str, str], opts: dict[str, object]) -> Any:
         state_dir=paths.get("--state-dir"), manifest=paths.get("--manifest"), command="run",
         dry_run=False, policy=opts.get("--policy", "continue"), timeout=opts.get("--timeout"),
         kill_grace=opts.get("--kill-grace", 5.0), lock_wait=opts.get("--lock-wait", 60.0),
-        func=run.run,
+        hooks_dir=None, func=run.run,
     )
 
 

@@ -25,3 +25,15 @@ class Interrupted(Exception):
     """The runner got SIGINT or SIGTERM; the running script was stopped (exit 130)."""
 
     exit_code = 130
+
+
+class Incompatible(MigrationError):
+    """This image cannot use the device's data (migration.compat): an incompatible downgrade,
+    an upgrade from below the floor, or data that predates the framework. Nothing was written;
+    exit 3. `verdict` is the compat.Verdict."""
+
+    exit_code = 3
+
+    def __init__(self, verdict: "object") -> None:
+        super().__init__(getattr(verdict, "message", str(verdict)))
+        self.verdict = verdict

@@ -14,6 +14,16 @@ States (also the `state` of `migration status --json`):
 - interrupted: it started (durable note) but no outcome was recorded: power cut or kill. Runs again.
 - failed: its last attempt failed; it is retried on the next run.
 - pending: never tried.
+
+Before any of that, after taking the lock and before writing anything, `run` asks
+migration.compat whether this image may use the device's data at all (upgrade floor, one-way
+levels); a refusal writes nothing, runs the hooks of the incompatible.d dir in the boot phase,
+and exits 3 (errors.Incompatible).
+
+Phases: `boot` (`migration run`: the image's own scripts, root /) and `update` (`migration
+update NEWROOT`: the new image's scripts and manifest, run by an updater while the old system
+runs, on the live state dir and data). Scripts see MIGRATION_PHASE, MIGRATION_ROOT (the data
+root) and MIGRATION_IMAGE_ROOT (the root of the image whose scripts run).
 """
 
 import contextlib
@@ -22,13 +32,20 @@ import stat
 import sys
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
+from migration import compat
 from migration import manifest as manifest_mod
-from migration.errors import MigrationError
-from migration.scripts import Script, discover, interpreter
+from migration.errors import Incompatible, MigrationError
+from migration.scripts import Script, discover, interpreter, is_ignored
 from migration.state import Snapshot, State, now_iso, read_os_release
 
 POLICIES = ("continue", "stop")
 DEFAULT_LOCK_WAIT = 60.0
+PHASES = ("boot", "update")
+#: Refusal hooks, relative to the root (boot phase only).
+HOOKS_DIR = "etc/migration/incompatible.d"
+#: Not a state of the records: a one-way script (or one after it) that `update --defer-oneway`
+#: leaves pending for the first boot.
+DEFERRED = "deferred"
 
 APPLIED, PENDING, FAILED, REFUSED, INTERRUPTED = (
     "applied",
@@ -48,6 +65,10 @@ class Options(NamedTuple):
     timeout: Optional[float] = None
     lock_wait: float = DEFAULT_LOCK_WAIT
     kill_grace: float = 5.0
+    phase: str = "boot"
+    image_root: Optional[str] = None  # root of the image whose scripts run (None: `root`)
+    hooks_dir: Optional[str] = None  # refusal hooks (boot phase; None: ROOT/HOOKS_DIR)
+    defer_oneway: bool = False  # update phase: leave one-way scripts to the first boot
 
 
 class Item(NamedTuple):
@@ -59,6 +80,7 @@ class Item(NamedTuple):
     record: Optional[Dict[str, Any]] = None  # applied, failed or started record
     package: str = ""
     version: str = ""
+    oneway: int = 0  # compatibility level of a one-way script (from the manifest); 0: not
 
 
 def dir_refusal(scripts_dir: str, euid: int) -> Optional[str]:
@@ -116,7 +138,7 @@ def plan(
     items: List[Item] = []
     for s in scripts:
         entry = manifest.entries.get(s.name) if manifest else None
-        pkg = (entry.package, entry.version) if entry else ("", "")
+        pkg = (entry.package, entry.version, entry.oneway) if entry else ("", "", 0)
         if s.sha256 in snap.applied:
             items.append(Item(s.name, s.sha256, APPLIED, "", s, snap.applied[s.sha256], *pkg))
             continue
@@ -140,12 +162,12 @@ def plan(
                 continue
             if e.sha256 in snap.applied:
                 items.append(Item(e.name, e.sha256, APPLIED, "", None, snap.applied[e.sha256],
-                                  e.package, e.version))
+                                  e.package, e.version, e.oneway))
             else:
                 reason = (f"listed in the image manifest (package {e.package}) "
                           f"but missing from {scripts_dir or 'the scripts dir'}")
                 items.append(Item(e.name, e.sha256, REFUSED, reason, None, None,
-                                  e.package, e.version))
+                                  e.package, e.version, e.oneway))
         items.sort(key=lambda i: os.fsencode(i.name))
     return items
 
@@ -218,6 +240,121 @@ def run(opts: Options, say: Callable[[str], None] = _stderr) -> int:
         state.unlock()
 
 
+def image_root(opts: Options) -> str:
+    return opts.image_root or opts.root
+
+
+def assess(
+    opts: Options,
+    state: State,
+    manifest: Optional[manifest_mod.Manifest],
+    image: Dict[str, str],
+    meta: Optional[Dict[str, Any]],
+) -> Tuple[compat.Verdict, compat.StateFacts]:
+    """The compatibility verdict for this run and what the state says; reads, never writes.
+    `meta` is state.json (None when missing or damaged)."""
+    level = manifest.compat_level if manifest else 0
+    floor = manifest.upgrade_floor if manifest else ""
+    has_state = state.has_state()
+    markers: List[str] = []
+    if manifest is not None and not has_state and floor:
+        markers = [m for m in manifest.data_markers
+                   if os.path.lexists(os.path.join(opts.root, m.lstrip("/")))]
+    facts = state.compat_facts(meta) if has_state else compat.StateFacts(0, "", "")
+    verdict = compat.decide(image.get("version_id", ""), level, floor, markers, has_state,
+                            facts.level, facts.version, facts.source)
+    return verdict, facts
+
+
+def run_hooks(opts: Options, verdict: compat.Verdict, say: Callable[[str], None]) -> int:
+    """Run every executable of the hooks dir (byte order of names) after a refusal in the boot
+    phase; returns how many failed. Each gets MIGRATION_VERDICT, MIGRATION_MESSAGE,
+    MIGRATION_STATE_DIR, MIGRATION_PHASE=boot and MIGRATION_ROOT, stdin /dev/null, its output on
+    stderr prefixed with its name, and --timeout as its limit. As root, the root-only safety
+    checks of scripts apply (owner root, not writable by group or others, the dir too)."""
+    hooks_dir = opts.hooks_dir or os.path.join(opts.root, HOOKS_DIR)
+    try:
+        names = sorted(os.listdir(hooks_dir), key=os.fsencode)
+    except FileNotFoundError:
+        return 0
+    except OSError as e:
+        say(f"cannot read hooks dir {hooks_dir}: {e.strerror}")
+        return 1
+    euid = os.geteuid()
+    try:
+        dir_reason = dir_refusal(hooks_dir, euid)
+    except OSError as e:
+        dir_reason = f"cannot stat {hooks_dir}: {e.strerror}"
+    from migration import execute
+
+    failed = 0
+    for name in names:
+        if is_ignored(name):
+            continue
+        path = os.path.join(hooks_dir, name)
+        try:
+            st = os.stat(path)  # a symlink is followed: what it points to is checked
+        except OSError as e:
+            say(f"hook {path}: skipped: {e.strerror}")
+            failed += 1
+            continue
+        if not stat.S_ISREG(st.st_mode) or not os.access(path, os.X_OK):
+            continue  # not an executable file (a README, a disabled hook): skipped
+        reason = dir_reason
+        if not reason and euid == 0 and st.st_uid != 0:
+            reason = f"is owned by uid {st.st_uid}, not root"
+        elif not reason and euid == 0 and st.st_mode & 0o022:
+            reason = f"is writable by group or others (mode {_mode(st)})"
+        if reason:
+            say(f"hook {path}: refused: {reason}")
+            failed += 1
+            continue
+        env = dict(os.environ)
+        env.update(
+            MIGRATION_VERDICT=verdict.kind,
+            MIGRATION_MESSAGE=verdict.message,
+            MIGRATION_STATE_DIR=opts.state_dir,
+            MIGRATION_PHASE="boot",
+            MIGRATION_ROOT=opts.root,
+        )
+        argv = interpreter(path).argv(path)
+        say(f"hook {name}: running: {' '.join(argv)}")
+        result = execute.run_script(argv, f"hook {name}", env, cwd=opts.root, log_path=None,
+                                    timeout=opts.timeout, kill_grace=opts.kill_grace)
+        if result.ok:
+            say(f"hook {name}: done")
+        else:
+            say(f"hook {name}: FAILED: {result.reason}")
+            failed += 1
+    return failed
+
+
+def _refuse(opts: Options, verdict: compat.Verdict, say: Callable[[str], None]) -> None:
+    """Refusal: hooks in the boot phase, then Incompatible (exit 3; cli prints the message)."""
+    if opts.phase == "boot":
+        say(f"refused: {verdict.message}")
+        run_hooks(opts, verdict, say)
+    raise Incompatible(verdict)
+
+
+def _deferrals(items: List[Item], opts: Options) -> Dict[str, str]:
+    """With --defer-oneway: name -> why, for every not-applied, not-refused one-way script and
+    every such script after the first of them (a later script may rely on what the one-way one
+    converts: the order of names stays the order of execution)."""
+    if not opts.defer_oneway:
+        return {}
+    out: Dict[str, str] = {}
+    first = ""
+    for item in items:
+        if item.state in (APPLIED, REFUSED):
+            continue
+        if item.oneway or first:
+            first = first or item.name
+            out[item.name] = (f"one-way (level {item.oneway})" if item.oneway
+                              else f"ordered after the one-way {first}")
+    return out
+
+
 def _run_locked(
     opts: Options,
     state: State,
@@ -226,12 +363,20 @@ def _run_locked(
     manifest: Optional[manifest_mod.Manifest],
     say: Callable[[str], None],
 ) -> int:
-    meta = state.check_meta()
-    image = read_os_release(opts.root)
+    meta, meta_reason = state.check_meta()
+    image = read_os_release(image_root(opts))
+    # The verdict comes before any write (no prepare, no stamp, no state.json, no record).
+    verdict, facts = assess(opts, state, manifest, image, meta)
+    if verdict.refused:
+        _refuse(opts, verdict, say)
+    level = facts.level
     for w in warnings:
         say(w)
+    if meta_reason is not None:
+        state.repair_meta()
+        say(f"damaged state.json ({meta_reason}) moved aside to {state.path}/damaged/")
     if _nothing_to_do(state, scripts, manifest):
-        state.update_meta(image, meta)
+        state.update_meta(image, meta, compat_level=level, applied=True)
         _leave_noop_key(state, manifest, image)
         return 0
     state.prepare()
@@ -241,9 +386,13 @@ def _run_locked(
     euid = os.geteuid()
     items = plan(scripts, snap, manifest, euid, dir_refusal(opts.scripts_dir, euid),
                  opts.scripts_dir)
+    deferred = _deferrals(items, opts)
+    if verdict.kind == compat.FRESH and any(i.state != APPLIED for i in items):
+        say(verdict.message)
     outcome: Dict[str, str] = {}  # sha -> state reached in this run (same content runs once)
     stopped_by = ""
     final: List[str] = []
+    started_any = False
     for item in items:
         st = item.state
         if st == APPLIED:
@@ -262,9 +411,25 @@ def _run_locked(
             say(f"{item.name}: not run: --policy stop after {stopped_by}")
             final.append(PENDING)
             continue
+        if item.name in deferred:
+            say(f"{item.name}: deferred to the first boot: {deferred[item.name]}")
+            final.append(DEFERRED)
+            continue
         assert item.script is not None
         from migration import execute  # imported only when there is work (cheap no-op runs)
 
+        if not started_any:
+            # A stamp must never outlive a change of the data it vouches for (an update run
+            # changes the data under the running old image, whose stamp exists); and the image
+            # is noted before its first script, so a run cut short still says who ran.
+            state.clear_done()
+            meta = state.update_meta(image, meta, compat_level=level)
+            started_any = True
+        if item.oneway > level:
+            # Durably before the one-way script starts: half-converted data is converted data.
+            level = item.oneway
+            meta = state.update_meta(image, meta, compat_level=level)
+            say(f"{item.name}: one-way: compatibility level of the state raised to {level}")
         ok = _run_one(opts, state, item, image, execute, say)
         outcome[item.sha256] = APPLIED if ok else FAILED
         final.append(outcome[item.sha256])
@@ -272,21 +437,24 @@ def _run_locked(
             stopped_by = item.name
     everything = all(s == APPLIED for s in final)
     state.settle()  # every outcome durable before the stamp says so
+    if not everything:
+        state.clear_done()
+    # applied_image before the stamp: a cut in between leaves no stamp, so the next boot runs,
+    # finds nothing to do and writes the stamp; the other order could leave a stamp (no boot
+    # run ever again) beside an applied_image that lags behind (a false below-floor refusal).
+    state.update_meta(image, meta, compat_level=level, applied=everything)
     if manifest is not None and everything:
         state.write_done(manifest.digest)
-    elif not everything:
-        state.clear_done()
-    state.update_meta(image, meta)
-    if manifest is not None and everything:
         _leave_noop_key(state, manifest, image)
-    counts = {s: final.count(s) for s in (APPLIED, FAILED, REFUSED, PENDING)}
+    counts = {s: final.count(s) for s in (APPLIED, FAILED, REFUSED, PENDING, DEFERRED)}
     ran = len(outcome)
     if ran or not everything:
         say(
             f"{ran} run, {counts[APPLIED]} applied, {counts[FAILED]} failed, "
             f"{counts[REFUSED]} refused, {counts[PENDING]} pending"
+            + (f", {counts[DEFERRED]} deferred to the first boot" if counts[DEFERRED] else "")
         )
-    return 0 if everything else 1
+    return 0 if all(s in (APPLIED, DEFERRED) for s in final) else 1
 
 
 def _run_one(opts: Options, state: State, item: Item, image: Dict[str, str], execute: Any,
@@ -302,11 +470,13 @@ def _run_one(opts: Options, state: State, item: Item, image: Dict[str, str], exe
         MIGRATION_NAME=item.name,
         MIGRATION_SHA256=item.sha256,
         MIGRATION_ROOT=opts.root,
+        MIGRATION_IMAGE_ROOT=image_root(opts),
+        MIGRATION_PHASE=opts.phase,
         MIGRATION_ATTEMPT=str(attempt),
     )
     again = f" (attempt {attempt})" if attempt > 1 else ""
     say(f"{item.name}: running{again}: {' '.join(argv)}")
-    started = state.mark_started(item.name, item.sha256, attempt, image)
+    started = state.mark_started(item.name, item.sha256, attempt, image, item.oneway)
     log = state.log_path(item.sha256)
     result = execute.run_script(
         argv, item.name, env, cwd=opts.root, log_path=log, timeout=opts.timeout,
@@ -314,7 +484,7 @@ def _run_one(opts: Options, state: State, item: Item, image: Dict[str, str], exe
         header=f"{item.name} sha256 {item.sha256} attempt {attempt} started {now_iso(started)}: "
         + " ".join(argv),
     )
-    record = {
+    record: Dict[str, Any] = {
         "name": item.name,
         "sha256": item.sha256,
         "started_at": now_iso(started),
@@ -324,6 +494,10 @@ def _run_one(opts: Options, state: State, item: Item, image: Dict[str, str], exe
         "attempts": attempt,
         "image": image,
     }
+    if item.oneway:
+        record["oneway"] = item.oneway
+    if opts.phase != "boot":
+        record["phase"] = opts.phase
     if result.log_error:
         say(f"{item.name}: {result.log_error}")
     if result.ok:
@@ -336,11 +510,36 @@ def _run_one(opts: Options, state: State, item: Item, image: Dict[str, str], exe
     return False
 
 
+def verdict_of(opts: Options, state: State,
+               manifest: Optional[manifest_mod.Manifest] = None) -> Tuple[
+                   compat.Verdict, compat.StateFacts, Optional[Dict[str, Any]]]:
+    """(verdict, state facts, state.json or None) without the lock and without writing
+    (status, check, dry-run)."""
+    if manifest is None and opts.manifest_path:
+        manifest = manifest_mod.load(opts.manifest_path)
+    meta, _reason = state.check_meta()
+    image = read_os_release(image_root(opts))
+    verdict, facts = assess(opts, state, manifest, image, meta)
+    return verdict, facts, meta
+
+
 def dry_run(opts: Options, out: Callable[[str], None]) -> int:
-    """Print what `run` would do; changes nothing (no lock, no directories, no repairs)."""
-    items, warnings = inspect(opts, State(opts.state_dir))
+    """Print what `run` (or `update`) would do; changes nothing (no lock, no directories, no
+    repairs). Exit 3 when the image would be refused."""
+    state = State(opts.state_dir)
+    verdict, _facts, _meta = verdict_of(opts, state)
+    if verdict.refused:
+        out(f"would refuse ({verdict.kind}): {verdict.message}")
+        if opts.phase == "boot":
+            hooks = opts.hooks_dir or os.path.join(opts.root, HOOKS_DIR)
+            out(f"would run the hooks in {hooks}")
+        return 3
+    items, warnings = inspect(opts, state)
     for w in warnings:
         _stderr(w)
+    if verdict.kind == compat.FRESH and any(i.state != APPLIED for i in items):
+        out(verdict.message)
+    deferred = _deferrals(items, opts)
     stop = False
     for item in items:
         if item.state == APPLIED:
@@ -350,11 +549,15 @@ def dry_run(opts: Options, out: Callable[[str], None]) -> int:
             stop = stop or opts.policy == "stop"
         elif stop:
             out(f"would not run {item.name} (--policy stop)")
+        elif item.name in deferred:
+            out(f"would defer {item.name} to the first boot: {deferred[item.name]}")
         else:
             what = {PENDING: "", FAILED: " (failed before)", INTERRUPTED: " (interrupted before)"}
-            out(f"would run {item.name}{what[item.state]}")
+            oneway = f" (one-way, level {item.oneway})" if item.oneway else ""
+            out(f"would run {item.name}{what[item.state]}{oneway}")
     if all(i.state == APPLIED for i in items):
         out("nothing to do")
         return 0
+    if all(i.state == APPLIED or i.name in deferred for i in items):
+        return 0
     return 1
-

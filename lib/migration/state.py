@@ -4,8 +4,13 @@
 Layout (the project's most durable contract; every JSON file carries a "format" number):
 
     <state>/state.json        {"format": 1, "runner_version", "image": {"version_id", "build_id"},
-                               "updated_at"}: which image and runner last ran; later releases add
-                               keys (upgrade floors, compat levels); readers ignore unknown keys.
+                               "updated_at", "compat_level": N, "applied_image": {...}}: which
+                               image and runner last ran (written before the first script of a
+                               run starts, and at its end), the compatibility level (the highest
+                               level of a one-way script ever started: raised durably before it
+                               starts; absent = 0) and the image whose manifest a run last left
+                               completely applied (written right before the done stamp). Readers
+                               ignore unknown keys; a 1.0 runner keeps them (see migration.compat).
     <state>/lock              flock(2) target; one runner at a time
     <state>/applied/<sha256>  a script with this content succeeded (never runs again)
     <state>/failed/<sha256>   its last attempt failed; "attempts" counts every start so far
@@ -20,7 +25,8 @@ Layout (the project's most durable contract; every JSON file carries a "format" 
 
 A record is {"format": 1, "kind", "name", "sha256", "started_at", "finished_at", "duration_s",
 "exit_code", "attempts", "runner_version", "image": {...}} (started records: "attempt" and "pid"
-instead of the outcome fields; failed ones also "reason"). A record with a higher format than
+instead of the outcome fields; failed ones also "reason"; all three kinds also "oneway": LEVEL
+for a one-way script). A record with a higher format than
 this runner knows is kept and trusted for its kind; one that is not a JSON object with the fields
 above is moved to damaged/. Only a runner holding the lock writes; `status` only reads.
 
@@ -73,7 +79,7 @@ import re
 import time
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
-from migration import __version__
+from migration import __version__, compat
 from migration.errors import MigrationError
 
 # re-exported: it lives with the no-op fast path, which needs it without this module's imports
@@ -377,18 +383,47 @@ class State:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def check_meta(self) -> Optional[Dict[str, Any]]:
-        """state.json if readable. A newer state format stops this runner (StateError): a
-        downgraded runner must not act on state it does not understand."""
+    def check_meta(self) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+        """(state.json, None) if readable, (None, reason) when damaged, (None, None) when absent.
+        A newer state format stops this runner (StateError): a downgraded runner must not act on
+        state it does not understand. Writes nothing: a damaged state.json is moved aside by
+        `repair_meta`, after the compatibility check (which must precede every write)."""
         meta, reason = self.read_meta()
         if meta is not None and meta["format"] > STATE_FORMAT:
             raise StateError(
                 f"{self.path}/state.json has format {meta['format']}, written by a newer runner "
                 f"(this runner {__version__} understands format {STATE_FORMAT}); not touching it"
             )
-        if reason is not None and self._lock_fd is not None:
-            self.move_aside("", "state.json")
-        return meta
+        return meta, reason
+
+    def repair_meta(self) -> None:
+        """Move a damaged state.json aside (lock held)."""
+        self.move_aside("", "state.json")
+
+    def has_state(self) -> bool:
+        """state.json (even damaged) or any record (even damaged) exists: the device's data has
+        been through a runner before. Logs, stamps and empty dirs do not count."""
+        if os.path.lexists(os.path.join(self.path, "state.json")):
+            return True
+        for kind in KINDS:
+            try:
+                with os.scandir(os.path.join(self.path, kind)) as it:
+                    if any(is_sha256(e.name) for e in it):
+                        return True
+            except OSError:
+                continue
+        return False
+
+    def every_record(self) -> Iterator[Dict[str, Any]]:
+        """Every valid record of every kind (for the state's level and version when state.json
+        cannot tell them; see compat.state_facts)."""
+        for kind in KINDS:
+            for _sha, record in self.all_records(kind):
+                yield record
+
+    def compat_facts(self, meta: Optional[Dict[str, Any]]) -> "compat.StateFacts":
+        """The state's compatibility level and recorded version (`meta`: state.json or None)."""
+        return compat.state_facts(meta, self.every_record())
 
     def prepare(self) -> None:
         """Create the subdirs (durably) and remove temporary files left by a killed runner."""
@@ -466,7 +501,8 @@ class State:
             self._sync_dir(self._unsynced[0])
             del self._unsynced[0]
 
-    def mark_started(self, name: str, sha: str, attempt: int, image: Dict[str, str]) -> float:
+    def mark_started(self, name: str, sha: str, attempt: int, image: Dict[str, str],
+                     oneway: int = 0) -> float:
         """Durably note that `sha` starts now (before it starts); returns the start time.
 
         The note's existence is what matters (found later without an outcome = interrupted), so
@@ -487,6 +523,8 @@ class State:
             "runner_version": __version__,
             "image": image,
         }
+        if oneway:
+            record["oneway"] = oneway
         path = self._file("started", sha)
         tmp = os.path.join(os.path.dirname(path), f".{sha}{_TMP_MARK}{os.getpid()}")
         try:
@@ -591,20 +629,30 @@ class State:
         except OSError:
             pass
 
-    def update_meta(self, image: Dict[str, str], old: Optional[Dict[str, Any]]) -> None:
-        """Note which image and runner used the state last; rewritten only when that changed,
-        so a no-op run writes nothing. Unknown keys of `old` (later formats' data) are kept."""
+    def update_meta(
+        self,
+        image: Dict[str, str],
+        old: Optional[Dict[str, Any]],
+        compat_level: Optional[int] = None,
+        applied: bool = False,
+    ) -> Dict[str, Any]:
+        """Note which image and runner used the state last (durably); with `compat_level`, the
+        state's level; with `applied`, also that `image` is the image whose manifest is now
+        completely applied (applied_image). Rewritten only when that changed, so a no-op run
+        writes nothing. Unknown keys of `old` (later formats' data) are kept. Returns the
+        content now on disk."""
         meta = dict(old or {})
-        if (
-            meta.get("format") == STATE_FORMAT
-            and meta.get("image") == image
-            and meta.get("runner_version") == __version__
-        ):
-            return
-        meta.update(
-            format=STATE_FORMAT, image=image, runner_version=__version__, updated_at=now_iso()
-        )
+        want: Dict[str, Any] = {"format": STATE_FORMAT, "image": image,
+                                "runner_version": __version__}
+        if compat_level is not None:
+            want["compat_level"] = compat_level
+        if applied:
+            want["applied_image"] = image
+        if all(meta.get(k) == v for k, v in want.items()):
+            return meta
+        meta.update(want, updated_at=now_iso())
         try:
             atomic_write(os.path.join(self.path, "state.json"), dump_json(meta))
         except OSError as e:
             raise self._error("write state.json", e) from None
+        return meta

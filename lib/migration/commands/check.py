@@ -4,6 +4,9 @@
 Used by the gate unit migration-gate@PKG.service, which services of the package are ordered
 after (MIGRATION_BEFORE), so they do not start on data their migrations did not convert.
 A package without entries in the manifest passes. Needs no lock and writes nothing.
+Exit 1 with the reason also when this image cannot use the device's data (migration.compat:
+an incompatible downgrade, below the upgrade floor, data older than the framework), so gated
+services do not start on data they cannot read.
 """
 
 from typing import Any
@@ -27,6 +30,14 @@ def run(args: Any) -> int:
     if manifest is None:
         raise MigrationError(f"no image manifest at {args.manifest}")
     state = State(args.state_dir)
+    from migration import runner
+    from migration.commands import options
+
+    verdict, _facts, _meta = runner.verdict_of(options(args), state, manifest)
+    if verdict.refused:
+        print(f"migration: package {args.package}: this image cannot use the device's data "
+              f"({verdict.kind}): {verdict.message}", file=sys.stderr)
+        return 1
     entries = [e for e in manifest.entries.values() if e.package == args.package]
     if state.has_done(manifest.digest):
         return 0

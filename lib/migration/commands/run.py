@@ -6,6 +6,14 @@ bash, dash, ash...) run with errexit. Output goes to stderr with the script name
 STATE/logs/<sha256>.log. With --policy continue (default) a failure does not stop the others;
 with --policy stop the rest stay pending. Exit 0 when everything is applied, 1 otherwise, 75 when
 another runner holds the lock longer than --lock-wait.
+
+Before anything is written, the image is checked against the device's state (migration.compat):
+an incompatible downgrade (the state's compatibility level is above the image's), an upgrade from
+a release older than the image's upgrade floor, or data without migration state on an image
+with a floor and data markers is refused: nothing is written, every executable in --hooks-dir
+(default ROOT/etc/migration/incompatible.d) runs with MIGRATION_VERDICT (downgrade, below-floor
+or predates), MIGRATION_MESSAGE, MIGRATION_STATE_DIR, MIGRATION_PHASE=boot, and the exit code
+is 3. Scripts see MIGRATION_PHASE=boot, MIGRATION_ROOT and MIGRATION_IMAGE_ROOT (both ROOT).
 """
 
 from typing import Any
@@ -40,6 +48,12 @@ def setup_parser(parser: Any) -> None:
         help="after SIGTERM on timeout, wait this long before SIGKILL (default 5)",
     )
     parser.add_argument(
+        "--hooks-dir",
+        metavar="DIR",
+        help="run these executables when the image is refused "
+        "(default ROOT/etc/migration/incompatible.d)",
+    )
+    parser.add_argument(
         "--lock-wait",
         type=seconds,
         default=60.0,
@@ -49,6 +63,8 @@ def setup_parser(parser: Any) -> None:
 
 
 def run(args: Any) -> int:
+    import os
+
     from migration import cli, runner
 
     opts = options(
@@ -57,6 +73,7 @@ def run(args: Any) -> int:
         timeout=args.timeout or None,
         lock_wait=args.lock_wait,
         kill_grace=args.kill_grace,
+        hooks_dir=os.path.abspath(args.hooks_dir) if getattr(args, "hooks_dir", None) else None,
     )
     if args.dry_run:
         return runner.dry_run(opts, print)

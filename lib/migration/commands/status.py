@@ -5,8 +5,13 @@ States: applied, pending, failed, refused (not run: unsafe, tampered or missing;
 interrupted (started, never finished: runs again). A script that a runner is executing right now
 shows as pending with "running": true. With --json: one JSON array of objects with name, sha256,
 state, attempts, and for applied or failed ones finished_at (ISO 8601 UTC), duration_s,
-exit_code; plus reason, package, version, started_at, log when known.
-Exit 0 when everything is applied, 1 otherwise.
+exit_code; plus reason, package, version, oneway, started_at, log when known.
+
+The text output starts with what the state records (compatibility level, the image that last ran,
+the image whose migrations were last all applied) and what this image is (version, level, upgrade
+floor), and says so when this image would be refused (migration.compat). Exit 0 when everything
+is applied, 1 otherwise, 3 when this image would be refused (with --json the reason goes to
+stderr; the array is unchanged).
 """
 
 import json
@@ -46,20 +51,63 @@ def describe(item: Any, log: str, running: bool) -> Dict[str, Any]:
     if item.package:
         out["package"] = item.package
         out["version"] = item.version
+    if item.oneway:
+        out["oneway"] = item.oneway
     if log:
         out["log"] = log
     return out
+
+
+def _image(image: Any) -> str:
+    if not isinstance(image, dict):
+        return "unknown"
+    version = image.get("version_id") or "no VERSION_ID"
+    build = f" (build {image['build_id']})" if image.get("build_id") else ""
+    return f"{version}{build}"
+
+
+def describe_compat(opts: Any, state: Any, manifest: Any) -> "tuple[Any, list[str]]":
+    """(verdict, text lines) about the state and this image (see the module docstring)."""
+    from migration import runner
+    from migration.state import read_os_release
+
+    verdict, facts, meta = runner.verdict_of(opts, state, manifest)
+    lines = []
+    if meta is not None:
+        parts = [f"compatibility level {facts.level}", f"last image {_image(meta.get('image'))}"]
+        if "applied_image" in meta:
+            parts.append(f"all migrations applied by image {_image(meta['applied_image'])}")
+        lines.append("state: " + ", ".join(parts))
+    elif state.has_state():
+        newest = facts.version or "unknown"
+        lines.append(f"state: state.json missing or damaged; from the records: compatibility "
+                     f"level {facts.level}, newest image {newest}")
+    else:
+        lines.append("state: none (a fresh device)")
+    image = read_os_release(runner.image_root(opts))
+    parts = [f"image: {_image(image)}",
+             f"compatibility level {manifest.compat_level if manifest else 0}"]
+    if manifest is not None and manifest.upgrade_floor:
+        parts.append(f"upgrades from {manifest.upgrade_floor} or newer")
+    lines.append(", ".join(parts))
+    if verdict.refused:
+        lines.append(f"REFUSED ({verdict.kind}): {verdict.message}")
+    return verdict, lines
 
 
 def run(args: Any) -> int:
     import os
     import sys
 
+    from migration import manifest as manifest_mod
     from migration import runner
     from migration.state import State
 
     state = State(args.state_dir)
-    items, warnings = runner.inspect(options(args), state)
+    opts = options(args)
+    manifest = manifest_mod.load(opts.manifest_path) if opts.manifest_path else None
+    verdict, compat_lines = describe_compat(opts, state, manifest)
+    items, warnings = runner.inspect(opts, state)
     running = state.lock_held_elsewhere()
     rows = []
     for item in items:
@@ -69,7 +117,11 @@ def run(args: Any) -> int:
         print(f"migration: {w}", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=1))
+        if verdict.refused:
+            print(f"migration: refused ({verdict.kind}): {verdict.message}", file=sys.stderr)
     else:
+        for line in compat_lines:
+            print(line)
         if running:
             print("(a runner is working now)")
         for row in rows:
@@ -87,4 +139,6 @@ def run(args: Any) -> int:
             print(f"{row['state']:<12} {row['name']}  {', '.join(details)}".rstrip())
         if not rows:
             print(f"no migration scripts in {args.scripts_dir}")
+    if verdict.refused:
+        return 3
     return 0 if all(i.state == runner.APPLIED for i in items) else 1
