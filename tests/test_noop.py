@@ -196,3 +196,98 @@ def test_plain_run_lines_read_exactly_as_argparse_reads_them(argv):
 ])
 def test_other_lines_are_left_to_argparse(argv):
     assert noop.parse_run_argv(argv) is None
+
+
+# -- issue 5: the fast path never answers 0 where the full path refuses -----------------------
+#
+# The verdict (runner.assess) is a function of: the manifest (compat_level, one-way levels,
+# upgrade_floor, data_markers), the image's os-release (VERSION_ID), state.json (compat_level,
+# applied_image, image), the records (only when state.json is missing or damaged) and the data
+# markers' existence (only when there is no state at all). The key is written only by a full run
+# whose verdict allowed it, and it pins the manifest's bytes, state.json's bytes and the
+# os-release values; a key can only match when state.json exists (its hash is in the key), so
+# neither the records nor the markers can decide. Each way to reach a refusal therefore changes
+# a pinned input: the table below goes through them.
+
+
+def _refuse_by(image, change):
+    if change == "downgrade: older image":
+        # v1.0 ran a one-way migration of level 1; an image of level 0 boots on the state
+        meta = json.loads((image.state / "state.json").read_text())
+        assert meta["compat_level"] == 1
+        (image.root / "etc" / "os-release").write_text('VERSION_ID="0.9"\nBUILD_ID=b0\n')
+        obj = json.loads(image.manifest.read_text())
+        for m in obj["migrations"]:
+            m.pop("oneway", None)
+        obj["compat_level"] = 0
+        obj["digest"] = manifest_mod.digest(obj["migrations"])
+        image.manifest.write_text(json.dumps(obj))
+    elif change == "downgrade: same manifest bytes, lower level in state.json's eyes":
+        # the state's level raised behind the key's back (another image's run)
+        meta = json.loads((image.state / "state.json").read_text())
+        meta["compat_level"] = 5
+        (image.state / "state.json").write_text(json.dumps(meta, sort_keys=True) + "\n")
+    elif change == "below floor: new image with a floor above the applied image":
+        (image.root / "etc" / "os-release").write_text('VERSION_ID="3.0"\nBUILD_ID=b3\n')
+        obj = json.loads(image.manifest.read_text())
+        obj["upgrade_floor"] = "2.0"
+        image.manifest.write_text(json.dumps(obj))
+    elif change == "below floor: applied_image rewritten older":
+        meta = json.loads((image.state / "state.json").read_text())
+        obj = json.loads(image.manifest.read_text())
+        obj["upgrade_floor"] = "1.0"
+        image.manifest.write_text(json.dumps(obj))
+        assert image.full_run() == 0  # the floor alone is fine: new key
+        assert noop.fast_run(image.argv()) == 0
+        meta = json.loads((image.state / "state.json").read_text())
+        meta["applied_image"] = {"version_id": "0.5"}
+        (image.state / "state.json").write_text(json.dumps(meta, sort_keys=True) + "\n")
+    elif change == "records decide: state.json removed":
+        obj = json.loads(image.manifest.read_text())
+        obj["compat_level"] = 0
+        for m in obj["migrations"]:
+            m.pop("oneway", None)
+        obj["digest"] = manifest_mod.digest(obj["migrations"])
+        (image.state / "state.json").unlink()
+        image.manifest.write_text(json.dumps(obj))
+    elif change == "predates: state dir wiped, data left":
+        import shutil
+
+        lock_free = image.state.parent / "migration.old"
+        os.rename(image.state, lock_free)
+        image.state.mkdir()
+        shutil.copy(lock_free / noop.KEY_NAME, image.state / noop.KEY_NAME)
+        (image.state / "lock").touch()
+        (image.root / "var" / "lib" / "data").mkdir(parents=True)
+        obj = json.loads(image.manifest.read_text())
+        obj["upgrade_floor"] = "1.0"
+        obj["data_markers"] = ["/var/lib/data"]
+        image.manifest.write_text(json.dumps(obj))
+
+
+@pytest.mark.parametrize("change", [
+    "downgrade: older image",
+    "downgrade: same manifest bytes, lower level in state.json's eyes",
+    "below floor: new image with a floor above the applied image",
+    "below floor: applied_image rewritten older",
+    "records decide: state.json removed",
+    "predates: state dir wiped, data left",
+])
+def test_fast_path_never_answers_0_where_the_full_path_refuses(tmp_path, change):
+    from migration.errors import Incompatible
+
+    img = Image(tmp_path)
+    # image 1.0 whose 20-b is one-way (level 1)
+    obj = json.loads(img.manifest.read_text())
+    for m in obj["migrations"]:
+        if m["name"] == "20-b":
+            m["oneway"] = 1
+    obj["compat_level"] = 1
+    obj["digest"] = manifest_mod.digest(obj["migrations"])
+    img.manifest.write_text(json.dumps(obj))
+    assert img.full_run() == 0
+    assert noop.fast_run(img.argv()) == 0
+    _refuse_by(img, change)
+    assert noop.fast_run(img.argv()) is None
+    with pytest.raises(Incompatible):
+        img.full_run()

@@ -289,3 +289,311 @@ def test_state_json_records_image(env):
     meta = json.loads((env.state / "state.json").read_text())
     assert meta["format"] == 1 and meta["image"] == {"version_id": "2.1", "build_id": "42"}
     assert env.record("applied", "10-a")["image"] == {"version_id": "2.1", "build_id": "42"}
+
+
+# -- issue 5: the compatibility check, one-way levels, hooks ---------------------------------
+
+from migration import compat  # noqa: E402
+from migration.errors import Incompatible  # noqa: E402
+
+
+def write_manifest5(env, oneway=None, compat_level=0, floor="", markers=()):
+    """A manifest of every script in the dir with the issue 5 fields."""
+    oneway = oneway or {}
+    migrations = []
+    for p in sorted(env.scripts.iterdir()):
+        m = {"name": p.name, "sha256": env.sha(p.name), "package": "pkg", "version": "1"}
+        if p.name in oneway:
+            m["oneway"] = oneway[p.name]
+        migrations.append(m)
+    obj = {"format": 1, "digest": manifest_mod.digest(migrations),
+           "compat_level": max([compat_level, *oneway.values()]), "migrations": migrations}
+    if floor:
+        obj["upgrade_floor"] = floor
+    if markers:
+        obj["data_markers"] = list(markers)
+    env.manifest.write_text(json.dumps(obj))
+    return obj["digest"]
+
+
+def os_release(env, version):
+    (env.root / "etc" / "os-release").write_text(f'VERSION_ID="{version}"\nBUILD_ID=b{version}\n')
+
+
+def meta(env):
+    return json.loads((env.state / "state.json").read_text())
+
+
+def refused(env, **kw):
+    with pytest.raises(Incompatible) as exc:
+        env.run(**kw)
+    assert exc.value.exit_code == 3
+    return exc.value
+
+
+def test_applied_image_is_written_with_the_done_stamp_only(env):
+    os_release(env, "1.0")
+    env.add("10-a")
+    digest = write_manifest5(env)
+    assert env.run() == 0
+    m = meta(env)
+    assert m["applied_image"] == {"version_id": "1.0", "build_id": "b1.0"}
+    assert m["compat_level"] == 0 and os.listdir(env.state / "done") == [digest]
+    # image 2.0 with a failing script: image changes, applied_image does not
+    os_release(env, "2.0")
+    env.add("20-b", "exit 1")
+    write_manifest5(env)
+    assert env.run() == 1
+    m = meta(env)
+    assert m["image"]["version_id"] == "2.0" and m["applied_image"]["version_id"] == "1.0"
+    assert os.listdir(env.state / "done") == []
+
+
+def test_below_floor_is_refused_before_anything_is_written(env):
+    os_release(env, "1.0")
+    env.add("10-a")
+    write_manifest5(env)
+    assert env.run() == 0
+    os_release(env, "3.0")
+    env.add("20-b")
+    write_manifest5(env, floor="2.0")
+    before = _tree(env.state)
+    exc = refused(env)
+    assert exc.verdict.kind == compat.BELOW_FLOOR
+    assert "release 1.0 (applied_image in state.json)" in str(exc)
+    assert "Install release 2.0" in str(exc)
+    assert _tree(env.state) == before
+    assert env.executions() == ["10-a"]
+    # at the floor: fine
+    write_manifest5(env, floor="1.0")
+    assert env.run() == 0
+    assert env.executions() == ["10-a", "20-b"]
+
+
+def test_state_of_a_1_0_runner_is_judged_by_its_image(env):
+    os_release(env, "1.0")
+    env.add("10-a")
+    write_manifest5(env)
+    assert env.run() == 0
+    m = meta(env)
+    del m["applied_image"], m["compat_level"]  # what a 1.0 runner wrote
+    (env.state / "state.json").write_text(json.dumps(m))
+    os_release(env, "2.0")
+    env.add("20-b")
+    write_manifest5(env, floor="1.5")
+    assert refused(env).verdict.kind == compat.BELOW_FLOOR
+    write_manifest5(env, floor="1.0")
+    assert env.run() == 0 and meta(env)["applied_image"]["version_id"] == "2.0"
+
+
+def test_fresh_device_runs_everything_and_predates_needs_floor_and_marker(env):
+    os_release(env, "2.0")
+    env.add("10-a")
+    (env.root / "var" / "lib" / "foo").mkdir(parents=True)
+    write_manifest5(env, floor="1.5", markers=["/var/lib/foo"])
+    exc = refused(env)
+    assert exc.verdict.kind == compat.PREDATES and "/var/lib/foo" in str(exc)
+    assert os.listdir(env.state) == ["lock"]  # taking the lock is the only write
+    assert env.executions() == []
+    # no floor: the marker alone refuses nothing (fresh)
+    write_manifest5(env, markers=["/var/lib/foo"])
+    assert env.run() == 0
+    assert any("fresh device" in m for m in env.messages)
+
+
+def test_fresh_device_without_markers_present(env):
+    os_release(env, "2.0")
+    env.add("10-a")
+    write_manifest5(env, floor="1.5", markers=["/var/lib/foo"])
+    assert env.run() == 0 and env.executions() == ["10-a"]
+    # from now on the state exists and the floor is checked against it
+    assert meta(env)["applied_image"]["version_id"] == "2.0"
+
+
+def test_power_cut_in_the_first_run_of_a_fresh_device_is_not_refused(env):
+    """The image is noted in state.json before the first script starts, so a cut during the
+    first run of a fresh device leaves state that proves the version (not 'cannot prove')."""
+    os_release(env, "2.0")
+    env.add("10-a", f"test -e {env.root}/go")
+    write_manifest5(env, floor="1.5")
+    assert env.run() == 1
+    assert "applied_image" not in meta(env)
+    assert meta(env)["image"]["version_id"] == "2.0"
+    (env.root / "go").touch()
+    assert env.run() == 0
+
+
+def test_one_way_raises_the_level_durably_before_the_script_starts(env):
+    os_release(env, "2.0")
+    seen = env.root / "seen.json"
+    env.add("10-a")
+    env.add("20-oneway", f"cat {env.state}/state.json > {seen}; ls {env.state}/done > "
+                         f"{env.root}/done.txt")
+    env.add("30-c")
+    write_manifest5(env, oneway={"20-oneway": 2}, compat_level=1)
+    assert env.run() == 0
+    assert json.loads(seen.read_text())["compat_level"] == 2
+    assert (env.root / "done.txt").read_text() == ""  # stamps cleared before the first script
+    assert meta(env)["compat_level"] == 2
+    assert env.record("applied", "20-oneway")["oneway"] == 2
+    assert "oneway" not in env.record("applied", "10-a")
+    assert any("compatibility level of the state raised to 2" in m for m in env.messages)
+
+
+def test_failed_one_way_script_still_raises_the_level_and_older_images_refuse(env, tmp_path):
+    os_release(env, "2.0")
+    env.add("10-oneway", "exit 1")
+    write_manifest5(env, oneway={"10-oneway": 1})
+    assert env.run() == 1
+    assert meta(env)["compat_level"] == 1
+    assert env.record("failed", "10-oneway")["oneway"] == 1
+    # image 1.0 (level 0, no one-way script) on that state: refused, hooks run
+    os_release(env, "1.0")
+    (env.scripts / "10-oneway").unlink()
+    env.add("05-old")
+    write_manifest5(env)
+    hooks = env.root / "etc" / "migration" / "incompatible.d"
+    hooks.mkdir(parents=True)
+    out = env.root / "hook.txt"
+    (hooks / "50-note").write_text(
+        "#!/bin/sh\n"
+        f'echo "$MIGRATION_VERDICT|$MIGRATION_PHASE|$MIGRATION_STATE_DIR|$(pwd)" >> {out}\n'
+        f'echo "$MIGRATION_MESSAGE" >> {out}\n'
+        "echo hook-output\n"
+    )
+    (hooks / "50-note").chmod(0o755)
+    (hooks / "40-fails").write_text("#!/bin/sh\nfalse\necho not-reached\n")  # errexit
+    (hooks / "40-fails").chmod(0o755)
+    (hooks / "60-not-executable").write_text(f"#!/bin/sh\necho x >> {out}\n")
+    (hooks / "70-group-writable").write_text(f"#!/bin/sh\necho bad >> {out}\n")
+    (hooks / "70-group-writable").chmod(0o775)
+    (hooks / "README~").write_text("ignored\n")
+    before = _tree(env.state)
+    exc = refused(env)
+    assert exc.verdict.kind == compat.DOWNGRADE
+    assert "level 1" in str(exc) and "level 0" in str(exc)
+    assert _tree(env.state) == before
+    assert env.executions() == ["10-oneway"]  # the first run only; 05-old never ran
+    lines = out.read_text().splitlines()
+    assert lines[0] == f"downgrade|boot|{env.state}|{env.root}"
+    assert lines[1] == str(exc)
+    assert len(lines) == 2
+    text = "\n".join(env.messages)
+    assert "hook 40-fails: FAILED: exit 1" in text
+    assert "hook 50-note: done" in text
+    assert "70-group-writable: refused: is writable by group or others (mode 0775)" in text
+    assert "60-not-executable" not in text
+    assert text.index("40-fails") < text.index("50-note")
+    # --hooks-dir elsewhere: the default dir is not used
+    other = tmp_path / "other-hooks"
+    other.mkdir()
+    out.unlink()
+    refused(env, hooks_dir=str(other))
+    assert not out.exists()
+
+
+def test_hooks_are_bounded_by_the_timeout(env):
+    env.add("10-oneway")
+    write_manifest5(env, oneway={"10-oneway": 1})
+    assert env.run() == 0
+    (env.scripts / "10-oneway").unlink()
+    write_manifest5(env)
+    hooks = env.root / "etc" / "migration" / "incompatible.d"
+    hooks.mkdir(parents=True)
+    (hooks / "10-hang").write_text("#!/bin/sh\nsleep 30\n")
+    (hooks / "10-hang").chmod(0o755)
+    exc = refused(env, timeout=0.5, kill_grace=0.2)
+    assert exc.verdict.kind == compat.DOWNGRADE
+    assert any("hook 10-hang: FAILED: timed out after 0.5 s" in m for m in env.messages)
+
+
+def test_downgrade_within_a_compatible_level_runs_nothing_again(env):
+    os_release(env, "1.0")
+    env.add("10-a")
+    v1 = write_manifest5(env, oneway={"10-a": 1})
+    assert env.run() == 0
+    os_release(env, "2.0")
+    env.add("20-b")
+    write_manifest5(env, oneway={"10-a": 1}, compat_level=1)
+    assert env.run() == 0
+    (env.scripts / "20-b").unlink()
+    os_release(env, "1.0")
+    assert write_manifest5(env, oneway={"10-a": 1}) == v1
+    assert env.run() == 0
+    assert env.executions() == ["10-a", "20-b"]
+    assert os.listdir(env.state / "done") == [v1]
+    assert meta(env)["applied_image"]["version_id"] == "1.0"
+    assert meta(env)["compat_level"] == 1
+
+
+def test_damaged_state_json_takes_level_and_version_from_the_records(env):
+    os_release(env, "2.0")
+    env.add("10-oneway")
+    write_manifest5(env, oneway={"10-oneway": 2})
+    assert env.run() == 0
+    (env.state / "state.json").write_text("{garbage")
+    (env.scripts / "10-oneway").unlink()
+    env.add("05-x")
+    write_manifest5(env, compat_level=1)
+    before = _tree(env.state)
+    assert refused(env).verdict.kind == compat.DOWNGRADE
+    assert _tree(env.state) == before  # not even moved aside
+    # an image of level 2 with a floor the records prove: runs, moves state.json aside
+    write_manifest5(env, compat_level=2, floor="2.0")
+    assert env.run() == 0
+    assert any("damaged state.json" in m for m in env.messages)
+    assert meta(env)["compat_level"] == 2
+    assert len(os.listdir(env.state / "damaged")) == 1
+
+
+def test_scripts_see_the_phase_and_the_image_root(env):
+    out = env.root / "env.txt"
+    env.add("10-x", f'echo "$MIGRATION_PHASE $MIGRATION_ROOT $MIGRATION_IMAGE_ROOT" > {out}')
+    assert env.run() == 0
+    assert out.read_text().split() == ["boot", str(env.root), str(env.root)]
+
+
+def test_dry_run_shows_the_refusal_and_exits_3(env, capsys):
+    env.add("10-oneway")
+    write_manifest5(env, oneway={"10-oneway": 1})
+    assert env.run() == 0
+    (env.scripts / "10-oneway").unlink()
+    write_manifest5(env)
+    before = _tree(env.root)
+    capsys.readouterr()
+    assert runner.dry_run(env.opts(), print) == 3
+    out = capsys.readouterr().out
+    assert out.startswith("would refuse (downgrade): incompatible downgrade")
+    assert "would run the hooks in" in out
+    assert _tree(env.root) == before
+
+
+def test_status_and_check_report_the_refusal(env, capsys):
+    from migration import cli
+
+    os_release(env, "1.0")
+    env.add("10-a")
+    write_manifest5(env)
+    assert env.run() == 0
+    base = ["--root", str(env.root), "--scripts-dir", str(env.scripts), "--manifest",
+            str(env.manifest), "--state-dir", str(env.state)]
+    capsys.readouterr()
+    assert cli.main([*base, "status"]) == 0
+    out = capsys.readouterr().out
+    assert ("state: compatibility level 0, last image 1.0 (build b1.0), all migrations applied "
+            "by image 1.0 (build b1.0)") in out
+    assert "image: 1.0 (build b1.0), compatibility level 0" in out
+    assert cli.main([*base, "check", "--package", "pkg"]) == 0
+    os_release(env, "3.0")
+    write_manifest5(env, floor="2.0")
+    assert cli.main([*base, "status"]) == 3
+    out = capsys.readouterr().out
+    assert "upgrades from 2.0 or newer" in out and "REFUSED (below-floor):" in out
+    assert cli.main([*base, "status", "--json"]) == 3
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)[0]["state"] == "applied"
+    assert "refused (below-floor)" in captured.err
+    assert cli.main([*base, "check", "--package", "pkg"]) == 1
+    assert "cannot use the device's data (below-floor)" in capsys.readouterr().err
+    assert cli.main([*base, "run"]) == 3
+    assert "upgrade from a too old release" in capsys.readouterr().err

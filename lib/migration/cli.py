@@ -115,6 +115,10 @@ def _plain_run_args(paths: dict[str, str], opts: dict[str, object]) -> Any:
 
 def resolve_paths(args: Any) -> None:
     """Fill in the defaults under --root; explicit paths are taken as given (made absolute)."""
+    # which were given (update refuses --scripts-dir/--manifest: it takes NEWROOT's)
+    args.explicit_paths = [opt for opt, key in (("--scripts-dir", "scripts_dir"),
+                                                ("--manifest", "manifest"))
+                           if getattr(args, key, None)]
     args.root = os.path.abspath(args.root) if args.root else "/"
     # Absolute: scripts run with the root as working directory.
     args.scripts_dir = os.path.abspath(args.scripts_dir or os.path.join(args.root, SCRIPTS_DIR))

@@ -27,6 +27,15 @@ path's decision is checked:
   runner's version must be those recorded.
 - The runner lock is taken (without waiting; a busy lock means the full path, which waits).
 
+The full path first decides whether the image may use the device's data at all
+(migration.compat; a refusal exits 3). That verdict is a function of the manifest (levels, floor,
+markers), the os-release VERSION_ID, state.json (compat_level, applied_image, image), the records
+(only when state.json is missing or damaged) and the data markers (only when there is no state).
+The key is written only after a run the verdict allowed, and it pins the manifest's bytes,
+state.json's bytes and the os-release values; it can only match while state.json exists, so the
+records and the markers cannot decide then. So every way to a refusal changes a pinned input and
+this path steps aside (tests/test_noop.py goes through them).
+
 The key is a cache, not state: it may be missing, stale or damaged (anything unexpected means
 the full path), so it is written without fsync ordering concerns beyond atomic_write.
 """

@@ -1,0 +1,111 @@
+# SPDX-License-Identifier: MIT
+"""Apply a new image's pending migrations to the live data while the old system still runs.
+
+For updaters (RAUC, SWUpdate, Mender, a plain script) that have the new image's root mounted at
+NEWROOT: runs NEWROOT's scripts (NEWROOT/etc/migration.d), checked against NEWROOT's manifest
+(NEWROOT/usr/share/migration/manifest.json, required), on the device's real state dir (global
+--state-dir, default ROOT/var/lib/migration) and data (global --root, default /; the scripts'
+working directory). The image recorded in the state (records, state.json image and
+applied_image) is NEWROOT's os-release. When every entry is applied, the done stamp of NEWROOT's
+manifest is written, so the new image's first boot starts no process; otherwise the boot runs
+what is left (the fallback). Every done stamp is removed before the first script starts: the
+running old image's stamp must not vouch for data that changed under it.
+
+The compatibility check of `run` applies with NEWROOT's manifest (upgrade floor, levels, data
+markers): a refusal writes nothing and exits 3, with no hooks (the updater must abort the
+install). Scripts see MIGRATION_PHASE=update, MIGRATION_ROOT (the data root) and
+MIGRATION_IMAGE_ROOT=NEWROOT; they run under the OLD system's kernel, services and tools, with
+the new image's files only below NEWROOT.
+
+--defer-oneway leaves every one-way script (and every script ordered after the first of them)
+pending for the first boot of the new image, so the old image, still the fallback if the update
+is abandoned, keeps data it can read; exit 0 if everything else is applied.
+
+Exit codes as `run`: 0 all applied (or deferred), 1 a script failed, was refused or is pending
+(the boot retries), 2 usage/configuration (no manifest in NEWROOT, --scripts-dir or --manifest
+given), 3 refused (this image cannot use the device's data), 75 lock busy, 130 interrupted.
+"""
+
+from typing import Any
+
+from migration.commands import seconds
+
+name = "update"
+helpmsg = "apply a new image's migrations from its mounted root (at update time)"
+
+
+def setup_parser(parser: Any) -> None:
+    parser.add_argument("newroot", metavar="NEWROOT", help="root of the new image (mounted)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print what would run; change nothing"
+    )
+    parser.add_argument(
+        "--defer-oneway",
+        action="store_true",
+        help="leave one-way migrations (and those after them) to the new image's first boot",
+    )
+    parser.add_argument(
+        "--policy",
+        choices=("continue", "stop"),
+        default="continue",
+        help="after a failure: run the rest (continue, default) or leave them pending (stop)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=seconds,
+        metavar="SECONDS",
+        help="kill a script's process group after this long (default and 0: no limit)",
+    )
+    parser.add_argument(
+        "--kill-grace",
+        type=seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="after SIGTERM on timeout, wait this long before SIGKILL (default 5)",
+    )
+    parser.add_argument(
+        "--lock-wait",
+        type=seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="wait this long for another runner's lock, then exit 75 (default 60)",
+    )
+
+
+def run(args: Any) -> int:
+    import os
+
+    from migration import cli, runner
+    from migration.errors import MigrationError
+
+    explicit = getattr(args, "explicit_paths", [])
+    if explicit:
+        raise MigrationError(
+            f"update takes the scripts and the manifest from NEWROOT; do not give "
+            f"{' or '.join(explicit)}"
+        )
+    newroot = os.path.abspath(args.newroot)
+    if not os.path.isdir(newroot):
+        raise MigrationError(f"NEWROOT {newroot} is not a directory")
+    manifest = os.path.join(newroot, cli.MANIFEST)
+    if not os.path.lexists(manifest):
+        raise MigrationError(
+            f"no image manifest at {manifest}: update needs the new image's manifest"
+        )
+    opts = runner.Options(
+        scripts_dir=os.path.join(newroot, cli.SCRIPTS_DIR),
+        state_dir=args.state_dir,
+        root=args.root,
+        manifest_path=manifest,
+        policy=args.policy,
+        timeout=args.timeout or None,
+        lock_wait=args.lock_wait,
+        kill_grace=args.kill_grace,
+        phase="update",
+        image_root=newroot,
+        defer_oneway=args.defer_oneway,
+    )
+    if args.dry_run:
+        return runner.dry_run(opts, print)
+    cli.install_signal_handlers()
+    return runner.run(opts)
