@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: MIT
 SUMMARY = "Runs one-shot migration scripts once per device, early at boot"
+SUMMARY:${PN}-wipe-request = "Requests a wipe of the writable data when the image cannot use it"
 DESCRIPTION = "The migration runner: applies the scripts that packages ship in \
                /etc/migration.d exactly once per device (run-once by content hash, state in \
                /var/lib/migration), in order, before the regular services start; a systemd \
@@ -68,10 +69,16 @@ do_install() {
         sh ${S}/files/migration-install.sh ${S}/migration ${S}/files
 }
 
+# The example refusal hook (files/hooks/request-wipe) is opt-in: only an image that installs
+# migration-wipe-request gets a wipe request written when this image cannot use the data.
+PACKAGES =+ "${PN}-wipe-request"
+
+FILES:${PN}-wipe-request += "${sysconfdir}/migration/incompatible.d/50-request-wipe"
 FILES:${PN} += "${systemd_system_unitdir}"
 
 # What lib/migration's on-target modules import (directly and through the standard library),
 # checked against OE-core's python3-manifest.json. Before Python 3.13 (scarthgap) fcntl, which
 # the state lock uses, was not in python3-core but packaged alone.
 RDEPENDS:${PN} = "python3-core python3-crypt python3-json"
+RDEPENDS:${PN}-wipe-request = "${PN}"
 RDEPENDS:${PN}:append = " ${@'python3-fcntl' if 'scarthgap' in (d.getVar('LAYERSERIES_CORENAMES') or '').split() else ''}"

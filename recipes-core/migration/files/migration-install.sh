@@ -18,6 +18,13 @@
 #   MIGRATION_INIT          "systemd", "sysvinit" or "systemd sysvinit" (default systemd)
 #   MIGRATION_BOOT_POLICY   continue | halt | rescue (default continue), what a failed boot run does
 #   MIGRATION_BOOT_TIMEOUT  seconds each script may take at boot; empty or 0: no limit (default)
+# Besides the package, the wrapper and the units it installs (never placeholders in these):
+#   ${datadir}/migration/update-hooks/   update-time hooks for RAUC (rauc-hook.sh), SWUpdate
+#                           (swupdate-postinst.sh) and Mender (ArtifactInstall_Leave_50_migration),
+#                           for bundle/artifact recipes to copy; never run on this image itself
+#   ${sysconfdir}/migration/incompatible.d/      the hooks dir of refusals (empty), and in it
+#   ${sysconfdir}/migration/incompatible.d/50-request-wipe   the example wipe-request hook: the
+#                           recipe packages it alone (migration-wipe-request, opt-in)
 # Exit status: 0 done, 2 bad arguments or settings (message on stderr).
 set -eu
 
@@ -31,6 +38,7 @@ src=$1
 files=$2
 [ -f "$src/__init__.py" ] || die "$src is not the migration Python package (no __init__.py)"
 [ -f "$files/migration.service" ] || die "$files does not hold migration.service"
+[ -f "$files/hooks/request-wipe" ] || die "$files does not hold hooks/request-wipe"
 [ -n "${D:-}" ] || die "D (the destination root) is not set"
 
 sbindir=${sbindir:-/usr/sbin}
@@ -104,6 +112,13 @@ rm -rf "$pkgdir"
 subst "$files/migration.wrapper" "$D$sbindir/migration" 0755
 install -d -m 0755 "$D$sysconfdir/migration.d" "$D$datadir/migration/packages"
 install -D -m 0644 "$files/boot.md" "$D$datadir/doc/migration/boot.md"
+
+# Update-time hooks (copied into update bundles) and the refusal hooks dir with the example.
+install -d -m 0755 "$D$datadir/migration/update-hooks" "$D$sysconfdir/migration/incompatible.d"
+for hook in "$files"/update-hooks/*; do
+	install -m 0755 "$hook" "$D$datadir/migration/update-hooks/"
+done
+install -m 0755 "$files/hooks/request-wipe" "$D$sysconfdir/migration/incompatible.d/50-request-wipe"
 
 if $want_systemd; then
 	unitdir="$D$systemd_system_unitdir"

@@ -1,0 +1,154 @@
+#!/bin/sh
+# SPDX-License-Identifier: MIT
+#
+# RAUC slot hook: applies the new image's pending migrations to the live data right after RAUC
+# installed the new root file system, while the old system still runs (meta-migration, R8).
+# Installed as /usr/share/migration/update-hooks/rauc-hook.sh; put it in the bundle as its hook
+# and enable the post-install hook on the rootfs image (bundle manifest):
+#   [hooks]
+#   filename=rauc-hook.sh
+#   [image.rootfs]
+#   filename=rootfs.ext4
+#   hooks=post-install
+# Calling convention (RAUC docs/using.rst "Slot Hooks" and docs/reference.rst "Slot Hooks
+# Interface"; src/update_handler.c run_slot_hook_extra_env()): RAUC runs the bundle's hook file
+# with one argument, "slot-post-install", for every slot an image with hooks=post-install was
+# written to, with the slot's file system mounted and its mount point in RAUC_SLOT_MOUNT_POINT
+# (RAUC mounts it with the slot's type and options: read-write unless configured otherwise),
+# its class in RAUC_SLOT_CLASS and its device in RAUC_SLOT_DEVICE. A non-zero exit fails the
+# installation (g_subprocess_wait_check), so the slot is not marked to be booted.
+#
+# Only slots of class MIGRATION_RAUC_SLOT_CLASS (default rootfs) are handled; other classes
+# exit 0. Other hook arguments (install-check, slot-pre-install, slot-install) exit 1, as in
+# RAUC's own example: this hook must not silently pass a check it does not do.
+set -u
+hook_name=rauc
+
+# --- common part: identical in the three update hooks (tests/test_update_hooks.py checks) ---
+# Settings (environment; all optional):
+#   MIGRATION_PYTHON       interpreter of the RUNNING system that runs the new image's runner
+#                          (default python3; the runner needs Python >= 3.8)
+#   MIGRATION_COMMAND      the migration command inside the new root (default /usr/sbin/migration)
+#   MIGRATION_DATA_ROOT    root of the live data the migrations change (default /; --root)
+#   MIGRATION_STATE_DIR    the device's state dir (default DATA_ROOT/var/lib/migration; --state-dir)
+#   MIGRATION_UPDATE_ARGS  more options of `migration update`, split at blanks (e.g.
+#                          "--timeout 300 --defer-oneway")
+# What the runner's exit status means for the update:
+#   0       everything applied: the new image's first boot starts no migration process;
+#   1, 75   a migration failed or is pending (1), or another runner held the lock (75): the
+#           update goes on, the new image's first boot retries what is left (a warning here);
+#   3       refused: the new image cannot use this device's data (incompatible downgrade, or
+#           the device's release is below the new image's upgrade floor): abort the update;
+#   other   (2 usage/configuration, 130 interrupted, anything else): abort the update.
+# Python runs with -I (isolated from the environment) and -B: no __pycache__ is written into
+# the new root, which is signed content (and may be mounted read-write by the updater).
+
+say() {
+	echo "migration-update ($hook_name): $*" >&2
+}
+
+# Mounts block device $1 read-only on a new temporary directory, kept in $mounted for cleanup.
+mounted=
+cleanup() {
+	if [ -n "$mounted" ]; then
+		if ! { umount "$mounted" && rmdir "$mounted"; }; then
+			say "WARNING: could not unmount and remove $mounted"
+		fi
+		mounted=
+	fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+mount_ro() {
+	mounted=$(mktemp -d "${TMPDIR:-/tmp}/migration-newroot.XXXXXX") || return 1
+	if ! mount -o ro "$1" "$mounted"; then
+		rmdir "$mounted"
+		mounted=
+		return 1
+	fi
+}
+
+# Sets new_root_dir for $1, a directory or a block device (then mounted read-only).
+new_root() {
+	if [ -d "$1" ]; then
+		new_root_dir=$1
+	elif [ -b "$1" ]; then
+		mount_ro "$1" || {
+			say "cannot mount $1 read-only"
+			return 1
+		}
+		new_root_dir=$mounted
+	else
+		say "the new root '$1' is neither a directory nor a block device"
+		return 1
+	fi
+}
+
+# Runs the new image's runner (`migration update NEWROOT`) and maps its exit status (above).
+run_update() {
+	root=$1
+	command=$root${MIGRATION_COMMAND:-/usr/sbin/migration}
+	python=${MIGRATION_PYTHON:-python3}
+	if [ ! -f "$command" ]; then
+		say "$command does not exist: the new image has no migration runner, nothing to do"
+		return 0
+	fi
+	if ! command -v "$python" >/dev/null 2>&1; then
+		say "WARNING: no $python on the running system: the new image's first boot applies" \
+			"its migrations"
+		return 0
+	fi
+	set --
+	if [ -n "${MIGRATION_DATA_ROOT:-}" ]; then
+		set -- "$@" --root "$MIGRATION_DATA_ROOT"
+	fi
+	if [ -n "${MIGRATION_STATE_DIR:-}" ]; then
+		set -- "$@" --state-dir "$MIGRATION_STATE_DIR"
+	fi
+	say "running: $python -I -B $command $* update $root ${MIGRATION_UPDATE_ARGS:-}"
+	# The runner's report goes to stderr: some updaters (Mender) keep only that stream.
+	# shellcheck disable=SC2086 # MIGRATION_UPDATE_ARGS holds several options on purpose
+	"$python" -I -B "$command" "$@" update "$root" ${MIGRATION_UPDATE_ARGS:-} >&2
+	rc=$?
+	case $rc in
+	0)
+		say "the new image's migrations are applied"
+		return 0
+		;;
+	1 | 75)
+		say "WARNING: not every migration of the new image could be applied now (exit $rc," \
+			"see above); the update goes on and the new image's first boot retries them"
+		return 0
+		;;
+	3)
+		say "REFUSED: the new image cannot use this device's data (see above): aborting the update"
+		return 1
+		;;
+	*)
+		say "ERROR: the migration runner failed (exit $rc, see above): aborting the update"
+		return 1
+		;;
+	esac
+}
+# --- end of common part ---
+
+case "${1:-}" in
+slot-post-install) ;;
+*)
+	say "called as '${1:-}': this hook handles slot-post-install only"
+	exit 1
+	;;
+esac
+if [ "${RAUC_SLOT_CLASS:-}" != "${MIGRATION_RAUC_SLOT_CLASS:-rootfs}" ]; then
+	say "slot ${RAUC_SLOT_NAME:-?} of class ${RAUC_SLOT_CLASS:-?}: not the root file system, nothing to do"
+	exit 0
+fi
+if [ -n "${RAUC_SLOT_MOUNT_POINT:-}" ]; then
+	new_root "$RAUC_SLOT_MOUNT_POINT" || exit 1
+elif [ -n "${RAUC_SLOT_DEVICE:-}" ]; then
+	new_root "$RAUC_SLOT_DEVICE" || exit 1
+else
+	say "neither RAUC_SLOT_MOUNT_POINT nor RAUC_SLOT_DEVICE is set: not run by RAUC?"
+	exit 1
+fi
+run_update "$new_root_dir"

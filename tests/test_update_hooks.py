@@ -1,0 +1,529 @@
+# SPDX-License-Identifier: MIT
+"""The update-time hooks (RAUC, SWUpdate, Mender) and the example wipe-request hook, on the host.
+
+Each test builds image trees with the layer's migration-install.sh (the recipe's install
+description), scripts and per-package fragments as the class writes them, and the manifest from
+migration.manifest.generate (the image build's step). A *device* is the data that survives an
+update (its /var); booting an image moves that /var into the image's tree and runs the image's
+own `migration run` there, as migration.service does. An update runs the hook installed in the
+NEW image (usr/share/migration/update-hooks) exactly as its framework calls it (arguments,
+environment), with the new image's tree as the mounted slot, while the old image "runs":
+MIGRATION_DATA_ROOT and MIGRATION_STATE_DIR point at the running tree and its state dir.
+"""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import pytest
+
+from migration import manifest
+
+REPO = Path(__file__).resolve().parents[1]
+FILES = REPO / "recipes-core" / "migration" / "files"
+SOURCES = FILES / "update-hooks"
+INSTALL = FILES / "migration-install.sh"
+PKG = REPO / "lib" / "migration"
+HOOK_DIR = "usr/share/migration/update-hooks"
+HOOKS = ("rauc-hook.sh", "swupdate-postinst.sh", "ArtifactInstall_Leave_50_migration")
+RUNS = "var/lib/app/runs"
+
+needs_update_command = pytest.mark.skipif(
+    not (PKG / "commands" / "update.py").exists(),
+    reason="the runner's `update` command (lib/migration/commands/update.py) is not there yet",
+)
+
+
+@dataclass
+class Mig:
+    """A migration script of a test image."""
+
+    package: str
+    name: str
+    text: str
+    priority: str = "50"
+    oneway: int = 0
+
+    @property
+    def installed_name(self) -> str:
+        return f"{self.priority}-{self.package}-{self.name}"
+
+
+def recorder(tag: str, extra: str = "") -> str:
+    """A script that logs its name, phase and attempt, and where it ran, under the data root.
+
+    `tag` makes the content (so the identity) unique.
+    """
+    return (
+        f"#!/bin/sh\n# {tag}\n"
+        'mkdir -p "$MIGRATION_ROOT/var/lib/app"\n'
+        'echo "$MIGRATION_NAME $MIGRATION_PHASE $MIGRATION_ATTEMPT" >>"$MIGRATION_ROOT/'
+        f'{RUNS}"\n'
+        'printf "%s\\n" "root=$MIGRATION_ROOT" "image=$MIGRATION_IMAGE_ROOT" "cwd=$(pwd)" '
+        '>"$MIGRATION_ROOT/var/lib/app/env-$MIGRATION_NAME"\n' + extra
+    )
+
+
+# Moves the data to its new place (v2's layout); needs the new system running? No: data only.
+MOVE = recorder(
+    "move",
+    'if [ -f "$MIGRATION_ROOT/var/lib/app/old.conf" ]; then\n'
+    '    mv "$MIGRATION_ROOT/var/lib/app/old.conf" "$MIGRATION_ROOT/var/lib/app/new.conf"\n'
+    "fi\n",
+)
+# Can only run on the new system itself (e.g. it talks to a daemon of the new image).
+BOOT_ONLY = recorder(
+    "boot-only",
+    '[ "$MIGRATION_PHASE" = boot ] || { echo "needs the new system running" >&2; exit 1; }\n',
+)
+
+V1 = [Mig("base", "init.sh", recorder("v1-init"), "10")]
+V2 = [*V1, Mig("app", "move.sh", MOVE, "50")]
+
+
+def install_runner(root: Path) -> None:
+    env = {
+        "PATH": os.environ["PATH"], "D": str(root), "sbindir": "/usr/sbin",
+        "libdir": "/usr/lib", "datadir": "/usr/share", "sysconfdir": "/etc",
+        "localstatedir": "/var", "systemd_system_unitdir": "/lib/systemd/system",
+        "MIGRATION_PYTHON": "/usr/bin/python3",
+    }  # fmt: skip
+    res = subprocess.run(["sh", str(INSTALL), str(PKG), str(FILES)], env=env,
+                         capture_output=True, text=True, check=False)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+
+
+def make_image(
+    dest: Path, version: str, migs: Iterable[Mig], compat_level: int = 0,
+    upgrade_floor: str = "", data_markers: Sequence[str] = (),
+) -> Path:
+    """An image tree: runner, os-release, scripts, fragments, manifest (no /var: the device's)."""
+    install_runner(dest)
+    # The wipe-request example is a package of its own (opt-in): not in these images.
+    (dest / "etc/migration/incompatible.d/50-request-wipe").unlink()
+    (dest / "usr/lib").mkdir(parents=True, exist_ok=True)
+    (dest / "usr/lib/os-release").write_text(f'ID=test\nVERSION_ID="{version}"\n')
+    (dest / "etc/os-release").symlink_to("../usr/lib/os-release")  # as Debian and OE do
+    by_pkg: Dict[str, List[Mig]] = {}
+    for m in migs:
+        path = dest / "etc/migration.d" / m.installed_name
+        path.write_text(m.text)
+        path.chmod(0o755)
+        by_pkg.setdefault(m.package, []).append(m)
+    for pkg, items in by_pkg.items():
+        entries = [(m.installed_name, sha(m.text), m.oneway) for m in items]
+        frag = manifest.fragment(pkg, f"{version}-r0", entries)
+        manifest.write_json_atomic(str(dest / "usr/share/migration/packages" / f"{pkg}.json"), frag)
+    manifest.generate(str(dest), compat_level=compat_level, upgrade_floor=upgrade_floor,
+                      data_markers=tuple(data_markers))  # fmt: skip
+    return dest
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def digest_of(image: Path) -> str:
+    return json.loads((image / "usr/share/migration/manifest.json").read_text())["digest"]
+
+
+class Device:
+    """The persistent data of one device (its /var), inside the tree of the image it runs."""
+
+    def __init__(self, image: Path, var: Optional[Dict[str, str]] = None) -> None:
+        self.root = image
+        (image / "var").mkdir()
+        for rel, text in (var or {}).items():
+            p = image / "var" / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(text)
+
+    @property
+    def state(self) -> Path:
+        return self.root / "var/lib/migration"
+
+    def move_to(self, image: Path) -> None:
+        """The reboot into another image: the same /var under the new root."""
+        if image != self.root:
+            os.rename(self.root / "var", image / "var")
+            self.root = image
+
+    def boot(self, image: Path) -> "subprocess.CompletedProcess[str]":
+        """Boot `image` on this device's data: what migration.service runs."""
+        self.move_to(image)
+        return migration(image, "--root", str(image), "run")
+
+    def stamp_exists(self) -> bool:
+        """ConditionPathExists=!/usr/share/migration/done would skip the unit (no process)."""
+        link = self.root / "usr/share/migration/done"
+        return (self.root / os.readlink(link).lstrip("/")).is_file()
+
+    def runs(self) -> List[str]:
+        p = self.root / RUNS
+        return p.read_text().splitlines() if p.exists() else []
+
+    def snapshot(self) -> Dict[str, Tuple[bytes, int]]:
+        """Every file of the data with its content and mtime (ns): to prove nothing changed."""
+        out = {}
+        for p in sorted((self.root / "var").rglob("*")):
+            if p.is_file() and not p.is_symlink():
+                out[str(p.relative_to(self.root))] = (p.read_bytes(), p.stat().st_mtime_ns)
+        return out
+
+
+def migration(image: Path, *args: str) -> "subprocess.CompletedProcess[str]":
+    """The image's own command (its wrapper finds its own package)."""
+    return subprocess.run([sys.executable, "-I", str(image / "usr/sbin/migration"), *args],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+
+
+def run_hook(
+    hook: str, device: Device, new: Path, extra_env: Optional[Dict[str, str]] = None,
+    args: Optional[List[str]] = None,
+) -> "subprocess.CompletedProcess[str]":
+    """Run the NEW image's copy of `hook` as its framework would, against `new` (its root,
+    mounted), with the running device's data root and state dir."""
+    path = new / HOOK_DIR / hook
+    env = {
+        "PATH": os.environ["PATH"],
+        "MIGRATION_DATA_ROOT": str(device.root),
+        "MIGRATION_STATE_DIR": str(device.state),
+    }
+    if hook == "rauc-hook.sh":
+        # RAUC's slot hook interface (docs/reference.rst, src/update_handler.c).
+        argv = args if args is not None else ["slot-post-install"]
+        env.update(
+            RAUC_SYSTEM_COMPATIBLE="meta-migration test", RAUC_SLOT_NAME="rootfs.1",
+            RAUC_SLOT_STATE="inactive", RAUC_SLOT_CLASS="rootfs", RAUC_SLOT_TYPE="ext4",
+            RAUC_SLOT_DEVICE="/dev/disk/by-partlabel/rootfs-b", RAUC_SLOT_BOOTNAME="B",
+            RAUC_SLOT_PARENT="", RAUC_SLOT_MOUNT_POINT=str(new),
+            RAUC_IMAGE_NAME="rootfs.ext4", RAUC_IMAGE_CLASS="rootfs",
+            RAUC_MOUNT_PREFIX="/run/mount/rauc",
+        )  # fmt: skip
+    elif hook == "swupdate-postinst.sh":
+        # A "shellscript": <script> postinst <data attribute>.
+        argv = args if args is not None else ["postinst", str(new)]
+    else:
+        # A Mender state script: no arguments.
+        argv = args if args is not None else []
+        env["MIGRATION_NEW_ROOT"] = str(new)
+    env.update(extra_env or {})
+    return subprocess.run([str(path), *argv], env=env, capture_output=True, text=True,
+                          check=False, cwd=str(new.parent))  # fmt: skip
+
+
+@pytest.fixture
+def v1_device(tmp_path: Path) -> Device:
+    """A device that booted image 1.0 (its migration applied) with application data."""
+    v1 = make_image(tmp_path / "v1", "1.0", V1)
+    device = Device(v1, {"lib/app/old.conf": "setting=1\n"})
+    res = device.boot(v1)
+    assert res.returncode == 0, res.stderr
+    assert device.runs() == ["10-base-init.sh boot 1"]
+    return device
+
+
+def test_the_three_hooks_share_one_common_part() -> None:
+    """The hooks are copied into bundles one by one, so each carries the common code: it must
+    not drift between them."""
+    parts = set()
+    for hook in HOOKS:
+        text = (SOURCES / hook).read_text()
+        m = re.search(r"^# --- common part.*?^# --- end of common part ---$", text, re.M | re.S)
+        assert m, hook
+        parts.add(m.group(0))
+    assert len(parts) == 1
+
+
+def test_hooks_are_installed_executable(tmp_path: Path) -> None:
+    install_runner(tmp_path)
+    installed = sorted(p.name for p in (tmp_path / HOOK_DIR).iterdir())
+    assert installed == sorted(HOOKS)
+    for hook in HOOKS:
+        path = tmp_path / HOOK_DIR / hook
+        assert path.stat().st_mode & 0o777 == 0o755
+        assert path.read_bytes() == (SOURCES / hook).read_bytes()
+    wipe = tmp_path / "etc/migration/incompatible.d/50-request-wipe"
+    assert wipe.stat().st_mode & 0o777 == 0o755
+
+
+def test_shellcheck_clean() -> None:
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
+    files = [str(SOURCES / h) for h in HOOKS] + [str(FILES / "hooks" / "request-wipe")]
+    res = subprocess.run(["shellcheck", "-s", "sh", *files], capture_output=True, text=True,
+                         check=False)  # fmt: skip
+    assert res.returncode == 0, res.stdout
+
+
+@needs_update_command
+@pytest.mark.parametrize("hook", HOOKS)
+def test_update_time_run_applies_the_new_migrations_and_the_boot_runs_nothing(
+    hook: str, v1_device: Device, tmp_path: Path
+) -> None:
+    device = v1_device
+    v2 = make_image(tmp_path / "v2", "2.0", V2)
+    res = run_hook(hook, device, v2)
+    assert res.returncode == 0, res.stderr
+    assert "the new image's migrations are applied" in res.stderr
+    # The new script ran once, at update time, against the live data, from the new root.
+    assert device.runs() == ["10-base-init.sh boot 1", "50-app-move.sh update 1"]
+    data = device.root / "var/lib/app"
+    assert (data / "new.conf").read_text() == "setting=1\n"
+    assert not (data / "old.conf").exists()
+    env = (data / "env-50-app-move.sh").read_text().splitlines()
+    assert env == [f"root={device.root}", f"image={v2}", f"cwd={device.root}"]
+    assert (device.state / "applied" / sha(MOVE)).is_file()
+    # Nothing written into the new root (signed content): no state, no bytecode.
+    assert not (v2 / "var").exists()
+    assert not list(v2.rglob("__pycache__"))
+    # The reboot into v2: the unit's condition already holds, and a run has nothing to do.
+    device.move_to(v2)
+    assert device.stamp_exists()
+    assert (device.state / "done" / digest_of(v2)).is_file()
+    res = device.boot(v2)
+    assert res.returncode == 0, res.stderr
+    assert device.runs() == ["10-base-init.sh boot 1", "50-app-move.sh update 1"]
+
+
+@needs_update_command
+@pytest.mark.parametrize("hook", HOOKS)
+def test_a_failing_update_time_migration_lets_the_update_go_on_and_the_boot_retries(
+    hook: str, v1_device: Device, tmp_path: Path
+) -> None:
+    device = v1_device
+    boot_only = Mig("app", "needs-system.sh", BOOT_ONLY, "60")
+    v2 = make_image(tmp_path / "v2", "2.0", [*V2, boot_only])
+    res = run_hook(hook, device, v2)
+    assert res.returncode == 0, res.stderr
+    assert "WARNING: not every migration of the new image could be applied now (exit 1" in (
+        res.stderr
+    )
+    assert "needs the new system running" in res.stderr
+    assert (device.state / "failed" / sha(BOOT_ONLY)).is_file()
+    assert not list((device.state / "done").iterdir())
+    device.move_to(v2)
+    assert not device.stamp_exists()  # the unit runs at the first boot of v2
+    res = device.boot(v2)
+    assert res.returncode == 0, res.stderr
+    assert device.runs()[1:] == [
+        "50-app-move.sh update 1", "60-app-needs-system.sh update 1",
+        "60-app-needs-system.sh boot 2",
+    ]  # fmt: skip
+    assert device.stamp_exists()
+
+
+@needs_update_command
+@pytest.mark.parametrize("hook", HOOKS)
+def test_a_refused_update_aborts_the_install_and_touches_nothing(
+    hook: str, v1_device: Device, tmp_path: Path
+) -> None:
+    """Exit 3 of the runner (here: the device's release 1.0 is below the new image's floor)
+    makes the hook fail, so the updater aborts the installation."""
+    device = v1_device
+    v3 = make_image(tmp_path / "v3", "3.0", [*V2, Mig("app", "v3.sh", recorder("v3"), "70")],
+                    upgrade_floor="2.0")  # fmt: skip
+    before = device.snapshot()
+    res = run_hook(hook, device, v3)
+    assert res.returncode == 1, res.stderr
+    assert "REFUSED: the new image cannot use this device's data" in res.stderr
+    assert "2.0" in res.stderr  # the runner's message names the floor
+    assert device.snapshot() == before
+
+
+@needs_update_command
+def test_downgrades_across_and_within_compatibility_levels(
+    v1_device: Device, tmp_path: Path
+) -> None:
+    """v1 -> v2 (one-way, level 1) -> v1 is refused; v2 -> v2.1 -> v2 (same level) goes on and
+    runs nothing."""
+    device = v1_device
+    oneway = Mig("app", "to-user.sh", recorder("to-user"), "80", oneway=1)
+    v2 = make_image(tmp_path / "v2", "2.0", [*V2, oneway])
+    v21 = make_image(tmp_path / "v21", "2.1", [*V2, oneway, Mig("app", "v21.sh",
+                     recorder("v21"), "85")])  # fmt: skip
+    v2_again = make_image(tmp_path / "v2-again", "2.0", [*V2, oneway])
+    v1_again = make_image(tmp_path / "v1-again", "1.0", V1)
+    assert run_hook("rauc-hook.sh", device, v2).returncode == 0
+    assert device.boot(v2).returncode == 0
+    assert run_hook("rauc-hook.sh", device, v21).returncode == 0
+    assert device.boot(v21).returncode == 0
+    runs = device.runs()
+    assert runs[-1] == "85-app-v21.sh update 1"
+    # Within the level: the downgrade installs, nothing runs, the boot starts no process.
+    res = run_hook("rauc-hook.sh", device, v2_again)
+    assert res.returncode == 0, res.stderr
+    device.move_to(v2_again)
+    assert device.stamp_exists()
+    assert device.boot(v2_again).returncode == 0
+    assert device.runs() == runs
+    # Across the one-way migration: refused, nothing touched.
+    before = device.snapshot()
+    res = run_hook("rauc-hook.sh", device, v1_again)
+    assert res.returncode == 1, res.stderr
+    assert "REFUSED" in res.stderr
+    assert device.snapshot() == before
+
+
+@needs_update_command
+def test_hook_arguments_of_other_calls(v1_device: Device, tmp_path: Path) -> None:
+    device = v1_device
+    v2 = make_image(tmp_path / "v2", "2.0", V2)
+    # RAUC: another slot class is not ours; another hook call is not handled (RAUC's example).
+    res = run_hook("rauc-hook.sh", device, v2, {"RAUC_SLOT_CLASS": "appfs"})
+    assert res.returncode == 0 and "not the root file system" in res.stderr
+    res = run_hook("rauc-hook.sh", device, v2, args=["install-check"])
+    assert res.returncode == 1 and "handles slot-post-install only" in res.stderr
+    # SWUpdate: preinst and postfailure do nothing; the "postinstall" type gets only the data.
+    for phase in ("preinst", "postfailure"):
+        assert run_hook("swupdate-postinst.sh", device, v2, args=[phase, str(v2)]).returncode == 0
+    assert device.runs() == ["10-base-init.sh boot 1"]
+    res = run_hook("swupdate-postinst.sh", device, v2, args=["postinst"])
+    assert res.returncode == 1 and "where is the new root?" in res.stderr
+    res = run_hook("swupdate-postinst.sh", device, v2, args=[str(v2)])
+    assert res.returncode == 0, res.stderr
+    assert device.runs()[-1] == "50-app-move.sh update 1"
+    # A new image without the runner: nothing to do.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    res = run_hook("rauc-hook.sh", device, v2, {"RAUC_SLOT_MOUNT_POINT": str(bare)})
+    assert res.returncode == 0 and "has no migration runner, nothing to do" in res.stderr
+
+
+@needs_update_command
+def test_mender_hook_finds_the_new_root_from_the_bootloader_environment(
+    v1_device: Device, tmp_path: Path
+) -> None:
+    """Without MIGRATION_NEW_ROOT: RootfsPartA/B from mender.conf, mender_boot_part from
+    fw_printenv, as Mender's rootfs-image module does (here the "partitions" are directories)."""
+    device = v1_device
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    v2 = make_image(parts / "rootfs3", "2.0", V2)
+    conf = tmp_path / "etc-mender"
+    conf.mkdir()
+    (conf / "mender.conf").write_text(json.dumps(
+        {"RootfsPartA": str(parts / "rootfs2"), "RootfsPartB": str(v2)}, indent=2))  # fmt: skip
+    fakebin = tmp_path / "bin"
+    fakebin.mkdir()
+    printenv = fakebin / "fw_printenv"
+    printenv.write_text('#!/bin/sh\n[ "$1" = mender_boot_part ] && echo mender_boot_part=3\n')
+    printenv.chmod(0o755)
+    env = {
+        "PATH": f"{fakebin}:{os.environ['PATH']}", "MENDER_CONF_DIR": str(conf),
+        "MENDER_DATASTORE_DIR": str(tmp_path / "nowhere"), "MIGRATION_NEW_ROOT": "",
+    }  # fmt: skip
+    res = run_hook("ArtifactInstall_Leave_50_migration", device, v2, env)
+    assert res.returncode == 0, res.stderr
+    assert device.runs()[-1] == "50-app-move.sh update 1"
+    # A boot partition that is neither A nor B: the update is aborted (exit 1, Mender's abort).
+    printenv.write_text('#!/bin/sh\necho mender_boot_part=5\n')
+    res = run_hook("ArtifactInstall_Leave_50_migration", device, v2, env)
+    assert res.returncode == 1 and "is neither" in res.stderr
+
+
+@needs_update_command
+def test_swupdate_hook_mounts_a_block_device_read_only(v1_device: Device, tmp_path: Path) -> None:
+    """The data attribute names the new root's partition: mounted read-only, unmounted after."""
+    device = v1_device
+    v2 = make_image(tmp_path / "v2", "2.0", V2)
+    img = tmp_path / "rootfs-b.ext4"
+    subprocess.run(["mkfs.ext4", "-q", "-d", str(v2), str(img), "64M"], check=True)
+    loop = subprocess.run(["losetup", "-f", "--show", str(img)], capture_output=True, text=True,
+                          check=False)  # fmt: skip
+    if loop.returncode != 0:
+        pytest.skip(f"no loop device here: {loop.stderr.strip()}")
+    dev = loop.stdout.strip()
+    try:
+        res = run_hook("swupdate-postinst.sh", device, v2, args=["postinst", dev],
+                       extra_env={"TMPDIR": str(tmp_path)})  # fmt: skip
+        mounts = Path("/proc/mounts").read_text()
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)
+    assert res.returncode == 0, res.stderr
+    assert device.runs()[-1] == "50-app-move.sh update 1"
+    env = (device.root / "var/lib/app/env-50-app-move.sh").read_text()
+    assert f"image={tmp_path}/migration-newroot." in env
+    assert dev not in mounts
+    assert not list(tmp_path.glob("migration-newroot.*"))
+
+
+# ------------------------------------------------------------------------------------------
+# The wipe-request hook
+
+
+WIPE = FILES / "hooks" / "request-wipe"
+
+
+def run_wipe(tmp_path: Path, **env: str) -> "subprocess.CompletedProcess[str]":
+    osr = tmp_path / "os-release"
+    osr.write_text('NAME="Test"\nVERSION_ID="1.0"\nBUILD_ID=20261125\n')
+    full = {"PATH": os.environ["PATH"], "MIGRATION_PHASE": "boot",
+            "MIGRATION_STATE_DIR": str(tmp_path / "state"), "MIGRATION_OS_RELEASE": str(osr),
+            **env}  # fmt: skip
+    return subprocess.run(["sh", "-e", str(WIPE)], env=full, capture_output=True, text=True,
+                          check=False)  # fmt: skip
+
+
+def test_request_wipe_writes_the_flag_with_verdict_image_and_message(tmp_path: Path) -> None:
+    (tmp_path / "state").mkdir()
+    msg = "state level 1 > image level 0:\nboot an image of level >= 1, or wipe the data"
+    res = run_wipe(tmp_path, MIGRATION_VERDICT="downgrade", MIGRATION_MESSAGE=msg)
+    assert res.returncode == 0, res.stderr
+    flag = tmp_path / "state/wipe-requested"
+    head, _, body = flag.read_text().partition("\n\n")
+    fields = dict(line.split("=", 1) for line in head.splitlines())
+    assert fields["verdict"] == "downgrade"
+    assert (fields["version_id"], fields["build_id"]) == ("1.0", "20261125")
+    assert float(fields["requested_uptime"]) > 0
+    assert body == msg + "\n"
+    assert "nothing was deleted" in res.stderr
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["wipe-requested"]
+
+
+def test_request_wipe_flag_path_and_verdicts_are_settings(tmp_path: Path) -> None:
+    flag = tmp_path / "data" / ".wipe"
+    res = run_wipe(tmp_path, MIGRATION_VERDICT="below-floor", MIGRATION_WIPE_FLAG=str(flag),
+                   MIGRATION_WIPE_VERDICTS="downgrade")  # fmt: skip
+    assert res.returncode == 0
+    assert "not in MIGRATION_WIPE_VERDICTS" in res.stderr
+    assert not flag.exists()
+    res = run_wipe(tmp_path, MIGRATION_VERDICT="below-floor", MIGRATION_WIPE_FLAG=str(flag))
+    assert res.returncode == 0
+    assert flag.read_text().startswith("verdict=below-floor\n")
+    res = run_wipe(tmp_path)
+    assert res.returncode == 1 and "MIGRATION_VERDICT is not set" in res.stderr
+
+
+@needs_update_command
+def test_a_refused_boot_runs_the_wipe_request_hook(tmp_path: Path) -> None:
+    """The boot phase: v1 boots on data a one-way migration of v2 converted; the runner refuses
+    (exit 3) and runs incompatible.d, where migration-wipe-request put the example."""
+    v1 = make_image(tmp_path / "v1", "1.0", V1)
+    oneway = Mig("app", "to-user.sh", recorder("to-user"), "80", oneway=1)
+    v2 = make_image(tmp_path / "v2", "2.0", [*V2, oneway])
+    device = Device(v2, {"lib/app/old.conf": "setting=1\n"})
+    assert device.boot(v2).returncode == 0
+    # The package migration-wipe-request in v1.
+    hook = v1 / "etc/migration/incompatible.d/50-request-wipe"
+    shutil.copy2(WIPE, hook)
+    hook.chmod(0o755)
+    before = device.snapshot()
+    runs = device.runs()
+    res = device.boot(v1)
+    assert res.returncode == 3, res.stderr
+    assert "hook 50-request-wipe" in res.stderr
+    flag = device.state / "wipe-requested"
+    text = flag.read_text()
+    assert text.startswith("verdict=downgrade\nversion_id=1.0\n")
+    assert device.runs() == runs
+    after = device.snapshot()
+    del after[str(flag.relative_to(device.root))]
+    assert after == before
