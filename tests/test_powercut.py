@@ -312,3 +312,194 @@ def test_durable_order_of_the_state_writes(tmp_path):
     assert len(stamp) == 1 and len(rec) == 1 and rec[0] < stamp[0]
     assert synced_after(rec[0], f"{state}/applied", stamp[0])
     assert os.listdir(device.state / "started") == []
+
+
+# -- issue 5: the compatibility level is raised durably before a one-way script starts --------
+
+ONEWAY_LEVEL = 2
+
+
+class OneWayDevice(Device):
+    """A Device whose script `oneway_index` is one-way (level 2) in the image manifest. With
+    `older`, the manifest is the one of an older image: without that script, level 1."""
+
+    def __init__(self, base, oneway_index=10):
+        super().__init__(base)
+        self.oneway = self.names[oneway_index]
+        self.manifest = base / "manifest.json"
+        self.old_manifest = base / "old-manifest.json"
+        self.old_scripts = base / "old-migration.d"
+
+    def write_manifests(self):
+        """The new image's manifest of every script, and an older image's (a copy of the
+        scripts dir without the one-way script, level 1)."""
+        import hashlib
+
+        from migration import manifest as manifest_mod
+
+        def write(path, scripts_dir, oneway, level):
+            migrations = []
+            for p in sorted(scripts_dir.iterdir()):
+                m = {"name": p.name, "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+                     "package": "p", "version": "1"}
+                if p.name == oneway:
+                    m["oneway"] = ONEWAY_LEVEL
+                migrations.append(m)
+            path.write_text(json.dumps({"format": 1, "digest": manifest_mod.digest(migrations),
+                                        "compat_level": level, "migrations": migrations}))
+
+        write(self.manifest, self.scripts, self.oneway, ONEWAY_LEVEL)
+        import shutil
+
+        shutil.rmtree(self.old_scripts, ignore_errors=True)
+        shutil.copytree(self.scripts, self.old_scripts)
+        (self.old_scripts / self.oneway).unlink()
+        write(self.old_manifest, self.old_scripts, None, 1)
+
+    def start(self, older=False, capture=False):
+        env = dict(os.environ, PYTHONPATH=LIB)
+        scripts, manifest = ((self.old_scripts, self.old_manifest) if older
+                             else (self.scripts, self.manifest))
+        argv = [sys.executable, "-S", "-m", "migration", "--scripts-dir", str(scripts),
+                "--state-dir", str(self.state), "--manifest", str(manifest),
+                "run", "--lock-wait", "5"]
+        return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE if capture else subprocess.DEVNULL,
+                                text=True, start_new_session=True)
+
+    def level(self):
+        path = self.state / "state.json"
+        return json.loads(path.read_text()).get("compat_level", 0) if path.exists() else 0
+
+    def oneway_began(self):
+        return any(e[:2] == ["begin", self.oneway] for e in self.executions())
+
+    def older_image_refuses(self):
+        """The older image's run: exit 3, with the state dir unchanged byte for byte."""
+        before = _tree(self.state)
+        proc = self.start(older=True, capture=True)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 3, err
+        assert "incompatible downgrade" in err
+        assert _tree(self.state) == before
+
+
+def _tree(path):
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            data = b""
+            if os.path.isfile(p):
+                with open(p, "rb") as f:
+                    data = f.read()
+            out[p] = (st.st_mode, st.st_mtime_ns, data)
+    return out
+
+
+def test_cut_inside_a_one_way_script_leaves_the_level_raised_and_no_stamp(tmp_path):
+    device = OneWayDevice(tmp_path)
+    flag = tmp_path / "cut-done"
+    path = device.scripts / device.oneway
+    path.write_text(path.read_text().replace(
+        "mkdir -p", f"if [ ! -e {flag} ]; then touch {flag}; kill -KILL $PPID $$; fi\nmkdir -p"
+    ))
+    device.write_manifests()
+    # the older image ran first: its stamp exists
+    proc = device.start(older=True)
+    assert proc.wait(60) == 0
+    assert len(os.listdir(device.state / "done")) == 1
+    assert device.level() == 0
+    # the new image's run is cut inside its one-way script
+    proc = device.start()
+    assert proc.wait(60) == -signal.SIGKILL
+    device.invocations.append((proc.pid, set(), True))
+    assert device.level() == ONEWAY_LEVEL
+    assert os.listdir(device.state / "done") == []  # removed before the first script
+    (note,) = os.listdir(device.state / "started")
+    assert json.loads((device.state / "started" / note).read_text())["oneway"] == ONEWAY_LEVEL
+    # the older image would now find converted data: refused, nothing touched
+    device.older_image_refuses()
+    # the new image finishes the job
+    proc = device.start()
+    assert proc.wait(60) == 0
+    assert device.level() == ONEWAY_LEVEL
+    assert len(os.listdir(device.state / "done")) == 1
+    begins = [e[1] for e in device.executions() if e[0] == "begin"]
+    assert begins.count(device.oneway) == 2
+    device.older_image_refuses()
+
+
+def test_cuts_around_the_one_way_script(tmp_path):
+    """Cut runs at spread-out points: whenever the one-way script has begun, the level is
+    raised; a stamp exists only after a complete run; the older image refuses exactly when the
+    level was raised; the final run completes with every script applied once."""
+    calib = OneWayDevice(tmp_path / "calibration")
+    calib.write_manifests()
+    t0 = time.monotonic()
+    assert calib.run() == 0
+    full = time.monotonic() - t0
+    began = not_begun = 0
+    for scenario in range(SCENARIOS):
+        device = OneWayDevice(tmp_path / f"device{scenario}")
+        device.write_manifests()
+        rc = device.run(kill_after=full * (scenario + 0.5) / SCENARIOS)
+        killed = device.invocations[-1][2]
+        if device.oneway_began():
+            began += killed
+            assert device.level() == ONEWAY_LEVEL
+        else:
+            not_begun += killed
+        done = device.state / "done"
+        if done.exists() and os.listdir(done):
+            assert not killed and rc == 0
+            assert len(device.applied_names()) == N_SCRIPTS
+        if device.level() == ONEWAY_LEVEL:
+            device.older_image_refuses()
+        assert device.run() == 0
+        check(device)
+        assert device.level() == ONEWAY_LEVEL
+    assert began and not_begun, (began, not_begun)  # cuts landed on both sides of it
+
+
+def test_durable_order_of_the_level_and_the_stamps(tmp_path):
+    """Traced: the done stamps are removed durably before the first script starts; state.json
+    with the raised level is durable before the one-way script's started note and start; at the
+    end, state.json with applied_image is durable before the done stamp is written."""
+    device = OneWayDevice(tmp_path)
+    device.write_manifests()
+    proc = device.start(older=True)  # leaves a stamp of the older image
+    assert proc.wait(60) == 0
+    (old_stamp,) = os.listdir(device.state / "done")
+    code = TRACER.format(lib=LIB, scripts=str(device.scripts), state=str(device.state),
+                         manifest=str(device.manifest))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    rc, events = json.loads(out.stdout)
+    events = [tuple(e) for e in events]
+    assert rc == 0
+    state = str(device.state)
+    meta = f"{state}/state.json"
+
+    def synced_between(path, start, end):
+        return any(e == ("fsync", path) for e in events[start + 1:end])
+
+    execs = [i for i, e in enumerate(events) if e[0] == "exec"]
+    first_exec = execs[0]
+    unlink = events.index(("unlink", f"{state}/done/{old_stamp}"))
+    assert unlink < first_exec and synced_between(f"{state}/done", unlink, first_exec)
+    oneway_exec = next(i for i in execs if events[i][1].endswith("/" + device.oneway))
+    oneway_note = [i for i, e in enumerate(events) if e[0] == "rename"
+                   and e[2].startswith(f"{state}/started/") and i < oneway_exec][-1]
+    meta_writes = [i for i, e in enumerate(events) if e[0] == "rename" and e[2] == meta]
+    # the image is noted before the first script, the level raised before the one-way one
+    assert meta_writes[0] < first_exec and synced_between(state, meta_writes[0], first_exec)
+    raise_at = [i for i in meta_writes if i < oneway_note][-1]
+    assert synced_between(state, raise_at, oneway_note)
+    stamp = [i for i, e in enumerate(events) if e[0] == "rename" and "/done/" in e[2]]
+    assert len(stamp) == 1
+    last_meta = meta_writes[-1]
+    assert last_meta < stamp[0] and synced_between(state, last_meta, stamp[0])
+    final = json.loads((device.state / "state.json").read_text())
+    assert final["compat_level"] == ONEWAY_LEVEL and "applied_image" in final
