@@ -17,7 +17,7 @@
 #     /etc/migration.d/50-foo-move-foo-data.sh, mode 0755. The runner applies scripts in
 #     byte-wise order of these names: by MIGRATION_PRIORITY, then package, then script name;
 #   - ${datadir}/migration/packages/<package>.json: the package's fragment of the image manifest
-#     (installed name and sha256 of each script, package version PV-PR);
+#     (installed name and sha256 of each script, its one-way level if any, package version PV-PR);
 #   - FILES:<package> for all of these, and RDEPENDS:<package> on the runner (MIGRATION_RUNNER)
 #     and on the script's interpreter (bash for a bash script, python3 for a python one; see
 #     MIGRATION_INTERPRETER_RDEPENDS);
@@ -49,9 +49,25 @@
 #                              Requires= and After= on migration-gate@<pkg>.service. Ignored when
 #                              DISTRO_FEATURES lacks systemd. Default: empty.
 #                              Example: MIGRATION_BEFORE = "foo.service"
+#   MIGRATION_ONEWAY[:<pkg>]   Scripts (names from MIGRATION_SCRIPTS) whose change of the data
+#                              an older release cannot read: a device that ran one must not
+#                              boot an image below its compatibility level (the runner refuses
+#                              such a downgrade before touching anything). Each entry is NAME or
+#                              NAME:LEVEL; LEVEL, a whole number >= 1, defaults to
+#                              ${MIGRATION_COMPAT_LEVEL}. MIGRATION_ONEWAY applies to the
+#                              packages without a MIGRATION_ONEWAY:<pkg> of their own. The
+#                              package fragment records "oneway": LEVEL for these scripts.
+#                              Default: empty.
+#                              Example: MIGRATION_ONEWAY = "02-convert-db.py:3"
 #
 # Variables a distro or local.conf may set:
 #
+#   MIGRATION_COMPAT_LEVEL     The distro's current compatibility level: the default LEVEL of
+#                              MIGRATION_ONEWAY entries (0 is no valid level, so with the
+#                              default every one-way script must pin NAME:LEVEL), and the
+#                              image's minimum level (migration_image.bbclass). Raise it when a
+#                              release makes data unreadable for older ones. Default: 0.
+#                              Example: MIGRATION_COMPAT_LEVEL = "2"
 #   MIGRATION_RUNNER           Package(s) that run the scripts. Default: migration.
 #   MIGRATION_SHELLCHECK       "auto": run ShellCheck on shell scripts when `shellcheck` is in
 #                              the task PATH (BitBake tasks see host tools only through
@@ -75,6 +91,9 @@
 #   migration-crlf        CRLF line endings
 #   migration-name        an installed name the runner skips or refuses
 #   migration-duplicate   two scripts of the recipe with one installed name
+#   migration-oneway      a MIGRATION_ONEWAY entry names no script of MIGRATION_SCRIPTS, or
+#                         its level is not a whole number >= 1 (set MIGRATION_COMPAT_LEVEL in
+#                         the distro or pin NAME:LEVEL)
 #   migration-manifest    (image) the image manifest cannot be made, e.g. two packages ship one
 #                         name; the message names both
 # The same checks run on any host with `migration lint FILE...` (python3 -m migration from the
@@ -83,8 +102,9 @@
 # Misconfiguration (a priority that is not two digits, a MIGRATION_BEFORE entry that is not a
 # unit name) stops parsing with the recipe file, the variable and the fix.
 #
-# Extending a default: MIGRATION_PRIORITY, MIGRATION_RUNNER and MIGRATION_SHELLCHECK are weak
-# defaults (??=), so `+=` on them drops the default; use `:append = " y"` or `:remove`.
+# Extending a default: MIGRATION_PRIORITY, MIGRATION_RUNNER, MIGRATION_SHELLCHECK and
+# MIGRATION_COMPAT_LEVEL are weak defaults (??=), so `+=` on them drops the default; use
+# `:append = " y"` or `:remove`.
 
 MIGRATION_SCRIPTS ?= ""
 MIGRATION_SCRIPTS[doc] = "Migration scripts (paths relative to UNPACKDIR) shipped by MIGRATION_PACKAGE; MIGRATION_SCRIPTS:<pkg> per package."
@@ -103,6 +123,12 @@ MIGRATION_PRIORITY[doc] = "Two digits (00 first, 99 last) that order a package's
 MIGRATION_BEFORE ?= ""
 MIGRATION_BEFORE[doc] = "systemd units that start only after this package's migrations are applied (gating drop-in); MIGRATION_BEFORE:<pkg> per package."
 
+MIGRATION_ONEWAY ?= ""
+MIGRATION_ONEWAY[doc] = "One-way scripts (NAME or NAME:LEVEL, names from MIGRATION_SCRIPTS): older releases cannot read the data they leave; LEVEL >= 1 defaults to MIGRATION_COMPAT_LEVEL. MIGRATION_ONEWAY:<pkg> per package."
+
+MIGRATION_COMPAT_LEVEL ??= "0"
+MIGRATION_COMPAT_LEVEL[doc] = "Compatibility level of the distro (whole number): the default level of MIGRATION_ONEWAY entries and the image's minimum level; raise it when a release's data is unreadable for older ones."
+
 MIGRATION_RUNNER ??= "migration"
 MIGRATION_RUNNER[doc] = "Package that runs the migration scripts; every migration package depends on it at run time."
 
@@ -116,7 +142,7 @@ MIGRATION_INTERPRETER_RDEPENDS[bash] ?= "bash"
 MIGRATION_INTERPRETER_RDEPENDS[python3] ?= "python3"
 MIGRATION_INTERPRETER_RDEPENDS[python] ?= "python3"
 
-ERROR_QA:append = " migration-missing migration-empty migration-shebang migration-errexit migration-syntax migration-shellcheck migration-crlf migration-name migration-duplicate"
+ERROR_QA:append = " migration-missing migration-empty migration-shebang migration-errexit migration-syntax migration-shellcheck migration-crlf migration-name migration-duplicate migration-oneway"
 
 # Parse time, like systemd.bbclass: FILES and RDEPENDS depend on the scripts listed.
 # nooelint: oelint.task.noanonpython
@@ -128,7 +154,7 @@ python do_migration_lint() {
     migration.bitbake.lint_task(d)
 }
 do_migration_lint[doc] = "Checks the migration scripts (MIGRATION_SCRIPTS) and reports each problem as a migration-* QA issue."
-do_migration_lint[vardeps] += "MIGRATION_SCRIPTS MIGRATION_PRIORITY MIGRATION_BEFORE MIGRATION_SHELLCHECK"
+do_migration_lint[vardeps] += "MIGRATION_SCRIPTS MIGRATION_PRIORITY MIGRATION_BEFORE MIGRATION_ONEWAY MIGRATION_SHELLCHECK"
 do_migration_lint[file-checksums] += "${MIGRATION_LAYERDIR}/lib/migration/lint.py:True ${MIGRATION_LAYERDIR}/lib/migration/scripts.py:True"
 addtask migration_lint after do_unpack before do_install do_package
 
@@ -136,7 +162,7 @@ python migration_install() {
     migration.bitbake.install(d)
 }
 migration_install[doc] = "Installs the migration scripts, gating drop-ins and manifest fragments into D (a do_install postfunc)."
-migration_install[vardeps] += "MIGRATION_SCRIPTS MIGRATION_PRIORITY MIGRATION_BEFORE"
+migration_install[vardeps] += "MIGRATION_SCRIPTS MIGRATION_PRIORITY MIGRATION_BEFORE MIGRATION_ONEWAY"
 do_install[postfuncs] += "migration_install"
 
 # A package installed on a running target (package manager, not rootfs time) refreshes the image

@@ -9,7 +9,8 @@
 # migration.manifest.generate() on IMAGE_ROOTFS: from the package fragments in
 # ${datadir}/migration/packages/ and the files really in ${sysconfdir}/migration.d it writes
 # ${datadir}/migration/manifest.json (name, sha256, package and package version of every script,
-# and a digest of the whole set) and the symlink ${datadir}/migration/done that lets the boot
+# its one-way level, the image's compatibility level, upgrade floor and data markers, and a digest
+# of the whole set) and the symlink ${datadir}/migration/done that lets the boot
 # unit skip a fully applied image without starting a process. The runner refuses scripts whose
 # content differs from the manifest.
 #
@@ -18,12 +19,49 @@
 #
 # Images without migrations (neither directory present) are left as they are, and nothing here
 # adds the runner to an image: packages of recipes that inherit migration depend on it.
+#
+# Variables (image recipe, distro or local.conf); the manifest carries them to the runner, which
+# checks them against the device's state before it runs anything:
+#
+#   MIGRATION_COMPAT_LEVEL   The image's compatibility level is the highest of this and of the
+#                            one-way levels of its migrations (MIGRATION_ONEWAY). A device whose
+#                            state holds a higher level (it ran a one-way migration of a newer
+#                            release) refuses to run this image's migrations: an incompatible
+#                            downgrade. A whole number >= 0. Default: 0.
+#                            Example: MIGRATION_COMPAT_LEVEL = "2"
+#   MIGRATION_UPGRADE_FLOOR  The oldest release (os-release VERSION_ID, compared like dpkg
+#                            versions) this image can upgrade from, when it no longer ships the
+#                            migrations older releases need. A device whose state says it last
+#                            ran an older release is refused (an intermediate release or a data
+#                            wipe is needed). The image's own VERSION_ID (IMAGE_ROOTFS
+#                            /etc/os-release or /usr/lib/os-release) must exist and be at least
+#                            the floor. Default: empty (no floor).
+#                            Example: MIGRATION_UPGRADE_FLOOR = "3.0"
+#   MIGRATION_DATA_MARKERS   Absolute paths whose existence on a device shows that it holds
+#                            data although it has no migration state yet (it was written by a
+#                            release older than meta-migration). With a floor set, such a device
+#                            is refused; without any marker present, it is a fresh device and
+#                            every migration runs. Default: empty.
+#                            Example: MIGRATION_DATA_MARKERS = "/var/lib/foo /etc/foo.conf"
+#
+# QA issue migration-manifest (ERROR_QA) also covers an invalid MIGRATION_COMPAT_LEVEL, floor or
+# marker, and a floor newer than the image's VERSION_ID or an image without VERSION_ID.
 
 ERROR_QA:append = " migration-manifest"
+
+MIGRATION_COMPAT_LEVEL ??= "0"
+MIGRATION_COMPAT_LEVEL[doc] = "Compatibility level of the distro (whole number): the default level of MIGRATION_ONEWAY entries and the image's minimum level; raise it when a release's data is unreadable for older ones."
+
+MIGRATION_UPGRADE_FLOOR ??= ""
+MIGRATION_UPGRADE_FLOOR[doc] = "Oldest release (os-release VERSION_ID) the image can upgrade from; devices whose state records an older one are refused. Empty: no floor."
+
+MIGRATION_DATA_MARKERS ??= ""
+MIGRATION_DATA_MARKERS[doc] = "Absolute paths that show a device holds data written before meta-migration (no migration state yet); with MIGRATION_UPGRADE_FLOOR set, such a device is refused."
 
 python migration_image_manifest() {
     migration.bitbake.image_manifest(d)
 }
 migration_image_manifest[doc] = "Writes the image's migration manifest from the installed fragments and scripts."
+migration_image_manifest[vardeps] += "MIGRATION_COMPAT_LEVEL MIGRATION_UPGRADE_FLOOR MIGRATION_DATA_MARKERS"
 
 ROOTFS_POSTPROCESS_COMMAND += "migration_image_manifest"

@@ -9,11 +9,11 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import List
+from typing import List, Optional, Tuple
 
 import pytest
 
-from migration import lint
+from migration import compat, lint
 
 GOOD_SH = b"#!/bin/sh\nset -eu\nmkdir -p /var/lib/foo\n"
 GOOD_BASH = b'#!/bin/bash\nset -euo pipefail\nfor i in {1..3}; do echo "$i"; done\n'
@@ -201,6 +201,13 @@ def test_qa_names_cover_every_check() -> None:
     }
 
 
+def test_every_check_is_an_error_by_default_in_the_class() -> None:
+    # A QA name missing from ERROR_QA (and WARN_QA) is silently ignored by oe.qa.handle_error.
+    bbclass = (Path(__file__).resolve().parent.parent / "classes/migration.bbclass").read_text()
+    (line,) = [x for x in bbclass.splitlines() if x.startswith("ERROR_QA:append")]
+    assert set(line.split('"')[1].split()) == {f"migration-{c}" for c in lint.CHECKS}
+
+
 # `migration lint FILE...`: the command line authors run before building.
 
 
@@ -253,3 +260,136 @@ def test_cli_duplicates_across_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize("args", [(), ("/nonexistent/x.sh",), ("--priority", "7", "x.sh")])
 def test_cli_usage_errors_exit_2(args: tuple) -> None:
     assert run_lint(*args).returncode == 2
+
+
+# MIGRATION_ONEWAY (migration.bbclass): which scripts are one-way, at which level.
+
+
+def oneway(
+    scripts: dict, default: str = "", own: Optional[dict] = None, level: str = "0"
+) -> Tuple[dict, List[Tuple[str, str, str]]]:
+    levels, findings = lint.resolve_oneway(scripts, default, own or {}, level)
+    return levels, [(pkg, f.name, str(f)) for pkg, f in findings]
+
+
+def test_oneway_pinned_and_default_levels() -> None:
+    levels, findings = oneway({"foo": ["a.sh", "b.sh", "c.py"]}, "a.sh:2 c.py", level="3")
+    assert findings == []
+    assert levels == {"foo": {"a.sh": 2, "c.py": 3}}
+
+
+def test_oneway_nothing_set() -> None:
+    assert oneway({"foo": ["a.sh"]}) == ({"foo": {}}, [])
+
+
+def test_oneway_without_level_needs_compat_level() -> None:
+    levels, findings = oneway({"foo": ["a.sh"]}, "a.sh", level="0")
+    assert levels == {"foo": {}}
+    assert findings == [
+        (
+            "foo",
+            "a.sh",
+            "a.sh: one-way (MIGRATION_ONEWAY) without a level of its own, and "
+            "MIGRATION_COMPAT_LEVEL = '0' is not a whole number >= 1: set MIGRATION_COMPAT_LEVEL "
+            "in the distro or pin a.sh:LEVEL [migration-oneway]",
+        )
+    ]
+
+
+@pytest.mark.parametrize("pinned", ["0", "x", "", "-1", "1.5", "²"])
+def test_oneway_pinned_level_must_be_a_whole_number_from_1(pinned: str) -> None:
+    levels, findings = oneway({"foo": ["a.sh"]}, f"a.sh:{pinned}", level="5")
+    assert levels == {"foo": {}}
+    assert findings == [
+        (
+            "foo",
+            "a.sh",
+            f"a.sh: one-way level {pinned!r} in MIGRATION_ONEWAY is not a whole number >= 1: "
+            "pin a.sh:LEVEL with LEVEL 1 or more [migration-oneway]",
+        )
+    ]
+
+
+def test_oneway_name_not_in_scripts() -> None:
+    levels, findings = oneway({"foo": ["a.sh"]}, "b.sh:1 a.sh:1")
+    assert levels == {"foo": {"a.sh": 1}}
+    assert findings == [
+        (
+            "foo",
+            "b.sh",
+            "b.sh: named in MIGRATION_ONEWAY but not in MIGRATION_SCRIPTS of package foo (a.sh): "
+            "a one-way script must be one of them [migration-oneway]",
+        )
+    ]
+
+
+def test_oneway_two_levels_for_one_script() -> None:
+    levels, findings = oneway({"foo": ["a.sh"]}, "a.sh:1 a.sh:2")
+    assert levels == {"foo": {"a.sh": 1}}
+    assert [f[2] for f in findings] == [
+        "a.sh: MIGRATION_ONEWAY gives it two levels, 1 and 2: keep one [migration-oneway]"
+    ]
+    # The same level twice (an :append repeated) is harmless.
+    assert oneway({"foo": ["a.sh"]}, "a.sh:1 a.sh:1") == ({"foo": {"a.sh": 1}}, [])
+
+
+def test_oneway_per_package() -> None:
+    scripts = {"foo": ["a.sh"], "foo-tools": ["t.sh"], "foo-extra": ["e.sh"]}
+    # MIGRATION_ONEWAY applies to the packages without their own; each name to its package.
+    levels, findings = oneway(scripts, "a.sh e.sh:4", {"foo-tools": "t.sh:2"}, level="1")
+    assert findings == []
+    assert levels == {"foo": {"a.sh": 1}, "foo-tools": {"t.sh": 2}, "foo-extra": {"e.sh": 4}}
+    # A package's own value names only its own scripts.
+    _, findings = oneway(scripts, "", {"foo-tools": "a.sh:1"})
+    assert [f[:2] for f in findings] == [("foo-tools", "a.sh")]
+    assert "not in MIGRATION_SCRIPTS of package foo-tools (t.sh)" in findings[0][2]
+    assert "MIGRATION_ONEWAY:foo-tools" in findings[0][2]
+    # MIGRATION_ONEWAY naming a script of a package that has its own value.
+    _, findings = oneway(scripts, "t.sh:1", {"foo-tools": "t.sh:2"})
+    assert [f[:2] for f in findings] == [("foo", "t.sh")]
+    assert "not in MIGRATION_SCRIPTS of packages foo foo-extra (a.sh e.sh)" in findings[0][2]
+
+
+@pytest.mark.parametrize(
+    ("text", "level"), [("", 0), ("0", 0), ("3", 3), ("12", 12), ("x", None), ("-1", None)]
+)
+def test_image_compat_level(text: str, level: Optional[int]) -> None:
+    value, problem = lint.image_compat_level(text)
+    if level is None:
+        assert value == 0
+        assert problem == f"MIGRATION_COMPAT_LEVEL = {text!r} is not a whole number >= 0 " + (
+            "(the highest one-way level of the image's releases; 0: none)"
+        )
+    else:
+        assert (value, problem) == (level, None)
+
+
+@pytest.mark.parametrize(
+    ("floor", "version", "ok"),
+    [
+        ("", None, True),
+        ("", "1.0", True),
+        ("2.0", "2.0", True),
+        ("2.0", "2.1", True),
+        ("2.0", "10.0", True),
+        ("2.0", "2.0~rc1", False),
+        ("2.0", "1.9", False),
+    ],
+)
+def test_floor_against_image_version(floor: str, version: Optional[str], ok: bool) -> None:
+    problem = lint.floor_problem(floor, version, compat.compare_versions)
+    if ok:
+        assert problem is None
+    else:
+        assert problem == (
+            f"MIGRATION_UPGRADE_FLOOR = {floor!r} is newer than the image's own version "
+            f"(os-release VERSION_ID {version!r}): no device could upgrade to this image; set the "
+            "floor to this release or an older one"
+        )
+
+
+def test_floor_needs_a_version_id() -> None:
+    problem = lint.floor_problem("2.0", None, compat.compare_versions)
+    assert problem is not None
+    assert problem.startswith("MIGRATION_UPGRADE_FLOOR = '2.0', but the image's os-release ")
+    assert "has no VERSION_ID" in problem

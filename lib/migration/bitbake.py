@@ -21,7 +21,12 @@ import typing
 
 from . import lint
 
-PER_PACKAGE_VARS = ("MIGRATION_SCRIPTS", "MIGRATION_PRIORITY", "MIGRATION_BEFORE")
+PER_PACKAGE_VARS = (
+    "MIGRATION_SCRIPTS",
+    "MIGRATION_PRIORITY",
+    "MIGRATION_BEFORE",
+    "MIGRATION_ONEWAY",
+)
 """Variables read per package (``VAR:<pkg>``, falling back to ``VAR``)."""
 
 UNIT_RE = re.compile(
@@ -66,6 +71,26 @@ def package_configs(d: typing.Any) -> typing.List[PackageConfig]:
             )
         )
     return configs
+
+
+def oneway_levels(
+    d: typing.Any, configs: typing.List[PackageConfig]
+) -> typing.Tuple[
+    typing.Dict[str, typing.Dict[str, int]], typing.List[typing.Tuple[str, "lint.Finding"]]
+]:
+    """One-way level per package and script (MIGRATION_ONEWAY[:<pkg>], levels defaulting to
+    MIGRATION_COMPAT_LEVEL) and the findings of those settings: :func:`lint.resolve_oneway`."""
+    own = {}
+    for cfg in configs:
+        value = (d.getVar("MIGRATION_ONEWAY:" + cfg.package) or "").strip()
+        if value:
+            own[cfg.package] = value
+    return lint.resolve_oneway(
+        {cfg.package: cfg.scripts for cfg in configs},
+        d.getVar("MIGRATION_ONEWAY") or "",
+        own,
+        d.getVar("MIGRATION_COMPAT_LEVEL") or "",
+    )
 
 
 def is_inert(d: typing.Any) -> bool:
@@ -131,11 +156,18 @@ def setup(d: typing.Any) -> None:
     datadir = d.getVar("datadir")
     unitdir = d.getVar("systemd_system_unitdir")
     packages = (d.getVar("PACKAGES") or "").split()
+    configs = package_configs(d)
+    oneway = bool((d.getVar("MIGRATION_ONEWAY") or "").strip())
     for pkg in pkgs:
         names = " ".join(f"{var}:{pkg}" for var in PER_PACKAGE_VARS)
+        oneway = oneway or bool((d.getVar("MIGRATION_ONEWAY:" + pkg) or "").strip())
         for task in ("do_migration_lint", "migration_install"):
             d.appendVarFlag(task, "vardeps", " " + names)
-    configs = package_configs(d)
+    if oneway:
+        # Only recipes with one-way scripts depend on the distro's level: raising it rebuilds
+        # them, not every recipe that ships a migration.
+        for task in ("do_migration_lint", "migration_install"):
+            d.appendVarFlag(task, "vardeps", " MIGRATION_COMPAT_LEVEL")
     if not configs:
         import bb
 
@@ -220,6 +252,7 @@ def _report(d: typing.Any, finding: lint.Finding, pkg: str) -> None:
         "crlf": lambda: oe.qa.handle_error("migration-crlf", msg, d),
         "name": lambda: oe.qa.handle_error("migration-name", msg, d),
         "duplicate": lambda: oe.qa.handle_error("migration-duplicate", msg, d),
+        "oneway": lambda: oe.qa.handle_error("migration-oneway", msg, d),
     }
     handlers[finding.check]()
 
@@ -251,7 +284,10 @@ def lint_task(d: typing.Any) -> None:
     srcdir = source_dir(d)
     shellcheck = shellcheck_binary(d)
     origins: typing.List[typing.Tuple[str, str]] = []
-    for cfg in package_configs(d):
+    configs = package_configs(d)
+    for pkg, finding in oneway_levels(d, configs)[1]:
+        _report(d, finding, pkg)
+    for cfg in configs:
         for script, inst in cfg.installed():
             origins.append((inst, f"package {cfg.package} script {script}"))
             path = os.path.join(srcdir, script)
@@ -292,8 +328,12 @@ def install(d: typing.Any) -> None:
     srcdir = source_dir(d)
     scriptsdir = dest + d.getVar("sysconfdir") + "/migration.d"
     version = "{}-{}".format(d.getVar("PV"), d.getVar("PR"))
-    for cfg in package_configs(d):
-        entries: typing.List[typing.Dict[str, str]] = []
+    configs = package_configs(d)
+    # Invalid MIGRATION_ONEWAY entries failed do_migration_lint (or were turned into warnings
+    # there): the scripts they name are installed as not one-way.
+    oneway = oneway_levels(d, configs)[0]
+    for cfg in configs:
+        entries: typing.List[typing.Dict[str, typing.Any]] = []
         for script, inst in cfg.installed():
             src = os.path.join(srcdir, script)
             if not os.path.isfile(src):
@@ -305,7 +345,14 @@ def install(d: typing.Any) -> None:
             target = os.path.join(scriptsdir, inst)
             shutil.copyfile(src, target)
             os.chmod(target, 0o755)
-            entries.append({"name": inst, "sha256": scripts.sha256_file(target)})
+            entry: typing.Dict[str, typing.Any] = {
+                "name": inst,
+                "sha256": scripts.sha256_file(target),
+            }
+            level = oneway.get(cfg.package, {}).get(script)
+            if level:
+                entry["oneway"] = level
+            entries.append(entry)
         if cfg.before and _systemd(d):
             for unit in cfg.before:
                 dropin = os.path.join(
@@ -343,13 +390,35 @@ def image_manifest(d: typing.Any) -> None:
     if not os.path.isdir(fragments) and not os.path.isdir(scriptsdir):
         bb.debug(1, "migration: no migrations in this image, no manifest")
         return
-    try:
-        result = manifest.generate(root)
-    except ManifestError as e:
-        oe.qa.handle_error(
-            "migration-manifest", "{}: image manifest: {}".format(d.getVar("PN"), e), d
-        )
+    pn = d.getVar("PN")
+    compat_level, problem = lint.image_compat_level(
+        (d.getVar("MIGRATION_COMPAT_LEVEL") or "").strip()
+    )
+    floor = (d.getVar("MIGRATION_UPGRADE_FLOOR") or "").strip()
+    markers = tuple((d.getVar("MIGRATION_DATA_MARKERS") or "").split())
+    if problem:
+        oe.qa.handle_error("migration-manifest", f"{pn}: image manifest: {problem}", d)
         oe.qa.exit_if_errors(d)
         return
+    try:
+        result = manifest.generate(
+            root, compat_level=compat_level, upgrade_floor=floor, data_markers=markers
+        )
+    except ManifestError as e:
+        oe.qa.handle_error("migration-manifest", f"{pn}: image manifest: {e}", d)
+        oe.qa.exit_if_errors(d)
+        return
+    if floor:
+        from . import compat, state
+
+        version_id = state.read_os_release(root).get("version_id")
+        problem = lint.floor_problem(floor, version_id, compat.compare_versions)
+        if problem:
+            oe.qa.handle_error("migration-manifest", f"{pn}: image manifest: {problem}", d)
+            oe.qa.exit_if_errors(d)
+            return
     count = len(result.get("migrations", []))
-    bb.note(f"migration: image manifest with {count} migrations, digest {result.get('digest')}")
+    bb.note(
+        f"migration: image manifest with {count} migrations, compatibility level "
+        f"{result.get('compat_level', compat_level)}, digest {result.get('digest')}"
+    )

@@ -20,6 +20,8 @@ Checks (the ``check`` field of a :class:`Finding`, also the suffix of the QA nam
                 (:func:`.scripts.invalid_name_reason`, :func:`.scripts.is_ignored`)
 ``duplicate``   two scripts with the same installed name in one set
 ``missing``     a listed script that is not there (reported by the callers, which know the paths)
+``oneway``      a ``MIGRATION_ONEWAY`` entry that names no listed script or has no valid level
+                (build time only: :func:`resolve_oneway`)
 
 The syntax and ShellCheck checks run external programs (``sh``, ``bash``, ``shellcheck``) found in
 ``PATH``; a missing ``sh``/``bash`` skips that check with a note finding of its own.
@@ -28,7 +30,7 @@ The syntax and ShellCheck checks run external programs (``sh``, ``bash``, ``shel
 import re
 import shutil
 import subprocess
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from . import scripts
 
@@ -42,6 +44,7 @@ CHECKS = (
     "crlf",
     "name",
     "duplicate",
+    "oneway",
 )
 """Every check name; the QA name of a check is ``migration-<check>``."""
 
@@ -318,3 +321,158 @@ def lint_scripts(
         names.append((name.rsplit("/", 1)[-1], name))
     findings += check_duplicates(names)
     return findings
+
+
+ONEWAY_VAR = "MIGRATION_ONEWAY"
+COMPAT_LEVEL_VAR = "MIGRATION_COMPAT_LEVEL"
+
+
+def parse_level(text: str, minimum: int) -> Optional[int]:
+    """``text`` as a whole number >= ``minimum`` (ASCII digits only), else None."""
+    text = text.strip()
+    if not text or not text.isascii() or not text.isdigit():
+        return None
+    value = int(text)
+    return value if value >= minimum else None
+
+
+def _oneway_entries(
+    value: str,
+    variable: str,
+    packages: Sequence[str],
+    allowed: Sequence[str],
+    default_level: str,
+) -> Tuple[Dict[str, int], List[Finding]]:
+    """Levels of one MIGRATION_ONEWAY value whose names must be in ``allowed`` (the scripts of
+    ``packages``)."""
+    levels: Dict[str, int] = {}
+    findings: List[Finding] = []
+    for word in value.split():
+        # Script names never hold a colon (the runner refuses such names): NAME or NAME:LEVEL.
+        script, sep, pinned = word.partition(":")
+        if script not in allowed:
+            findings.append(
+                Finding(
+                    "oneway",
+                    script or word,
+                    f"named in {variable} but not in MIGRATION_SCRIPTS of package"
+                    f"{'s' if len(packages) > 1 else ''} {' '.join(packages)} "
+                    f"({' '.join(allowed) or 'empty'}): a one-way script must be one of them",
+                )
+            )
+            continue
+        if sep:
+            level = parse_level(pinned, 1)
+            if level is None:
+                findings.append(
+                    Finding(
+                        "oneway",
+                        script,
+                        f"one-way level {pinned!r} in {variable} is not a whole number >= 1: "
+                        f"pin {script}:LEVEL with LEVEL 1 or more",
+                    )
+                )
+                continue
+        else:
+            level = parse_level(default_level, 1)
+            if level is None:
+                findings.append(
+                    Finding(
+                        "oneway",
+                        script,
+                        f"one-way ({variable}) without a level of its own, and "
+                        f"{COMPAT_LEVEL_VAR} = {default_level!r} is not a whole number >= 1: "
+                        f"set {COMPAT_LEVEL_VAR} in the distro or pin {script}:LEVEL",
+                    )
+                )
+                continue
+        if script in levels and levels[script] != level:
+            findings.append(
+                Finding(
+                    "oneway",
+                    script,
+                    f"{variable} gives it two levels, {levels[script]} and {level}: keep one",
+                )
+            )
+            continue
+        levels[script] = level
+    return levels, findings
+
+
+def resolve_oneway(
+    scripts: Mapping[str, Sequence[str]],
+    default_value: str,
+    package_values: Mapping[str, str],
+    default_level: str,
+) -> Tuple[Dict[str, Dict[str, int]], List[Tuple[str, Finding]]]:
+    """The one-way level of each script, per package, from MIGRATION_ONEWAY[:<pkg>].
+
+    ``scripts`` maps each package to its MIGRATION_SCRIPTS (as written, in order);
+    ``package_values`` holds ``MIGRATION_ONEWAY:<pkg>`` for the packages that set it (not empty);
+    the others use ``default_value`` (``MIGRATION_ONEWAY``), whose names must then be scripts of
+    one of those packages. Each entry is ``NAME`` or ``NAME:LEVEL``; LEVEL (a whole number >= 1)
+    defaults to ``default_level`` (``MIGRATION_COMPAT_LEVEL``, "0" when the distro sets none, which
+    is no valid level: a one-way script must have one).
+
+    Returns ``({package: {script: level}}, [(package, finding)])``; scripts that are not one-way,
+    and entries with a finding, are absent from the levels. Findings of ``MIGRATION_ONEWAY`` are
+    attributed to the first package that uses it.
+    """
+    levels: Dict[str, Dict[str, int]] = {}
+    findings: List[Tuple[str, Finding]] = []
+    fallback = [pkg for pkg in scripts if not package_values.get(pkg, "").strip()]
+    shared: Dict[str, int] = {}
+    if fallback and default_value.strip():
+        allowed = [s for pkg in fallback for s in scripts[pkg]]
+        shared, found = _oneway_entries(default_value, ONEWAY_VAR, fallback, allowed, default_level)
+        findings += [(fallback[0], f) for f in found]
+    for pkg, names in scripts.items():
+        own = package_values.get(pkg, "").strip()
+        if own:
+            levels[pkg], found = _oneway_entries(
+                own, f"{ONEWAY_VAR}:{pkg}", [pkg], list(names), default_level
+            )
+            findings += [(pkg, f) for f in found]
+        else:
+            levels[pkg] = {s: lvl for s, lvl in shared.items() if s in names}
+    return levels, findings
+
+
+def image_compat_level(text: str) -> Tuple[int, Optional[str]]:
+    """An image's MIGRATION_COMPAT_LEVEL (empty: 0) as a number, and why it is invalid (a whole
+    number >= 0 is valid; an invalid one reads as 0)."""
+    level = parse_level(text or "0", 0)
+    if level is None:
+        return 0, (
+            f"{COMPAT_LEVEL_VAR} = {text!r} is not a whole number >= 0 "
+            "(the highest one-way level of the image's releases; 0: none)"
+        )
+    return level, None
+
+
+def floor_problem(
+    upgrade_floor: str, version_id: Optional[str], compare: Callable[[str, str], int]
+) -> Optional[str]:
+    """Why an image of os-release VERSION_ID ``version_id`` cannot have ``upgrade_floor``, or None.
+
+    With a floor, the runner records the image's VERSION_ID in the device's state and compares
+    the next image's floor with it: the image must have a VERSION_ID, and the floor cannot be
+    newer than the image itself (such an image could never be installed by an upgrade).
+    ``compare`` orders versions (:func:`migration.compat.compare_versions`).
+    """
+    if not upgrade_floor:
+        return None
+    if not version_id:
+        return (
+            f"MIGRATION_UPGRADE_FLOOR = {upgrade_floor!r}, but the image's os-release "
+            "(/etc/os-release or /usr/lib/os-release) has no VERSION_ID: the runner records "
+            "the image version from it; give the image a VERSION_ID (DISTRO_VERSION in OE-core's "
+            "os-release recipe) or unset MIGRATION_UPGRADE_FLOOR"
+        )
+    if compare(version_id, upgrade_floor) < 0:
+        return (
+            f"MIGRATION_UPGRADE_FLOOR = {upgrade_floor!r} is newer than the image's own "
+            f"version (os-release VERSION_ID {version_id!r}): no device could upgrade to this "
+            "image; set the floor to this release or an older one"
+        )
+    return None

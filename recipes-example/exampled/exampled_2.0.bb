@@ -4,7 +4,8 @@ DESCRIPTION = "exampled 1.x ran as root with /etc/exampled.conf; 2.0 runs as use
                exampled with /etc/exampled/exampled.conf. The migration \
                run-as-exampled-user.sh creates the user on devices whose old /etc/passwd \
                survives in an overlay, chowns /var/lib/exampled and moves the configuration; \
-               exampled.service starts only after it is applied (MIGRATION_BEFORE)."
+               exampled.service starts only after it is applied (MIGRATION_BEFORE). The \
+               migration is one-way (level 1): images below level 1 refuse the migrated data."
 SECTION = "examples"
 LICENSE = "MIT"
 # nooelint: oelint.var.licenseremotefile
@@ -23,6 +24,10 @@ inherit allarch useradd systemd migration
 
 MIGRATION_SCRIPTS = "run-as-exampled-user.sh"
 MIGRATION_BEFORE = "exampled.service"
+# One-way: exampled 1.x reads /etc/exampled.conf, which the migration moves away, so a 1.x image
+# booted on migrated data would lose its settings. Pinned to level 1 (the first incompatible
+# change), not to the distro's MIGRATION_COMPAT_LEVEL, which later releases raise.
+MIGRATION_ONEWAY = "run-as-exampled-user.sh:1"
 
 USERADD_PACKAGES = "${PN}"
 USERADD_PARAM:${PN} = "--system --home-dir ${localstatedir}/lib/exampled --no-create-home \

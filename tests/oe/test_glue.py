@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterator, List
+from typing import Any, Iterator, List, Optional
 
 import pytest
 
@@ -90,7 +90,7 @@ def datastore(bb: Any, tmp_path: Path, pn: str, **values: str) -> Any:
         "MIGRATION_SHELLCHECK": "no",
         "ERROR_QA": "migration-missing migration-empty migration-shebang migration-errexit "
         "migration-syntax migration-shellcheck migration-crlf migration-name "
-        "migration-duplicate migration-manifest",
+        "migration-duplicate migration-oneway migration-manifest",
         "WARN_QA": "",
     }
     defaults.update(values)
@@ -315,3 +315,200 @@ def test_setup_misconfiguration_is_fatal(
     assert any(
         line.startswith("/layer/recipes-x/foo/foo_2.0.bb: " + message) for line in messages.lines
     ), messages.lines
+
+
+# One-way migrations (MIGRATION_ONEWAY) and the image's compatibility settings (issue 5).
+
+
+def test_install_records_oneway_levels_in_the_fragment(bbmods: Any, tmp_path: Path) -> None:
+    from migration import bitbake as glue
+
+    d = datastore(
+        bbmods,
+        tmp_path,
+        "foo",
+        MIGRATION_SCRIPTS="a.sh b.sh c.sh",
+        MIGRATION_ONEWAY="a.sh:2 c.sh",
+        MIGRATION_COMPAT_LEVEL="3",
+    )
+    for name in ("a.sh", "b.sh", "c.sh"):
+        unpack(d, name, GOOD + name.encode())
+    glue.install(d)
+    fragment = json.loads(
+        (Path(d.getVar("D")) / "usr/share/migration/packages/foo.json").read_text()
+    )
+    assert [(m["name"], m.get("oneway")) for m in fragment["migrations"]] == [
+        ("50-foo-a.sh", 2),
+        ("50-foo-b.sh", None),
+        ("50-foo-c.sh", 3),
+    ]
+
+
+def test_lint_task_fails_on_bad_oneway_naming_recipe_and_script(
+    bbmods: Any, tmp_path: Path, messages: Messages
+) -> None:
+    from migration import bitbake as glue
+
+    d = datastore(
+        bbmods,
+        tmp_path,
+        "foo",
+        MIGRATION_SCRIPTS="a.sh b.sh",
+        MIGRATION_ONEWAY="a.sh gone.sh:1 b.sh:x",
+        MIGRATION_COMPAT_LEVEL="0",
+    )
+    unpack(d, "a.sh", GOOD)
+    unpack(d, "b.sh", GOOD)
+    with pytest.raises(bbmods.BBHandledException):
+        glue.lint_task(d)
+    assert [line for line in messages.lines if line.startswith("QA Issue")] == [
+        "QA Issue: foo: a.sh: one-way (MIGRATION_ONEWAY) without a level of its own, and "
+        "MIGRATION_COMPAT_LEVEL = '0' is not a whole number >= 1: set MIGRATION_COMPAT_LEVEL in "
+        "the distro or pin a.sh:LEVEL [migration-oneway]",
+        "QA Issue: foo: gone.sh: named in MIGRATION_ONEWAY but not in MIGRATION_SCRIPTS of "
+        "package foo (a.sh b.sh): a one-way script must be one of them [migration-oneway]",
+        "QA Issue: foo: b.sh: one-way level 'x' in MIGRATION_ONEWAY is not a whole number >= 1: "
+        "pin b.sh:LEVEL with LEVEL 1 or more [migration-oneway]",
+    ]
+
+
+def test_setup_makes_oneway_recipes_depend_on_the_compat_level(bbmods: Any, tmp_path: Path) -> None:
+    from migration import bitbake as glue
+
+    plain = datastore(bbmods, tmp_path, "foo", PACKAGES="foo", MIGRATION_SCRIPTS="a.sh")
+    glue.setup(plain)
+    assert "MIGRATION_ONEWAY:foo" in plain.getVarFlag("migration_install", "vardeps")
+    # A distro raising its level rebuilds only the recipes with one-way scripts.
+    assert "MIGRATION_COMPAT_LEVEL" not in plain.getVarFlag("migration_install", "vardeps")
+    oneway = datastore(
+        bbmods,
+        tmp_path,
+        "bar",
+        PACKAGES="bar",
+        MIGRATION_SCRIPTS="a.sh",
+        **{"MIGRATION_ONEWAY:bar": "a.sh"},
+    )
+    glue.setup(oneway)
+    for task in ("do_migration_lint", "migration_install"):
+        assert "MIGRATION_COMPAT_LEVEL" in oneway.getVarFlag(task, "vardeps").split()
+
+
+def install_into(bbmods: Any, tmp_path: Path, rootfs: Path, pn: str, **values: str) -> None:
+    from migration import bitbake as glue
+
+    d = datastore(bbmods, tmp_path, pn, MIGRATION_SCRIPTS="a.sh", D=str(rootfs), **values)
+    unpack(d, "a.sh", GOOD + pn.encode())
+    glue.install(d)
+
+
+def os_release(rootfs: Path, version_id: str) -> None:
+    """os-release as OE-core's recipe installs it: /etc/os-release a relative symlink."""
+    lib = rootfs / "usr/lib/os-release"
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    lib.write_text(f'ID=nodistro\nNAME="OpenEmbedded"\nVERSION_ID="{version_id}"\n')
+    (rootfs / "etc").mkdir(parents=True, exist_ok=True)
+    os.symlink("../usr/lib/os-release", rootfs / "etc/os-release")
+
+
+def test_image_manifest_carries_level_floor_and_markers(bbmods: Any, tmp_path: Path) -> None:
+    from migration import bitbake as glue
+
+    rootfs = tmp_path / "rootfs"
+    install_into(bbmods, tmp_path, rootfs, "foo", MIGRATION_ONEWAY="a.sh:2")
+    install_into(bbmods, tmp_path, rootfs, "bar")
+    os_release(rootfs, "3.1")
+    image = datastore(
+        bbmods,
+        tmp_path,
+        "demo-image",
+        IMAGE_ROOTFS=str(rootfs),
+        MIGRATION_COMPAT_LEVEL="1",
+        MIGRATION_UPGRADE_FLOOR="3.0",
+        MIGRATION_DATA_MARKERS="/var/lib/foo /etc/foo.conf",
+    )
+    glue.image_manifest(image)
+    manifest = json.loads((rootfs / "usr/share/migration/manifest.json").read_text())
+    assert manifest["compat_level"] == 2  # the highest of the image's and its scripts' levels
+    assert manifest["upgrade_floor"] == "3.0"
+    assert manifest["data_markers"] == ["/var/lib/foo", "/etc/foo.conf"]
+    assert [(m["name"], m.get("oneway")) for m in manifest["migrations"]] == [
+        ("50-bar-a.sh", None),
+        ("50-foo-a.sh", 2),
+    ]
+
+
+def test_image_manifest_defaults_write_level_0_and_no_floor(bbmods: Any, tmp_path: Path) -> None:
+    from migration import bitbake as glue
+
+    rootfs = tmp_path / "rootfs"
+    install_into(bbmods, tmp_path, rootfs, "foo")
+    image = datastore(bbmods, tmp_path, "demo-image", IMAGE_ROOTFS=str(rootfs))
+    glue.image_manifest(image)  # no os-release needed without a floor
+    manifest = json.loads((rootfs / "usr/share/migration/manifest.json").read_text())
+    assert manifest["compat_level"] == 0
+    assert "upgrade_floor" not in manifest
+    assert "data_markers" not in manifest
+
+
+@pytest.mark.parametrize(
+    ("values", "version_id", "message"),
+    [
+        (
+            {"MIGRATION_UPGRADE_FLOOR": "3.2"},
+            "3.1",
+            "MIGRATION_UPGRADE_FLOOR = '3.2' is newer than the image's own version (os-release "
+            "VERSION_ID '3.1'): no device could upgrade to this image; set the floor to this "
+            "release or an older one",
+        ),
+        (
+            {"MIGRATION_UPGRADE_FLOOR": "3.0"},
+            None,
+            "MIGRATION_UPGRADE_FLOOR = '3.0', but the image's os-release (/etc/os-release or "
+            "/usr/lib/os-release) has no VERSION_ID: the runner records the image version from "
+            "it; give the image a VERSION_ID (DISTRO_VERSION in OE-core's os-release recipe) or "
+            "unset MIGRATION_UPGRADE_FLOOR",
+        ),
+        (
+            {"MIGRATION_COMPAT_LEVEL": "two"},
+            "3.1",
+            "MIGRATION_COMPAT_LEVEL = 'two' is not a whole number >= 0 (the highest one-way "
+            "level of the image's releases; 0: none)",
+        ),
+    ],
+)
+def test_image_settings_that_cannot_work_fail_the_image(
+    bbmods: Any,
+    tmp_path: Path,
+    messages: Messages,
+    values: dict,
+    version_id: Optional[str],
+    message: str,
+) -> None:
+    from migration import bitbake as glue
+
+    rootfs = tmp_path / "rootfs"
+    install_into(bbmods, tmp_path, rootfs, "foo")
+    if version_id:
+        os_release(rootfs, version_id)
+    image = datastore(bbmods, tmp_path, "demo-image", IMAGE_ROOTFS=str(rootfs), **values)
+    with pytest.raises(bbmods.BBHandledException):
+        glue.image_manifest(image)
+    assert [line for line in messages.lines if line.startswith("QA Issue")] == [
+        f"QA Issue: demo-image: image manifest: {message} [migration-manifest]"
+    ]
+
+
+def test_image_marker_must_be_absolute(bbmods: Any, tmp_path: Path, messages: Messages) -> None:
+    from migration import bitbake as glue
+
+    rootfs = tmp_path / "rootfs"
+    install_into(bbmods, tmp_path, rootfs, "foo")
+    image = datastore(
+        bbmods, tmp_path, "demo-image", IMAGE_ROOTFS=str(rootfs), MIGRATION_DATA_MARKERS="var/x"
+    )
+    with pytest.raises(bbmods.BBHandledException):
+        glue.image_manifest(image)
+    (issue,) = [line for line in messages.lines if line.startswith("QA Issue")]
+    assert issue.startswith("QA Issue: demo-image: image manifest: ")
+    assert "var/x" in issue
+    assert issue.endswith("[migration-manifest]")

@@ -5,6 +5,8 @@ Skipped unless MIGRATION_OECORE_DIR and MIGRATION_BITBAKE_DIR are set. yocto-che
 only with MIGRATION_OE_SLOW=1 (about 12 minutes).
 """
 
+import hashlib
+import json
 import os
 import re
 import shlex
@@ -60,6 +62,10 @@ def test_example_recipe_files_rdepends_and_install_step(oe: OEBuild) -> None:
     assert f"{unitdir}/exampled.service.d/50-migration-exampled.conf" in files
     assert v["RDEPENDS:exampled"].split() == ["shadow", "migration"]
     assert "migration.bitbake.install(d)" in proc.stdout
+    # The example's migration is one-way, pinned to level 1; the distro's level defaults to 0.
+    assert v["MIGRATION_ONEWAY"] == "run-as-exampled-user.sh:1"
+    assert v["MIGRATION_COMPAT_LEVEL"] == "0"
+    assert "migration-oneway" in v["ERROR_QA"].split()
     flags = oe.run(
         "bitbake-getvar -r exampled --value -f postfuncs do_install; echo ==; "
         "bitbake-getvar -r exampled --value -f deps do_migration_lint; echo ==; "
@@ -74,6 +80,46 @@ def test_example_recipe_files_rdepends_and_install_step(oe: OEBuild) -> None:
     # The lint task needs only do_unpack (file:// sources: offline) and gates do_install.
     assert lint_deps == ["do_unpack"]
     assert "do_migration_lint" in install_deps
+    vardeps = oe.run("bitbake-getvar -r exampled --value -f vardeps migration_install")
+    assert vardeps.returncode == 0, vardeps.stdout
+    # A recipe with one-way scripts is rebuilt when the distro's level changes.
+    for name in ("MIGRATION_ONEWAY", "MIGRATION_ONEWAY:exampled", "MIGRATION_COMPAT_LEVEL"):
+        assert name in vardeps.stdout.split(), vardeps.stdout
+
+
+def test_example_install_writes_oneway_level_into_fragment(oe: OEBuild) -> None:
+    """migration_install (the do_install postfunc) on the real, parsed example recipe.
+
+    do_install cannot run offline (pseudo and quilt are built from network sources), so after
+    the real do_unpack, tinfoil parses exampled and the postfunc runs on that datastore with D
+    pointed at a scratch directory.
+    """
+    assert oe.run("bitbake exampled -c unpack").returncode == 0
+    dest = oe.builddir / "install-test-exampled"
+    script = f"""
+import shutil, sys
+import bb.tinfoil
+sys.path.insert(0, {str(oe.layer / "lib")!r})
+import migration.bitbake
+with bb.tinfoil.Tinfoil() as tinfoil:
+    tinfoil.prepare(quiet=2)
+    d = tinfoil.parse_recipe("exampled")
+    shutil.rmtree({str(dest)!r}, ignore_errors=True)
+    d.setVar("D", {str(dest)!r})
+    migration.bitbake.install(d)
+"""
+    proc = oe.run(f"python3 -c {shlex.quote(script)}")
+    assert proc.returncode == 0, proc.stdout
+    fragment = json.loads((dest / "usr/share/migration/packages/exampled.json").read_text())
+    assert fragment["package"] == "exampled"
+    assert fragment["version"].startswith("2.0-")
+    (entry,) = fragment["migrations"]
+    assert entry["name"] == "50-exampled-run-as-exampled-user.sh"
+    assert entry["oneway"] == 1
+    script_path = dest / "etc/migration.d/50-exampled-run-as-exampled-user.sh"
+    assert entry["sha256"] == hashlib.sha256(script_path.read_bytes()).hexdigest()
+    dropin = dest / "usr/lib/systemd/system/exampled.service.d/50-migration-exampled.conf"
+    assert "migration-gate@exampled.service" in dropin.read_text()
 
 
 def test_interpreters_become_rdepends(oe: OEBuild) -> None:
@@ -110,6 +156,45 @@ def test_broken_recipe_fails_lint_naming_recipe_and_script(oe: OEBuild) -> None:
     # And a clean recipe passes the same task.
     ok = oe.run("bitbake exampled migration-interp -c migration_lint", builddir)
     assert ok.returncode == 0, ok.stdout
+
+
+def test_bad_oneway_fails_lint_naming_recipe_and_script(oe: OEBuild) -> None:
+    builddir = oe.extra_builddir("build-test-layer", [oe.test_layer])
+    proc = oe.run("bitbake migration-oneway -c migration_lint", builddir)
+    assert proc.returncode != 0, proc.stdout
+    for issue in (
+        "migration-oneway: convert.sh: one-way (MIGRATION_ONEWAY) without a level of its own, "
+        "and MIGRATION_COMPAT_LEVEL = '0' is not a whole number >= 1: set MIGRATION_COMPAT_LEVEL "
+        "in the distro or pin convert.sh:LEVEL",
+        "migration-oneway: not-listed.sh: named in MIGRATION_ONEWAY but not in MIGRATION_SCRIPTS "
+        "of package migration-oneway (convert.sh tidy.sh): a one-way script must be one of them",
+        "migration-oneway: tidy.sh: one-way level 'first' in MIGRATION_ONEWAY is not a whole "
+        "number >= 1: pin tidy.sh:LEVEL with LEVEL 1 or more",
+    ):
+        assert f"QA Issue: {issue} [migration-oneway]" in proc.stdout, proc.stdout
+    assert "Fatal QA errors were found, failing task." in proc.stdout
+
+
+def test_image_compat_variables(oe: OEBuild) -> None:
+    proc = oe.run("bitbake -e migration-demo-image")
+    assert proc.returncode == 0, proc.stdout
+    v = env_values(proc.stdout)
+    assert v["MIGRATION_COMPAT_LEVEL"] == "0"
+    assert v["MIGRATION_UPGRADE_FLOOR"] == ""
+    assert v["MIGRATION_DATA_MARKERS"] == ""
+    assert "migration_image_manifest" in v["ROOTFS_POSTPROCESS_COMMAND"].split()
+    assert "migration-manifest" in v["ERROR_QA"].split()
+    for name in ("MIGRATION_COMPAT_LEVEL", "MIGRATION_UPGRADE_FLOOR", "MIGRATION_DATA_MARKERS"):
+        # Documented, and a change of them changes the image's do_rootfs signature.
+        assert re.search(rf'^#\s+\[doc\] ".+"$\n(?:#.*\n)*{name}=', proc.stdout, re.M), name
+    vardeps = oe.run(
+        "bitbake-getvar -r migration-demo-image --value -f vardeps migration_image_manifest"
+    )
+    assert vardeps.stdout.split()[-3:] == [
+        "MIGRATION_COMPAT_LEVEL",
+        "MIGRATION_UPGRADE_FLOOR",
+        "MIGRATION_DATA_MARKERS",
+    ], vardeps.stdout
 
 
 def test_runner_install_step_runs_offline(oe: OEBuild) -> None:
@@ -180,6 +265,8 @@ def test_oe_selftest_cases_run(oe: OEBuild) -> None:
     ran = re.search(r"Ran (\d+) tests? in", proc.stdout)
     assert ran, proc.stdout
     assert int(ran.group(1)) > 0, "oe-selftest ran 0 tests (no git identity?)\n" + proc.stdout
+    cases = (oe.layer / "lib/oeqa/selftest/cases/migration.py").read_text()
+    assert int(ran.group(1)) == len(re.findall(r"^    def test_", cases, re.M)), proc.stdout
     assert proc.returncode == 0, proc.stdout
     assert re.search(r"^.*\bOK\b", proc.stdout, re.MULTILINE), proc.stdout
 
