@@ -442,3 +442,27 @@ def test_non_root_runs_without_root_only_refusals(world):
     # the same tree as root: refused (group/world writable)
     proc = cli("--scripts-dir", scripts, "--state-dir", os.path.join(base, "rootstate"), "run")
     assert proc.returncode == 1 and "refused" in proc.stderr
+
+
+def test_help_documents_exit_3_and_update(root):
+    proc = root("--help")
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())
+    assert "3 this image cannot use the device's data" in text
+    assert "update" in text
+    proc = root("run", "--help")
+    assert "--hooks-dir" in proc.stdout and "incompatible.d" in proc.stdout
+    proc = root("update", "--help")
+    assert "--defer-oneway" in proc.stdout and "MIGRATION_PHASE=update" in proc.stdout
+
+
+def test_status_of_a_newer_runners_state_still_lists_the_scripts(root):
+    root.add("10-a", "true\n")
+    assert root("run").returncode == 0
+    meta = json.loads((root.state / "state.json").read_text())
+    meta["format"] = 9
+    (root.state / "state.json").write_text(json.dumps(meta))
+    proc = root("status")
+    no_traceback(proc)
+    assert proc.returncode == 1
+    assert "newer runner" in proc.stdout and "applied      10-a" in proc.stdout

@@ -238,3 +238,75 @@ def test_a_later_or_emptied_note_than_the_failure_is_still_interrupted(state):
     with open(os.path.join(state.path, "started", SHA), "w"):
         pass  # a power cut emptied the note: it may be a later attempt, so it still counts
     assert SHA in state.snapshot([SHA]).started
+
+
+# -- issue 5: what the state says about compatibility -----------------------------------------
+
+
+def test_has_state(tmp_path):
+    s = State(str(tmp_path / "state"))
+    assert not s.has_state()  # no dir at all
+    s.lock(0)
+    s.prepare()
+    assert not s.has_state()  # empty dirs, the lock: no state
+    s.write_done("d" * 64)
+    (tmp_path / "state" / "logs" / (SHA + ".log")).write_text("x")
+    (tmp_path / "state" / "applied" / ".tmp-leftover").write_text("x")
+    assert not s.has_state()  # stamps, logs, temporary files do not count
+    (tmp_path / "state" / "started" / SHA).write_text("")  # even an emptied note counts
+    assert s.has_state()
+    os.unlink(tmp_path / "state" / "started" / SHA)
+    (tmp_path / "state" / "state.json").write_text("{garbage")  # even a damaged state.json
+    assert s.has_state()
+    s.unlock()
+
+
+def test_compat_facts_from_state_json_or_records(state):
+    rec = _applied(state)
+    assert state.compat_facts(None) == (0, "", "")  # a record without oneway or version
+    state.record_outcome("failed", {**rec, "sha256": SHA2, "name": "20-y", "oneway": 3,
+                                    "image": {"version_id": "2.0"}, "reason": "exit 1"})
+    assert state.compat_facts(None) == (3, "2.0", "records")
+    meta = {"format": 1, "compat_level": 1, "image": {"version_id": "2.1"}}
+    assert state.compat_facts(meta) == (1, "2.1", "image in state.json")
+
+
+def test_update_meta_levels_and_applied_image(state):
+    path = os.path.join(state.path, "state.json")
+
+    def read(path):
+        with open(path) as f:
+            return f.read()
+
+    meta = state.update_meta({"version_id": "1"}, None, compat_level=0)
+    assert meta["compat_level"] == 0 and "applied_image" not in meta
+    assert json.loads(read(path)) == meta
+    meta = state.update_meta({"version_id": "1"}, meta, compat_level=2, applied=True)
+    on_disk = json.loads(read(path))
+    assert on_disk["compat_level"] == 2 and on_disk["applied_image"] == {"version_id": "1"}
+    before = os.stat(path).st_mtime_ns
+    assert state.update_meta({"version_id": "1"}, on_disk, compat_level=2, applied=True) == on_disk
+    assert os.stat(path).st_mtime_ns == before  # unchanged: not rewritten
+    # a later image that has not completed keeps the earlier applied_image
+    state.update_meta({"version_id": "2"}, on_disk, compat_level=2)
+    on_disk = json.loads(read(path))
+    assert on_disk["image"] == {"version_id": "2"}
+    assert on_disk["applied_image"] == {"version_id": "1"}
+
+
+def test_check_meta_writes_nothing_and_repair_moves_aside(state):
+    path = os.path.join(state.path, "state.json")
+    with open(path, "w") as f:
+        f.write("{garbage")
+    assert state.check_meta() == (None, "truncated or not JSON")
+    assert os.path.exists(path)  # the verdict must come before any write
+    state.repair_meta()
+    assert not os.path.exists(path)
+    assert len(os.listdir(os.path.join(state.path, "damaged"))) == 1
+
+
+def test_started_note_carries_the_one_way_level(state):
+    state.mark_started("10-x", SHA, 1, {}, oneway=2)
+    state.mark_started("20-y", SHA2, 1, {})
+    snap = state.snapshot([SHA, SHA2])
+    assert snap.started[SHA]["oneway"] == 2 and "oneway" not in snap.started[SHA2]

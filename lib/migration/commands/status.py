@@ -69,9 +69,12 @@ def _image(image: Any) -> str:
 def describe_compat(opts: Any, state: Any, manifest: Any) -> "tuple[Any, list[str]]":
     """(verdict, text lines) about the state and this image (see the module docstring)."""
     from migration import runner
-    from migration.state import read_os_release
+    from migration.state import StateError, read_os_release
 
-    verdict, facts, meta = runner.verdict_of(opts, state, manifest)
+    try:
+        verdict, facts, meta = runner.verdict_of(opts, state, manifest)
+    except StateError as e:  # state.json of a newer runner: the scripts are still listed
+        return None, [f"state: {e}"]
     lines = []
     if meta is not None:
         parts = [f"compatibility level {facts.level}", f"last image {_image(meta.get('image'))}"]
@@ -117,7 +120,7 @@ def run(args: Any) -> int:
         print(f"migration: {w}", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=1))
-        if verdict.refused:
+        if verdict is not None and verdict.refused:
             print(f"migration: refused ({verdict.kind}): {verdict.message}", file=sys.stderr)
     else:
         for line in compat_lines:
@@ -139,6 +142,8 @@ def run(args: Any) -> int:
             print(f"{row['state']:<12} {row['name']}  {', '.join(details)}".rstrip())
         if not rows:
             print(f"no migration scripts in {args.scripts_dir}")
-    if verdict.refused:
+    if verdict is not None and verdict.refused:
         return 3
+    if verdict is None:
+        return 1  # a newer runner's state: not this runner's to vouch for
     return 0 if all(i.state == runner.APPLIED for i in items) else 1
