@@ -200,7 +200,7 @@ def test_update_from_below_the_floor_is_refused_and_writes_nothing(device, v1):
     before = tree(device.state)
     proc = device.update(v3)
     assert proc.returncode == 3
-    assert "upgrade from a too old release" in proc.stderr
+    assert "migration: refused: upgrade from a too old release" in proc.stderr
     assert "release 1.0" in proc.stderr and "Install release 2.0" in proc.stderr
     assert tree(device.state) == before
     assert not (device.tmp / "hook-ran").exists()  # no hooks at update time

@@ -140,11 +140,11 @@ def install_signal_handlers() -> None:
     signal.signal(signal.SIGTERM, _interrupt)
 
 
-def _say_error(msg: str) -> None:
+def _say_error(msg: str, what: str = "error") -> None:
     # With no console left to tell (EPIPE), the exit code still says it. (No contextlib here:
     # the fast path reports through this too and should not import it.)
     try:  # noqa: SIM105
-        print(f"migration: error: {msg}", file=sys.stderr, flush=True)
+        print(f"migration: {what}: {msg}", file=sys.stderr, flush=True)
     except (OSError, ValueError):
         pass
 
@@ -170,7 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except MigrationError as e:
-        _say_error(str(e))
+        if e.exit_code == 3:  # errors.Incompatible: a verdict, not an error of the user's
+            _say_error(str(e), "refused")
+        else:
+            _say_error(str(e))
         return e.exit_code
     except (Interrupted, KeyboardInterrupt) as e:
         _say_error(f"interrupted ({e or 'SIGINT'}); the running script, if any, was stopped")

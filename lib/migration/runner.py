@@ -332,8 +332,12 @@ def run_hooks(opts: Options, verdict: compat.Verdict, say: Callable[[str], None]
 def _refuse(opts: Options, verdict: compat.Verdict, say: Callable[[str], None]) -> None:
     """Refusal: hooks in the boot phase, then Incompatible (exit 3; cli prints the message)."""
     if opts.phase == "boot":
-        say(f"refused: {verdict.message}")
-        run_hooks(opts, verdict, say)
+        hooks_dir = opts.hooks_dir or os.path.join(opts.root, HOOKS_DIR)
+        say(f"this image cannot use the device's data ({verdict.kind}); nothing was written; "
+            f"running the hooks in {hooks_dir}")
+        failed = run_hooks(opts, verdict, say)
+        if failed:
+            say(f"{failed} hook(s) failed")
     raise Incompatible(verdict)
 
 
