@@ -47,7 +47,13 @@ WRAPPER = os.path.join(os.path.dirname(LIB), "recipes-core/migration/files/migra
 def installed_wrapper() -> str:
     """The `migration` command as migration-install.sh installs it, pointing at this lib/."""
     with open(WRAPPER) as f:
-        return f.read().replace("@LIBDIR@/migration", LIB)
+        text = f.read()
+    line = "sys.path.insert(0, _package_dir())"
+    if line not in text:
+        raise SystemExit(f"{WRAPPER}: no line {line!r} to point at {LIB}")
+    # the wrapper finds the package relative to itself; here it is this checkout's lib/
+    text = text.replace(line, f"sys.path.insert(0, {LIB!r})")
+    return text.replace("@SBINDIR@", "/usr/sbin").replace("@LIBDIR@", "/usr/lib")
 
 
 NAIVE = """set -e
