@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Set
 
 LAYER = Path(__file__).resolve().parents[2]
 TEST_LAYER_REL = "tests/oe/data/meta-migration-test"
@@ -82,6 +82,7 @@ class OEBuild:
             kasfile = "kas/scarthgap.yml" if self.release == "scarthgap" else "kas.yml"
         self.kasfile = kasfile
         self.timings: Dict[str, float] = {}
+        self._configured: Set[str] = set()
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -172,14 +173,19 @@ local_conf_header:
                     os.lchown(name, pw.pw_uid, pw.pw_gid)
 
     def extra_builddir(self, name: str, extra_layers: List[Path]) -> Path:
-        """A second build dir with the same kas configuration plus ``extra_layers``."""
+        """A second build dir with the same kas configuration plus ``extra_layers``.
+
+        Configured again on every session, like the main build dir, so that a change of kas.yml
+        reaches it too (kas rewrites local.conf and bblayers.conf; the parse cache survives).
+        """
         builddir = self.root / name
-        if not (builddir / "conf/bblayers.conf").exists():
+        if name not in self._configured:
             self._kas_configure(builddir)
             with open(builddir / "conf/bblayers.conf", "a") as f:
                 for layer in extra_layers:
                     f.write(f'BBLAYERS += "{layer}"\n')
             self._chown_config(builddir)
+            self._configured.add(name)
         return builddir
 
     # -- running BitBake ---------------------------------------------------------------------

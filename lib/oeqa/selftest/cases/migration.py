@@ -61,6 +61,24 @@ class MigrationClassTests(OESelftestTestCase):
         )
         self.assertIn(": add file://not-there.sh to SRC_URI [migration-missing]", result.output)
 
+    def test_oneway_without_level_fails_lint(self):
+        """
+        Summary:  a one-way script needs a level: pinned (NAME:LEVEL) or the distro's
+                  MIGRATION_COMPAT_LEVEL, which defaults to 0 (no valid level)
+        Expected: do_migration_lint fails with the migration-oneway QA issue naming recipe and
+                  script, and says how to fix it
+        """
+        self.write_config('MIGRATION_ONEWAY:pn-exampled = "run-as-exampled-user.sh"\n')
+        result = bitbake("exampled -c migration_lint", ignore_status=True)
+        self.assertNotEqual(result.status, 0, msg=result.output)
+        self.assertIn(
+            "QA Issue: exampled: run-as-exampled-user.sh: one-way (MIGRATION_ONEWAY) without a "
+            "level of its own, and MIGRATION_COMPAT_LEVEL = '0' is not a whole number >= 1: set "
+            "MIGRATION_COMPAT_LEVEL in the distro or pin run-as-exampled-user.sh:LEVEL "
+            "[migration-oneway]",
+            result.output,
+        )
+
     def test_bad_priority_is_fatal_at_parse_time(self):
         """
         Summary:  a MIGRATION_PRIORITY that is not two digits stops parsing
