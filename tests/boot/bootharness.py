@@ -168,6 +168,13 @@ t() { read -r up _ </proc/uptime; echo "$up $1" >>"$out/timing.txt"; }
 t start
 timeout 300 systemctl is-system-running --wait >"$out/system-state" 2>&1
 t running
+# A test's own command, run on the booted system (e.g. an updater's hook): output and status.
+if [ -x /usr/local/sbin/harness-command ]; then
+    /usr/local/sbin/harness-command >"$out/command.out" 2>&1
+    echo $? >"$out/command.rc"
+    systemd-cat -t harness-command <"$out/command.out"
+    t command
+fi
 systemctl list-units --failed --plain --no-legend >"$out/failed.txt" 2>&1
 systemd-analyze time >"$out/analyze-time.txt" 2>&1
 t analyze
@@ -348,6 +355,7 @@ class Script:
     text: str
     priority: str = "50"
     version: str = "1.0-r0"
+    oneway: int = 0  # compatibility level of a one-way migration (MIGRATION_ONEWAY); 0: not
 
     @property
     def installed_name(self) -> str:
@@ -364,6 +372,8 @@ class System:
     var_img: Path
     base: Base
     consoles: List[Path] = field(default_factory=list)
+    #: More disks, read-only, after the root and /var disks: /dev/vdc, /dev/vdd...
+    disks: List[Path] = field(default_factory=list)
 
 
 def _hardlink_copy(src: Path, dst: Path) -> None:
@@ -372,8 +382,11 @@ def _hardlink_copy(src: Path, dst: Path) -> None:
     run(["cp", "-al", str(src), str(dst)])
 
 
-def install_runner(tree: Path, policy: str = "continue", init: str = "systemd") -> None:
-    """Install the runner into tree exactly as the recipe does: migration-install.sh."""
+def install_runner(
+    tree: Path, policy: str = "continue", init: str = "systemd", wipe_request: bool = False
+) -> None:
+    """Install the runner into tree exactly as the recipe does: migration-install.sh; the
+    wipe-request example hook only with `wipe_request` (the opt-in migration-wipe-request)."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
         "D": str(tree),
@@ -388,13 +401,16 @@ def install_runner(tree: Path, policy: str = "continue", init: str = "systemd") 
         "MIGRATION_INIT": init,
     }
     run(["sh", str(INSTALL), str(LIB / "migration"), str(FILES)], env=env)
+    if not wipe_request:
+        (tree / "etc/migration/incompatible.d/50-request-wipe").unlink()
     if "systemd" in init.split():
         # What systemd.bbclass's preset does at rootfs time.
         systemctl(tree, "enable", "migration.service")
 
 
-def add_scripts(tree: Path, scripts: Iterable[Script]) -> None:
-    """Install scripts and per-package fragments as the class does, then generate the manifest."""
+def add_scripts(tree: Path, scripts: Iterable[Script], manifest_args: Sequence[str] = ()) -> None:
+    """Install scripts and per-package fragments as the class does, then generate the manifest
+    (`manifest_args`: e.g. --upgrade-floor 2.0, --compat-level 1)."""
     scripts = list(scripts)
     by_pkg: Dict[str, List[Script]] = {}
     for s in scripts:
@@ -409,6 +425,7 @@ def add_scripts(tree: Path, scripts: Iterable[Script]) -> None:
             {
                 "name": s.installed_name,
                 "sha256": hashlib.sha256(s.text.encode()).hexdigest(),
+                **({"oneway": s.oneway} if s.oneway else {}),
             }
             for s in items
         ]
@@ -417,16 +434,31 @@ def add_scripts(tree: Path, scripts: Iterable[Script]) -> None:
         if dest.exists():
             dest.unlink()
         manifest.write_json_atomic(str(dest), frag)
-    generate_manifest(tree)
+    generate_manifest(tree, manifest_args)
 
 
-def generate_manifest(tree: Path) -> None:
-    """The image build's step: python3 -m migration manifest --root TREE."""
+def generate_manifest(tree: Path, manifest_args: Sequence[str] = ()) -> None:
+    """The image build's step: python3 -m migration manifest --root TREE [options]."""
     for p in (tree / "usr/share/migration/manifest.json", tree / "usr/share/migration/done"):
         if p.exists() or p.is_symlink():
             p.unlink()
     env = dict(os.environ, PYTHONPATH=str(LIB))
-    run([sys.executable, "-m", "migration", "manifest", "--root", str(tree)], env=env)
+    run([sys.executable, "-m", "migration", "manifest", "--root", str(tree), *manifest_args],
+        env=env)  # fmt: skip
+
+
+def set_version(tree: Path, version_id: str) -> None:
+    """Give the image its own os-release VERSION_ID. Debian's /etc/os-release is a symlink to
+    ../usr/lib/os-release (as in OE): the target is replaced by a new inode (cp -al trees)."""
+    target = tree / "usr/lib/os-release"
+    text = target.read_text()
+    text, n = re.subn(r'^VERSION_ID=.*$', f'VERSION_ID="{version_id}"', text, flags=re.M)
+    if n == 0:
+        text += f'VERSION_ID="{version_id}"\n'
+    write_new(target, text)
+    link = tree / "etc/os-release"
+    if not link.is_symlink():
+        write_new(link, text)
 
 
 def make_ext4(tree: Path, img: Path, size_mb: int, label: str) -> None:
@@ -445,8 +477,12 @@ def new_system(
     var_img: Optional[Path] = None,
     var_extra: Optional[Dict[str, Tuple[str, int]]] = None,
     disable: Sequence[str] = (),
+    version: Optional[str] = None,
+    manifest_args: Sequence[str] = (),
+    wipe_request: bool = False,
 ) -> System:
-    """Build a test system: runner + scripts + extra files (path -> (text, mode)), enabled units.
+    """Build a test system: runner + scripts + extra files (path -> (text, mode)), enabled units;
+    `version`: its os-release VERSION_ID; `manifest_args`: options of `migration manifest`.
 
     With var_img, the new root disk is used with that existing /var disk (an image update);
     otherwise a fresh /var disk holds Debian's /var plus var_extra (paths relative to /var).
@@ -454,7 +490,9 @@ def new_system(
     workdir.mkdir(parents=True, exist_ok=True)
     tree = workdir / "root"
     _hardlink_copy(base.tree, tree)
-    install_runner(tree, policy)
+    install_runner(tree, policy, wipe_request=wipe_request)
+    if version is not None:
+        set_version(tree, version)
     for rel, (text, mode) in (extra or {}).items():
         write_new(tree / rel.lstrip("/"), text, mode)
     if enable:
@@ -463,7 +501,7 @@ def new_system(
         systemctl(tree, "disable", *disable)
     scripts = list(scripts)
     if scripts:
-        add_scripts(tree, scripts)
+        add_scripts(tree, scripts, manifest_args)
     root_img = workdir / "root.img"
     make_ext4(tree, root_img, 400, "root")
     if var_img is None:
@@ -510,6 +548,8 @@ def qemu_command(system: System, console: Path) -> List[str]:
         "-append", cmdline,
         "-drive", f"file={system.root_img},format=raw,if=virtio,cache=unsafe",
         "-drive", f"file={system.var_img},format=raw,if=virtio,cache=writeback",
+        *(arg for disk in system.disks
+          for arg in ("-drive", f"file={disk},format=raw,if=virtio,readonly=on")),
         "-nic", "none",
     ]  # fmt: skip
 
