@@ -527,3 +527,42 @@ def test_a_refused_boot_runs_the_wipe_request_hook(tmp_path: Path) -> None:
     after = device.snapshot()
     del after[str(flag.relative_to(device.root))]
     assert after == before
+
+
+BUSYBOX_APPLETS = (
+    "cat", "cut", "dirname", "echo", "head", "mkdir", "mktemp", "mount", "mv", "rm", "rmdir",
+    "sed", "stat", "sync", "umount",
+)  # fmt: skip
+
+
+@needs_update_command
+def test_hooks_need_only_busybox_and_python(v1_device: Device, tmp_path: Path) -> None:
+    """OE images often have busybox as /bin/sh and their only tools: the hooks run with busybox
+    sh and a PATH of busybox applets (plus python3) and nothing else."""
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.skip("busybox is not installed (apt-get install busybox-static)")
+    bindir = tmp_path / "busybox-bin"
+    bindir.mkdir()
+    for applet in BUSYBOX_APPLETS:
+        (bindir / applet).symlink_to(busybox)
+    (bindir / "python3").symlink_to(sys.executable)
+    device = v1_device
+    v2 = make_image(tmp_path / "v2", "2.0", V2)
+    env = {
+        "PATH": str(bindir), "MIGRATION_DATA_ROOT": str(device.root),
+        "MIGRATION_STATE_DIR": str(device.state), "RAUC_SLOT_CLASS": "rootfs",
+        "RAUC_SLOT_MOUNT_POINT": str(v2),
+    }  # fmt: skip
+    res = subprocess.run([busybox, "sh", str(v2 / HOOK_DIR / "rauc-hook.sh"), "slot-post-install"],
+                         env=env, capture_output=True, text=True, check=False)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert device.runs()[-1] == "50-app-move.sh update 1"
+    flag = tmp_path / "flag"
+    res = subprocess.run(
+        [busybox, "sh", "-e", str(WIPE)], capture_output=True, text=True, check=False,
+        env={"PATH": str(bindir), "MIGRATION_VERDICT": "predates", "MIGRATION_MESSAGE": "m",
+             "MIGRATION_ROOT": str(v2), "MIGRATION_WIPE_FLAG": str(flag)},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert flag.read_text().startswith("verdict=predates\nversion_id=2.0\nbuild_id=\n")
