@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: MIT
-"""lib/oeqa/runtime/cases/migration.py: the testimage cases for boot scenarios 1-3.
+"""lib/oeqa/runtime/cases/migration.py: the testimage cases for boot scenarios 1-3 and the
+update hooks.
 
 They run only under `bitbake -c testimage` on a built image; here they are parse-checked, their
 dependency names are checked against the real test names, and, with OE-core available
@@ -45,6 +46,7 @@ def test_cases_cover_scenarios_1_to_3_and_depend_on_real_tests() -> None:
         "test_migration_failure_is_visible",
         "test_migration_first_boot_applied",
         "test_migration_noop_starts_no_process",
+        "test_migration_update_hooks_run_on_the_target",
     ]
     for name, deps in methods.items():
         assert deps, f"{name} declares no OETestDepends"

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""testimage cases for meta-migration (boot scenarios 1-3 on a real image).
+"""testimage cases for meta-migration (boot scenarios 1-3 and the update hooks on a real image).
 
 Run on an image with the runner and at least one migration (the kas demo image):
     TEST_SUITES:append = " migration"
@@ -77,3 +77,24 @@ class MigrationBootTest(OERuntimeTestCase):
         self.assertIn(states.get("99-oeqa-fails.sh"), ("failed", "refused"), msg=str(states))
         journal = self.run_ok("journalctl -b -u migration.service --no-pager")
         self.assertIn("99-oeqa-fails.sh", journal)
+
+    @OEHasPackage(["migration"])
+    @OETestDepends(["migration.MigrationBootTest.test_migration_first_boot_applied"])
+    def test_migration_update_hooks_run_on_the_target(self):
+        """The update hooks the image ships run with the target's own sh and python3 (OE's
+        python3-core): given the running image as the "new" root, each one calls `migration
+        update /`, finds everything applied and exits 0; nothing runs, the stamp stays."""
+        hooks = "/usr/share/migration/update-hooks"
+        calls = (
+            f"env RAUC_SLOT_CLASS=rootfs RAUC_SLOT_MOUNT_POINT=/ {hooks}/rauc-hook.sh "
+            "slot-post-install",
+            f"{hooks}/swupdate-postinst.sh postinst /",
+            f"env MIGRATION_NEW_ROOT=/ {hooks}/ArtifactInstall_Leave_50_migration",
+        )
+        for call in calls:
+            output = self.run_ok(f"{call} 2>&1")
+            self.assertIn("the new image's migrations are applied", output, msg=call)
+            ran = [ln for ln in output.splitlines()
+                   if ": running" in ln and not ln.startswith("migration-update (")]
+            self.assertEqual(ran, [], msg=call)
+        self.run_ok("test -e /usr/share/migration/done")
