@@ -395,6 +395,12 @@ def test_hook_arguments_of_other_calls(v1_device: Device, tmp_path: Path) -> Non
     bare.mkdir()
     res = run_hook("rauc-hook.sh", device, v2, {"RAUC_SLOT_MOUNT_POINT": str(bare)})
     assert res.returncode == 0 and "has no migration runner, nothing to do" in res.stderr
+    # One without a manifest (not built with migration_image): left to its first boot.
+    (v2 / "usr/share/migration/manifest.json").unlink()
+    before = device.snapshot()
+    res = run_hook("rauc-hook.sh", device, v2)
+    assert res.returncode == 0 and "has no migration manifest" in res.stderr
+    assert device.snapshot() == before
 
 
 @needs_update_command

@@ -93,6 +93,12 @@ run_update() {
 		say "$command does not exist: the new image has no migration runner, nothing to do"
 		return 0
 	fi
+	# The runner's default manifest path: an image built without it has no list of its
+	# migrations; its first boot runs them.
+	if [ ! -f "$root/usr/share/migration/manifest.json" ]; then
+		say "the new image has no migration manifest: its first boot applies its migrations"
+		return 0
+	fi
 	if ! command -v "$python" >/dev/null 2>&1; then
 		say "WARNING: no $python on the running system: the new image's first boot applies" \
 			"its migrations"
