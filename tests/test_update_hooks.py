@@ -575,3 +575,27 @@ def test_hooks_need_only_busybox_and_python(v1_device: Device, tmp_path: Path) -
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert flag.read_text().startswith("verdict=predates\nversion_id=2.0\nbuild_id=\n")
+
+
+@needs_update_command
+def test_deferred_one_way_migrations_keep_the_old_image_as_a_fallback(
+    v1_device: Device, tmp_path: Path
+) -> None:
+    """MIGRATION_UPDATE_ARGS="--defer-oneway": the one-way migration waits for the new image's
+    first boot, so a rollback to the old image (updater fallback) still finds data it can use."""
+    device = v1_device
+    oneway = Mig("app", "to-user.sh", recorder("to-user"), "80", oneway=1)
+    v2 = make_image(tmp_path / "v2", "2.0", [*V2, oneway])
+    v1_again = make_image(tmp_path / "v1-again", "1.0", V1)
+    res = run_hook("ArtifactInstall_Leave_50_migration", device, v2,
+                   {"MIGRATION_UPDATE_ARGS": "--defer-oneway"})  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "deferred to the first boot" in res.stderr
+    assert device.runs()[1:] == ["50-app-move.sh update 1"]
+    # The new image does not come up; the updater rolls back: the old image still boots.
+    res = device.boot(v1_again)
+    assert res.returncode == 0, res.stderr
+    # The next try of the new image runs the one-way migration at its first boot.
+    res = device.boot(v2)
+    assert res.returncode == 0, res.stderr
+    assert device.runs()[1:] == ["50-app-move.sh update 1", "80-app-to-user.sh boot 1"]
