@@ -171,12 +171,17 @@ def check(device):
 
 
 def test_power_cuts_at_many_points(tmp_path):
-    # Calibrate: how long does a whole run take here (interpreter start included)?
-    calib = Device(tmp_path / "calibration")
-    t0 = time.monotonic()
-    assert calib.run() == 0
-    full = time.monotonic() - t0
-    check(calib)
+    # Calibrate: how long does a whole run take here (interpreter start included)? The
+    # shorter of two runs: on a loaded machine one slow run would put the late cuts after the
+    # end of most runs.
+    durations = []
+    for c in range(2):
+        calib = Device(tmp_path / f"calibration{c}")
+        t0 = time.monotonic()
+        assert calib.run() == 0
+        durations.append(time.monotonic() - t0)
+        check(calib)
+    full = min(durations)
     cuts = 0
     for i in range(SCENARIOS):
         device = Device(tmp_path / f"device{i}")
@@ -453,8 +458,11 @@ def test_cuts_around_the_one_way_script(tmp_path):
             not_begun += killed
         done = device.state / "done"
         if done.exists() and os.listdir(done):
-            assert not killed and rc == 0
+            # (a cut may land after the stamp, while the runner exits: nothing left to do)
             assert len(device.applied_names()) == N_SCRIPTS
+            assert device.level() == ONEWAY_LEVEL
+        else:
+            assert killed, f"an uncut run (exit {rc}) left no stamp"
         if device.level() == ONEWAY_LEVEL:
             device.older_image_refuses()
         assert device.run() == 0
