@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: MIT
 """The compatibility decision (R6 upgrade floors, R7 one-way levels) as tables: every rule, its
-boundaries, equal versions, `~` and letters, state of a 1.0 runner, an image without VERSION_ID,
+boundaries, equal versions, `~` and letters, state of a 0.1.0 runner, an image without VERSION_ID,
 a damaged state.json beside records. Pure functions: no disk."""
 
 import itertools
@@ -236,10 +236,10 @@ def rec(version=None, oneway=None):
           "applied_image": {"version_id": "2.0"}}, [], (2, "2.0", "applied_image in state.json")),
         # applied_image of an image without VERSION_ID: nothing to prove with
         ({"format": 1, "image": {"version_id": "3.0"}, "applied_image": {}}, [], (0, "", "")),
-        # a 1.0 runner's state.json: no compat_level (0), no applied_image: its image
+        # a 0.1.0 runner's state.json: no compat_level (0), no applied_image: its image
         ({"format": 1, "image": {"version_id": "1.0", "build_id": "x"}, "runner_version": "0.1.0"},
          [rec("1.0")], (0, "1.0", "image in state.json")),
-        # a 1.0 runner on an image without VERSION_ID
+        # a 0.1.0 runner on an image without VERSION_ID
         ({"format": 1, "image": {}}, [rec("1.0")], (0, "", "")),
         # state.json says level 1; records are not consulted
         ({"format": 1, "compat_level": 1, "image": {"version_id": "2.0"}}, [rec("9.0", 5)],

@@ -376,7 +376,7 @@ def test_state_of_a_1_0_runner_is_judged_by_its_image(env):
     write_manifest5(env)
     assert env.run() == 0
     m = meta(env)
-    del m["applied_image"], m["compat_level"]  # what a 1.0 runner wrote
+    del m["applied_image"], m["compat_level"]  # what a 0.1.0 runner wrote
     (env.state / "state.json").write_text(json.dumps(m))
     os_release(env, "2.0")
     env.add("20-b")

@@ -6,7 +6,7 @@ and on a build host (manifest generation, lint). Modules that run on the target 
 OE-core's python3-core, python3-crypt and python3-json ship (see tests/test_imports.py).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # BitBake's `addpylib ${LAYERDIR}/lib migration` (conf/layer.conf) imports these submodules and
 # scans their functions for d.getVar("LITERAL") dependencies of the tasks that call them.

@@ -23,7 +23,7 @@ The decision (`decide`), in this order:
 2. no state (no state.json and no record): with a floor set and a data marker present:
    *predates*, refused. Otherwise *fresh*: every migration of the image runs (scripts must cope
    with absent data).
-3. floor set and the recorded version (applied_image, else the image of a 1.0 runner's
+3. floor set and the recorded version (applied_image, else the image of a 0.1.0 runner's
    state.json, else the newest image in the records) is older than the floor: *below-floor*,
    refused; state without any recorded version with a floor set: *below-floor* too (cannot prove
    the data is recent enough).
@@ -249,7 +249,7 @@ def state_facts(meta: Optional[Dict[str, Any]], records: Iterable[Dict[str, Any]
     records carry its level, and the level is raised before it starts, so state.json is never
     lower than its records).
     Version: applied_image.version_id (the image whose manifest a run last left completely
-    applied); without applied_image (a 1.0 runner's state.json, or no run has completed yet),
+    applied); without applied_image (a 0.1.0 runner's state.json, or no run has completed yet),
     image.version_id (the image that last ran); without a usable state.json, the newest image
     version found in the records (a power cut during the very first run leaves records but no
     state.json: the image that wrote them is the one to trust).

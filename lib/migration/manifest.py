@@ -11,7 +11,7 @@ IMAGE/etc/migration.d and writes `/usr/share/migration/manifest.json`:
 "version"}...]}` (sorted by name; digest = sha256 of the canonical JSON of the migrations list;
 one-way entries also carry "oneway", inside the digest; entries without it hash as before), with
 `"upgrade_floor": VERSION` and `"data_markers": [PATH...]` only when set (see migration.compat;
-additions keep format 1: a 1.0 runner ignores them), plus the symlink
+additions keep format 1: a 0.1.0 runner ignores them), plus the symlink
 `/usr/share/migration/done -> /var/lib/migration/done/<digest>`, dangling until the runner has
 applied every entry; the boot unit's `ConditionPathExists=!/usr/share/migration/done` then skips
 the runner entirely. On the target, a script whose content differs from its manifest entry, or

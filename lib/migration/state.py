@@ -10,7 +10,7 @@ Layout (the project's most durable contract; every JSON file carries a "format" 
                                level of a one-way script ever started: raised durably before it
                                starts; absent = 0) and the image whose manifest a run last left
                                completely applied (written right before the done stamp). Readers
-                               ignore unknown keys; a 1.0 runner keeps them (see migration.compat).
+                               ignore unknown keys; runner 0.1.0 keeps them (see compat).
     <state>/lock              flock(2) target; one runner at a time
     <state>/applied/<sha256>  a script with this content succeeded (never runs again)
     <state>/failed/<sha256>   its last attempt failed; "attempts" counts every start so far
