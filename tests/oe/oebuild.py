@@ -12,7 +12,7 @@ Environment:
                          that the parse cache makes reruns fast. Default: /tmp/migration-oe
   MIGRATION_KAS_FILE     kas file of the layer to test. Default: kas.yml for wrynose (and any
                          other release), kas/scarthgap.yml for scarthgap.
-  MIGRATION_OE_SLOW=1    also run yocto-check-layer (about 12 minutes on a fresh build dir)
+  MIGRATION_OE_SLOW=1    also run yocto-check-layer (12 to 25 minutes on 2 cores, fresh build dir)
 
 How: the layer is copied (its git-tracked and untracked-but-not-ignored files) into the work
 dir, made a git repository of its own, and given `offline.yml`, which points the kas repos at the
