@@ -270,3 +270,30 @@ def test_manifest_command_options(image, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["manifest", "--root", str(image.root), "--compat-level", "-1"])
     assert exc.value.code == 2
+
+
+def test_manifest_refresh_keeps_the_image_settings(image, capsys):
+    """A package installed on a running device refreshes the manifest with a plain
+    `migration manifest` (the class's postinst): the image's level, floor and markers stay."""
+    from migration import cli
+
+    image.ship("foo", {"50-x": "echo 1\n"})
+    assert cli.main(["manifest", "--root", str(image.root), "--compat-level", "2",
+                     "--upgrade-floor", "1.5", "--data-marker", "/var/a"]) == 0
+    image.ship("bar", {"60-y": "echo 2\n"})
+    assert cli.main(["manifest", "--root", str(image.root)]) == 0
+    loaded = manifest.load(str(image.root / manifest.MANIFEST_REL))
+    assert sorted(loaded.entries) == ["50-x", "60-y"]
+    assert (loaded.compat_level, loaded.upgrade_floor, loaded.data_markers) == (2, "1.5",
+                                                                             ("/var/a",))
+    # given settings replace the kept ones; "" removes the floor
+    assert cli.main(["manifest", "--root", str(image.root), "--upgrade-floor", ""]) == 0
+    loaded = manifest.load(str(image.root / manifest.MANIFEST_REL))
+    assert (loaded.compat_level, loaded.upgrade_floor, loaded.data_markers) == (2, "",
+                                                                             ("/var/a",))
+    # without a manifest to keep from: the defaults
+    (image.root / manifest.MANIFEST_REL).unlink()
+    assert cli.main(["manifest", "--root", str(image.root)]) == 0
+    loaded = manifest.load(str(image.root / manifest.MANIFEST_REL))
+    assert (loaded.compat_level, loaded.upgrade_floor, loaded.data_markers) == (0, "", ())
+    capsys.readouterr()

@@ -10,6 +10,11 @@ fragments; --upgrade-floor VERSION (MIGRATION_UPGRADE_FLOOR: the oldest release 
 upgrades from) and --data-marker PATH (MIGRATION_DATA_MARKERS, repeatable: absolute paths whose
 existence proves that a device without migration state has data) are written when given. A floor
 that is not a version or a marker that is not absolute: exit 2.
+
+A setting not given keeps the value of the manifest being replaced (when there is a readable
+one): a package installed or removed on a running device refreshes the manifest with a plain
+`migration manifest` (the class's postinst), which must not drop the image's level, floor and
+markers. `--upgrade-floor ""` removes a floor.
 """
 
 from typing import Any
@@ -35,16 +40,19 @@ def setup_parser(parser: Any) -> None:
         "--root", dest="manifest_root", metavar="DIR", help="image root (default: global --root)"
     )
     parser.add_argument(
-        "--compat-level", type=_level, default=0, metavar="N",
-        help="the image's compatibility level (default 0; max'ed with the one-way levels)",
+        "--compat-level", type=_level, metavar="N",
+        help="the image's compatibility level (default: the current manifest's, else 0; max'ed "
+        "with the one-way levels)",
     )
     parser.add_argument(
-        "--upgrade-floor", default="", metavar="VERSION",
-        help="oldest release (VERSION_ID) this image upgrades from (default: none)",
+        "--upgrade-floor", metavar="VERSION",
+        help="oldest release (VERSION_ID) this image upgrades from (default: the current "
+        "manifest's, else none; \"\" for none)",
     )
     parser.add_argument(
-        "--data-marker", action="append", default=[], metavar="PATH", dest="data_markers",
-        help="absolute path proving that a device has data (repeatable)",
+        "--data-marker", action="append", metavar="PATH", dest="data_markers",
+        help="absolute path proving that a device has data (repeatable; default: the current "
+        "manifest's)",
     )
 
 
@@ -52,13 +60,25 @@ def run(args: Any) -> int:
     import os
 
     from migration import manifest as manifest_mod
+    from migration.errors import ManifestError
 
     root = os.path.abspath(args.manifest_root) if args.manifest_root else args.root
-    result = manifest_mod.generate(
-        root, compat_level=args.compat_level, upgrade_floor=args.upgrade_floor,
-        data_markers=args.data_markers,
-    )
     path = os.path.join(root, manifest_mod.MANIFEST_REL)
+    level, floor, markers = args.compat_level, args.upgrade_floor, args.data_markers
+    if level is None or floor is None or markers is None:
+        try:
+            current = manifest_mod.load(path)
+        except ManifestError:
+            current = None  # a damaged manifest is replaced; its settings are lost
+        if level is None:
+            level = current.compat_level if current else 0
+        if floor is None:
+            floor = current.upgrade_floor if current else ""
+        if markers is None:
+            markers = list(current.data_markers) if current else []
+    result = manifest_mod.generate(
+        root, compat_level=level, upgrade_floor=floor, data_markers=markers
+    )
     extra = f", compatibility level {result['compat_level']}"
     if result.get("upgrade_floor"):
         extra += f", upgrades from {result['upgrade_floor']} or newer"
