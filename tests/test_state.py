@@ -206,6 +206,19 @@ def test_os_release(tmp_path):
     assert read_os_release(str(tmp_path)) == {"version_id": "6.0", "build_id": "20261125"}
 
 
+def test_os_release_absolute_symlink_resolves_inside_the_root(tmp_path):
+    """An updater reads the NEW image's os-release: /etc/os-release -> /usr/lib/os-release
+    (absolute, common in images) must not read the running system's file."""
+    (tmp_path / "usr/lib").mkdir(parents=True)
+    (tmp_path / "usr/lib/os-release").write_text("VERSION_ID=9.9~test\n")
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/os-release").symlink_to("/usr/lib/os-release")
+    assert read_os_release(str(tmp_path)) == {"version_id": "9.9~test"}
+    (tmp_path / "etc/os-release").unlink()
+    (tmp_path / "etc/os-release").symlink_to("../usr/lib/os-release")
+    assert read_os_release(str(tmp_path)) == {"version_id": "9.9~test"}
+
+
 def test_started_note_that_lost_its_content_still_means_interrupted(state):
     with open(os.path.join(state.path, "started", SHA), "w"):
         pass  # a power cut took the content of the note, not the note

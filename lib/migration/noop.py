@@ -79,12 +79,34 @@ def is_ignored(name: str) -> bool:
     )
 
 
+def _inside(root: str, path: str) -> str:
+    """`path` (below `root`) with its absolute symlinks (the file's own) taken as relative to `root`
+    (at most 8 links, like a short chroot lookup; relative links resolve as they are)."""
+    for _ in range(8):
+        try:
+            target = os.readlink(path)
+        except OSError:
+            return path
+        if target.startswith("/"):
+            path = os.path.join(root, target.lstrip("/"))
+        else:
+            path = os.path.join(os.path.dirname(path), target)
+    return path
+
+
 def read_os_release(root: str = "/") -> dict[str, str]:
     """VERSION_ID and BUILD_ID of the image at `root` (os-release(5): /etc first, then /usr/lib),
-    as {"version_id": ..., "build_id": ...} with only the keys present."""
+    as {"version_id": ..., "build_id": ...} with only the keys present.
+
+    Below another root (an image mounted by an updater, IMAGE_ROOTFS at build time), an absolute
+    symlink such as /etc/os-release -> /usr/lib/os-release is resolved inside that root, not on
+    the running system."""
     for rel in ("etc/os-release", "usr/lib/os-release"):
+        path = os.path.join(root, rel)
+        if root not in ("/", ""):
+            path = _inside(root, path)
         try:
-            with open(os.path.join(root, rel), encoding="utf-8", errors="replace") as f:
+            with open(path, encoding="utf-8", errors="replace") as f:
                 text = f.read(65536)
         except OSError:
             continue
