@@ -597,3 +597,17 @@ def test_status_and_check_report_the_refusal(env, capsys):
     assert "cannot use the device's data (below-floor)" in capsys.readouterr().err
     assert cli.main([*base, "run"]) == 3
     assert "upgrade from a too old release" in capsys.readouterr().err
+
+
+def test_a_run_without_image_manifest_says_how_to_get_one(env):
+    """Without migration_image the scripts are not checked against the image and no boot is
+    free: every run says so, naming the fix; with a manifest it is not said."""
+    env.add("50-a")
+    assert env.run() == 0
+    hint = [m for m in env.messages if "no image manifest" in m]
+    assert len(hint) == 1 and 'IMAGE_CLASSES += "migration_image"' in hint[0]
+    assert env.run() == 0  # nothing to do, still no manifest: still said
+    assert any("no image manifest" in m for m in env.messages)
+    env.write_manifest()
+    assert env.run() == 0
+    assert not any("no image manifest" in m for m in env.messages)
