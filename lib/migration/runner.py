@@ -88,28 +88,30 @@ def dir_refusal(scripts_dir: str, euid: int) -> Optional[str]:
     if euid != 0:
         return None  # an unprivileged runner can only do what its user can anyway
     st = os.stat(scripts_dir)
-    if st.st_uid != 0:
-        return f"scripts dir {scripts_dir} is owned by uid {st.st_uid}, not root"
-    if st.st_mode & 0o022:
-        return f"scripts dir {scripts_dir} is writable by group or others (mode {_mode(st)})"
+    reason = owner_refusal(st.st_uid, st.st_mode, euid)
+    return f"scripts dir {scripts_dir} {reason}" if reason else None
+
+
+def _mode(mode: int) -> str:
+    return oct(stat.S_IMODE(mode))[2:].rjust(4, "0")
+
+
+def owner_refusal(uid: int, mode: int, euid: int) -> Optional[str]:
+    """Why root must not run a file of this owner and mode, or None (scripts and hooks)."""
+    if euid != 0:
+        return None
+    if uid != 0:
+        return f"is owned by uid {uid}, not root"
+    if mode & 0o022:
+        return f"is writable by group or others (mode {_mode(mode)})"
     return None
-
-
-def _mode(st: "os.stat_result") -> str:
-    return oct(stat.S_IMODE(st.st_mode))[2:].rjust(4, "0")
 
 
 def script_refusal(script: Script, euid: int) -> Optional[str]:
     """Why root must not run `script`, or None. Not checked for other users (by design)."""
-    if euid != 0:
-        return None
-    if script.symlink:
+    if euid == 0 and script.symlink:
         return "is a symlink"
-    if script.uid != 0:
-        return f"is owned by uid {script.uid}, not root"
-    if script.mode & 0o022:
-        return f"is writable by group or others (mode {oct(script.mode)[2:].rjust(4, '0')})"
-    return None
+    return owner_refusal(script.uid, script.mode, euid)
 
 
 def manifest_refusal(script: Script, manifest: Optional[manifest_mod.Manifest]) -> Optional[str]:
@@ -244,6 +246,10 @@ def image_root(opts: Options) -> str:
     return opts.image_root or opts.root
 
 
+def hooks_dir(opts: Options) -> str:
+    return opts.hooks_dir or os.path.join(opts.root, HOOKS_DIR)
+
+
 def assess(
     opts: Options,
     state: State,
@@ -272,26 +278,26 @@ def run_hooks(opts: Options, verdict: compat.Verdict, say: Callable[[str], None]
     MIGRATION_STATE_DIR, MIGRATION_PHASE=boot and MIGRATION_ROOT, stdin /dev/null, its output on
     stderr prefixed with its name, and --timeout as its limit. As root, the root-only safety
     checks of scripts apply (owner root, not writable by group or others, the dir too)."""
-    hooks_dir = opts.hooks_dir or os.path.join(opts.root, HOOKS_DIR)
+    directory = hooks_dir(opts)
     try:
-        names = sorted(os.listdir(hooks_dir), key=os.fsencode)
+        names = sorted(os.listdir(directory), key=os.fsencode)
     except FileNotFoundError:
         return 0
     except OSError as e:
-        say(f"cannot read hooks dir {hooks_dir}: {e.strerror}")
+        say(f"cannot read hooks dir {directory}: {e.strerror}")
         return 1
     euid = os.geteuid()
     try:
-        dir_reason = dir_refusal(hooks_dir, euid)
+        dir_reason = dir_refusal(directory, euid)
     except OSError as e:
-        dir_reason = f"cannot stat {hooks_dir}: {e.strerror}"
+        dir_reason = f"cannot stat {directory}: {e.strerror}"
     from migration import execute
 
     failed = 0
     for name in names:
         if is_ignored(name):
             continue
-        path = os.path.join(hooks_dir, name)
+        path = os.path.join(directory, name)
         try:
             st = os.stat(path)  # a symlink is followed: what it points to is checked
         except OSError as e:
@@ -300,11 +306,7 @@ def run_hooks(opts: Options, verdict: compat.Verdict, say: Callable[[str], None]
             continue
         if not stat.S_ISREG(st.st_mode) or not os.access(path, os.X_OK):
             continue  # not an executable file (a README, a disabled hook): skipped
-        reason = dir_reason
-        if not reason and euid == 0 and st.st_uid != 0:
-            reason = f"is owned by uid {st.st_uid}, not root"
-        elif not reason and euid == 0 and st.st_mode & 0o022:
-            reason = f"is writable by group or others (mode {_mode(st)})"
+        reason = dir_reason or owner_refusal(st.st_uid, st.st_mode, euid)
         if reason:
             say(f"hook {path}: refused: {reason}")
             failed += 1
@@ -332,9 +334,8 @@ def run_hooks(opts: Options, verdict: compat.Verdict, say: Callable[[str], None]
 def _refuse(opts: Options, verdict: compat.Verdict, say: Callable[[str], None]) -> None:
     """Refusal: hooks in the boot phase, then Incompatible (exit 3; cli prints the message)."""
     if opts.phase == "boot":
-        hooks_dir = opts.hooks_dir or os.path.join(opts.root, HOOKS_DIR)
         say(f"this image cannot use the device's data ({verdict.kind}); nothing was written; "
-            f"running the hooks in {hooks_dir}")
+            f"running the hooks in {hooks_dir(opts)}")
         failed = run_hooks(opts, verdict, say)
         if failed:
             say(f"{failed} hook(s) failed")
@@ -539,8 +540,7 @@ def dry_run(opts: Options, out: Callable[[str], None]) -> int:
     if verdict.refused:
         out(f"would refuse ({verdict.kind}): {verdict.message}")
         if opts.phase == "boot":
-            hooks = opts.hooks_dir or os.path.join(opts.root, HOOKS_DIR)
-            out(f"would run the hooks in {hooks}")
+            out(f"would run the hooks in {hooks_dir(opts)}")
         return 3
     items, warnings = inspect(opts, state)
     for w in warnings:

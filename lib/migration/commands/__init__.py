@@ -9,7 +9,7 @@ import time (import heavy things inside run()): every invocation imports all of 
 
 import importlib
 from types import ModuleType
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 NAMES = ["run", "update", "status", "forget", "check", "manifest", "lint"]
 
@@ -44,3 +44,47 @@ def seconds(text: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0: {text!r}")
     return value
+
+
+def add_run_options(parser: Any) -> None:
+    """The options `run` and `update` share: --dry-run, --policy, --timeout, --kill-grace and
+    --lock-wait (read back with run_settings)."""
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print what would run; change nothing"
+    )
+    parser.add_argument(
+        "--policy",
+        choices=("continue", "stop"),
+        default="continue",
+        help="after a failure: run the rest (continue, default) or leave them pending (stop)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=seconds,
+        metavar="SECONDS",
+        help="kill a script's process group after this long (default and 0: no limit)",
+    )
+    parser.add_argument(
+        "--kill-grace",
+        type=seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="after SIGTERM on timeout, wait this long before SIGKILL (default 5)",
+    )
+    parser.add_argument(
+        "--lock-wait",
+        type=seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="wait this long for another runner's lock, then exit 75 (default 60)",
+    )
+
+
+def run_settings(args: Any) -> Dict[str, Any]:
+    """The runner.Options fields of add_run_options' options."""
+    return {
+        "policy": args.policy,
+        "timeout": args.timeout or None,
+        "lock_wait": args.lock_wait,
+        "kill_grace": args.kill_grace,
+    }

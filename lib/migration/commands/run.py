@@ -18,47 +18,19 @@ is 3. Scripts see MIGRATION_PHASE=boot, MIGRATION_ROOT and MIGRATION_IMAGE_ROOT 
 
 from typing import Any
 
-from migration.commands import options, seconds
+from migration.commands import add_run_options, options, run_settings
 
 name = "run"
 helpmsg = "run every pending migration script once"
 
 
 def setup_parser(parser: Any) -> None:
-    parser.add_argument(
-        "--dry-run", action="store_true", help="print what would run; change nothing"
-    )
-    parser.add_argument(
-        "--policy",
-        choices=("continue", "stop"),
-        default="continue",
-        help="after a failure: run the rest (continue, default) or leave them pending (stop)",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=seconds,
-        metavar="SECONDS",
-        help="kill a script's process group after this long (default and 0: no limit)",
-    )
-    parser.add_argument(
-        "--kill-grace",
-        type=seconds,
-        default=5.0,
-        metavar="SECONDS",
-        help="after SIGTERM on timeout, wait this long before SIGKILL (default 5)",
-    )
+    add_run_options(parser)
     parser.add_argument(
         "--hooks-dir",
         metavar="DIR",
         help="run these executables when the image is refused "
         "(default ROOT/etc/migration/incompatible.d)",
-    )
-    parser.add_argument(
-        "--lock-wait",
-        type=seconds,
-        default=60.0,
-        metavar="SECONDS",
-        help="wait this long for another runner's lock, then exit 75 (default 60)",
     )
 
 
@@ -69,10 +41,7 @@ def run(args: Any) -> int:
 
     opts = options(
         args,
-        policy=args.policy,
-        timeout=args.timeout or None,
-        lock_wait=args.lock_wait,
-        kill_grace=args.kill_grace,
+        **run_settings(args),
         hooks_dir=os.path.abspath(args.hooks_dir) if getattr(args, "hooks_dir", None) else None,
     )
     if args.dry_run:

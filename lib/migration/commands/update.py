@@ -28,7 +28,7 @@ given), 3 refused (this image cannot use the device's data), 75 lock busy, 130 i
 
 from typing import Any
 
-from migration.commands import seconds
+from migration.commands import add_run_options, run_settings
 
 name = "update"
 helpmsg = "apply a new image's migrations from its mounted root (at update time)"
@@ -36,39 +36,11 @@ helpmsg = "apply a new image's migrations from its mounted root (at update time)
 
 def setup_parser(parser: Any) -> None:
     parser.add_argument("newroot", metavar="NEWROOT", help="root of the new image (mounted)")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="print what would run; change nothing"
-    )
+    add_run_options(parser)
     parser.add_argument(
         "--defer-oneway",
         action="store_true",
         help="leave one-way migrations (and those after them) to the new image's first boot",
-    )
-    parser.add_argument(
-        "--policy",
-        choices=("continue", "stop"),
-        default="continue",
-        help="after a failure: run the rest (continue, default) or leave them pending (stop)",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=seconds,
-        metavar="SECONDS",
-        help="kill a script's process group after this long (default and 0: no limit)",
-    )
-    parser.add_argument(
-        "--kill-grace",
-        type=seconds,
-        default=5.0,
-        metavar="SECONDS",
-        help="after SIGTERM on timeout, wait this long before SIGKILL (default 5)",
-    )
-    parser.add_argument(
-        "--lock-wait",
-        type=seconds,
-        default=60.0,
-        metavar="SECONDS",
-        help="wait this long for another runner's lock, then exit 75 (default 60)",
     )
 
 
@@ -97,10 +69,7 @@ def run(args: Any) -> int:
         state_dir=args.state_dir,
         root=args.root,
         manifest_path=manifest,
-        policy=args.policy,
-        timeout=args.timeout or None,
-        lock_wait=args.lock_wait,
-        kill_grace=args.kill_grace,
+        **run_settings(args),
         phase="update",
         image_root=newroot,
         defer_oneway=args.defer_oneway,
