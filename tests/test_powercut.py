@@ -20,6 +20,8 @@ import time
 
 import pytest
 
+from fstree import tree
+
 LIB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lib")
 N_SCRIPTS = 20
 SCENARIOS = 12
@@ -381,26 +383,12 @@ class OneWayDevice(Device):
 
     def older_image_refuses(self):
         """The older image's run: exit 3, with the state dir unchanged byte for byte."""
-        before = _tree(self.state)
+        before = tree(self.state)
         proc = self.start(older=True, capture=True)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 3, err
         assert "incompatible downgrade" in err
-        assert _tree(self.state) == before
-
-
-def _tree(path):
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in dirnames + filenames:
-            p = os.path.join(dirpath, name)
-            st = os.lstat(p)
-            data = b""
-            if os.path.isfile(p):
-                with open(p, "rb") as f:
-                    data = f.read()
-            out[p] = (st.st_mode, st.st_mtime_ns, data)
-    return out
+        assert tree(self.state) == before
 
 
 def test_cut_inside_a_one_way_script_leaves_the_level_raised_and_no_stamp(tmp_path):

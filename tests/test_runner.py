@@ -9,6 +9,7 @@ import os
 
 import pytest
 
+from fstree import tree
 from migration import manifest as manifest_mod
 from migration import runner
 from migration.state import State
@@ -250,20 +251,6 @@ def test_damaged_record_moved_aside_and_script_reruns(env):
     assert any("damaged state record moved aside" in m for m in env.messages)
 
 
-def _tree(path):
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in dirnames + filenames:
-            p = os.path.join(dirpath, name)
-            st = os.lstat(p)
-            data = b""
-            if os.path.isfile(p):
-                with open(p, "rb") as f:
-                    data = f.read()
-            out[p] = (st.st_mode, st.st_mtime_ns, data)
-    return out
-
-
 def test_dry_run_changes_nothing(env, capsys):
     env.add("10-a")
     env.add("20-b", "exit 1")
@@ -274,10 +261,10 @@ def test_dry_run_changes_nothing(env, capsys):
     assert env.run() == 1
     (env.state / "applied" / ("f" * 64)).write_text("garbage")
     env.add("30-c")
-    before = _tree(env.root)
+    before = tree(env.root)
     capsys.readouterr()
     assert runner.dry_run(opts, print) == 1
-    assert _tree(env.root) == before
+    assert tree(env.root) == before
     out = capsys.readouterr().out
     assert out == "would run 20-b (failed before)\nwould run 30-c\n"
 
@@ -357,12 +344,12 @@ def test_below_floor_is_refused_before_anything_is_written(env):
     os_release(env, "3.0")
     env.add("20-b")
     write_manifest5(env, floor="2.0")
-    before = _tree(env.state)
+    before = tree(env.state)
     exc = refused(env)
     assert exc.verdict.kind == compat.BELOW_FLOOR
     assert "release 1.0 (applied_image in state.json)" in str(exc)
     assert "Install release 2.0" in str(exc)
-    assert _tree(env.state) == before
+    assert tree(env.state) == before
     assert env.executions() == ["10-a"]
     # at the floor: fine
     write_manifest5(env, floor="1.0")
@@ -468,11 +455,11 @@ def test_failed_one_way_script_still_raises_the_level_and_older_images_refuse(en
     (hooks / "70-group-writable").write_text(f"#!/bin/sh\necho bad >> {out}\n")
     (hooks / "70-group-writable").chmod(0o775)
     (hooks / "README~").write_text("ignored\n")
-    before = _tree(env.state)
+    before = tree(env.state)
     exc = refused(env)
     assert exc.verdict.kind == compat.DOWNGRADE
     assert "level 1" in str(exc) and "level 0" in str(exc)
-    assert _tree(env.state) == before
+    assert tree(env.state) == before
     assert env.executions() == ["10-oneway"]  # the first run only; 05-old never ran
     lines = out.read_text().splitlines()
     assert lines[0] == f"downgrade|boot|{env.state}|{env.root}"
@@ -535,9 +522,9 @@ def test_damaged_state_json_takes_level_and_version_from_the_records(env):
     (env.scripts / "10-oneway").unlink()
     env.add("05-x")
     write_manifest5(env, compat_level=1)
-    before = _tree(env.state)
+    before = tree(env.state)
     assert refused(env).verdict.kind == compat.DOWNGRADE
-    assert _tree(env.state) == before  # not even moved aside
+    assert tree(env.state) == before  # not even moved aside
     # an image of level 2 with a floor the records prove: runs, moves state.json aside
     write_manifest5(env, compat_level=2, floor="2.0")
     assert env.run() == 0
@@ -559,13 +546,13 @@ def test_dry_run_shows_the_refusal_and_exits_3(env, capsys):
     assert env.run() == 0
     (env.scripts / "10-oneway").unlink()
     write_manifest5(env)
-    before = _tree(env.root)
+    before = tree(env.root)
     capsys.readouterr()
     assert runner.dry_run(env.opts(), print) == 3
     out = capsys.readouterr().out
     assert out.startswith("would refuse (downgrade): incompatible downgrade")
     assert "would run the hooks in" in out
-    assert _tree(env.root) == before
+    assert tree(env.root) == before
 
 
 def test_status_and_check_report_the_refusal(env, capsys):

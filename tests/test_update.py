@@ -18,6 +18,7 @@ import sys
 
 import pytest
 
+from fstree import tree
 from migration import manifest, noop
 
 LIB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lib")
@@ -102,21 +103,6 @@ class Device:
         device: the image's done symlink points at the live state dir's stamp."""
         target = os.readlink(image_root / manifest.DONE_LINK_REL)
         return os.path.isfile(os.path.join(self.data, target.lstrip("/")))
-
-
-def tree(path):
-    """Every entry under `path`: mode, mtime, content (a byte-for-byte comparison)."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in dirnames + filenames:
-            p = os.path.join(dirpath, name)
-            st = os.lstat(p)
-            data = b""
-            if os.path.isfile(p) and not os.path.islink(p):
-                with open(p, "rb") as f:
-                    data = f.read()
-            out[os.path.relpath(p, path)] = (st.st_mode, st.st_mtime_ns, st.st_size, data)
-    return out
 
 
 @pytest.fixture

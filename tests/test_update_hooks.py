@@ -35,12 +35,6 @@ HOOK_DIR = "usr/share/migration/update-hooks"
 HOOKS = ("rauc-hook.sh", "swupdate-postinst.sh", "ArtifactInstall_Leave_50_migration")
 RUNS = "var/lib/app/runs"
 
-needs_update_command = pytest.mark.skipif(
-    not (PKG / "commands" / "update.py").exists(),
-    reason="the runner's `update` command (lib/migration/commands/update.py) is not there yet",
-)
-
-
 @dataclass
 class Mig:
     """A migration script of a test image."""
@@ -263,7 +257,6 @@ def test_shellcheck_clean() -> None:
     assert res.returncode == 0, res.stdout
 
 
-@needs_update_command
 @pytest.mark.parametrize("hook", HOOKS)
 def test_update_time_run_applies_the_new_migrations_and_the_boot_runs_nothing(
     hook: str, v1_device: Device, tmp_path: Path
@@ -293,7 +286,6 @@ def test_update_time_run_applies_the_new_migrations_and_the_boot_runs_nothing(
     assert device.runs() == ["10-base-init.sh boot 1", "50-app-move.sh update 1"]
 
 
-@needs_update_command
 @pytest.mark.parametrize("hook", HOOKS)
 def test_a_failing_update_time_migration_lets_the_update_go_on_and_the_boot_retries(
     hook: str, v1_device: Device, tmp_path: Path
@@ -320,7 +312,6 @@ def test_a_failing_update_time_migration_lets_the_update_go_on_and_the_boot_retr
     assert device.stamp_exists()
 
 
-@needs_update_command
 @pytest.mark.parametrize("hook", HOOKS)
 def test_a_refused_update_aborts_the_install_and_touches_nothing(
     hook: str, v1_device: Device, tmp_path: Path
@@ -338,7 +329,6 @@ def test_a_refused_update_aborts_the_install_and_touches_nothing(
     assert device.snapshot() == before
 
 
-@needs_update_command
 def test_downgrades_across_and_within_compatibility_levels(
     v1_device: Device, tmp_path: Path
 ) -> None:
@@ -372,7 +362,6 @@ def test_downgrades_across_and_within_compatibility_levels(
     assert device.snapshot() == before
 
 
-@needs_update_command
 def test_hook_arguments_of_other_calls(v1_device: Device, tmp_path: Path) -> None:
     device = v1_device
     v2 = make_image(tmp_path / "v2", "2.0", V2)
@@ -403,7 +392,6 @@ def test_hook_arguments_of_other_calls(v1_device: Device, tmp_path: Path) -> Non
     assert device.snapshot() == before
 
 
-@needs_update_command
 def test_mender_hook_finds_the_new_root_from_the_bootloader_environment(
     v1_device: Device, tmp_path: Path
 ) -> None:
@@ -435,7 +423,6 @@ def test_mender_hook_finds_the_new_root_from_the_bootloader_environment(
     assert res.returncode == 1 and "is neither" in res.stderr
 
 
-@needs_update_command
 def test_swupdate_hook_mounts_a_block_device_read_only(v1_device: Device, tmp_path: Path) -> None:
     """The data attribute names the new root's partition: mounted read-only, unmounted after."""
     device = v1_device
@@ -511,7 +498,6 @@ def test_request_wipe_flag_path_and_verdicts_are_settings(tmp_path: Path) -> Non
     assert res.returncode == 1 and "MIGRATION_VERDICT is not set" in res.stderr
 
 
-@needs_update_command
 def test_a_refused_boot_runs_the_wipe_request_hook(tmp_path: Path) -> None:
     """The boot phase: v1 boots on data a one-way migration of v2 converted; the runner refuses
     (exit 3) and runs incompatible.d, where migration-wipe-request put the example."""
@@ -544,7 +530,6 @@ BUSYBOX_APPLETS = (
 )  # fmt: skip
 
 
-@needs_update_command
 def test_hooks_need_only_busybox_and_python(v1_device: Device, tmp_path: Path) -> None:
     """OE images often have busybox as /bin/sh and their only tools: the hooks run with busybox
     sh and a PATH of busybox applets (plus python3) and nothing else."""
@@ -577,7 +562,6 @@ def test_hooks_need_only_busybox_and_python(v1_device: Device, tmp_path: Path) -
     assert flag.read_text().startswith("verdict=predates\nversion_id=2.0\nbuild_id=\n")
 
 
-@needs_update_command
 def test_deferred_one_way_migrations_keep_the_old_image_as_a_fallback(
     v1_device: Device, tmp_path: Path
 ) -> None:

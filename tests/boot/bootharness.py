@@ -723,3 +723,16 @@ def clear_report(system: System) -> None:
     for name in list_dir(system.var_img, "/lib/harness"):
         subprocess.run(["debugfs", "-w", "-R", f"rm /lib/harness/{name}", str(system.var_img)],
                        capture_output=True, check=False)  # fmt: skip
+
+
+def lines(img: Path, path: str) -> List[str]:
+    """The lines of a file on a disk image ([] when it is missing or empty)."""
+    text = read_file(img, path)
+    return text.splitlines() if text else []
+
+
+def unit(report: Report, name: str) -> Dict[str, str]:
+    """The properties of unit `name` from the guest's dump (a clear failure when absent)."""
+    units_ = report.units()
+    assert name in units_, f"{name} not in the guest's unit dump: {sorted(units_)}"
+    return units_[name]

@@ -17,6 +17,7 @@ from typing import Dict, List
 
 import bootharness as h
 import pytest
+from bootharness import lines, unit
 
 from migration import units
 
@@ -80,17 +81,6 @@ WantedBy=multi-user.target
 
 def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def lines(img: Path, path: str) -> List[str]:
-    text = h.read_file(img, path)
-    return text.splitlines() if text else []
-
-
-def unit(report: h.Report, name: str) -> Dict[str, str]:
-    units_ = report.units()
-    assert name in units_, f"{name} not in the guest's unit dump: {sorted(units_)}"
-    return units_[name]
 
 
 def mono(props: Dict[str, str], key: str) -> int:

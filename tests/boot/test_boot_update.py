@@ -19,10 +19,11 @@ root disk over the same /var disk. One chain of five boots (a boot is 25-45 s un
 """
 
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict
 
 import bootharness as h
 import pytest
+from bootharness import lines, unit
 
 pytestmark = pytest.mark.boot
 
@@ -80,17 +81,6 @@ umount /mnt/new
 exit $rc
 """
 UPDATER = {"/usr/local/sbin/harness-command": (UPDATE_COMMAND, 0o755)}
-
-
-def lines(img: Path, path: str) -> List[str]:
-    text = h.read_file(img, path)
-    return text.splitlines() if text else []
-
-
-def unit(report: h.Report, name: str) -> Dict[str, str]:
-    units = report.units()
-    assert name in units, f"{name} not in the guest's unit dump: {sorted(units)}"
-    return units[name]
 
 
 def dump(system: h.System, dest: Path) -> Dict[str, bytes]:
