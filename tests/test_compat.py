@@ -4,13 +4,13 @@ boundaries, equal versions, `~` and letters, state of a 0.1.0 runner, an image w
 a damaged state.json beside records. Pure functions: no disk."""
 
 import itertools
-import shutil
 import subprocess
 
 import pytest
 
 from migration import compat
 from migration.compat import BELOW_FLOOR, DOWNGRADE, FRESH, OK, PREDATES
+from tools import tool
 
 # -- versions ------------------------------------------------------------------------------
 
@@ -65,13 +65,13 @@ def test_compare_versions_rules(a, b, expected):
     assert compat.compare_versions(b, a) == -expected
 
 
-@pytest.mark.skipif(shutil.which("dpkg") is None, reason="dpkg not installed")
 def test_compare_versions_agrees_with_dpkg():
+    dpkg = tool("dpkg", "a Debian host")
     versions = [v for v in ORDERED if v] + ["1.0_1", "1.0-1~", "3.1~rc1+git", "1.0.0~"]
     for a, b in itertools.combinations(versions, 2):
         ours = compat.compare_versions(a, b)
         op = {-1: "lt", 0: "eq", 1: "gt"}[ours]
-        done = subprocess.run(["dpkg", "--compare-versions", a, op, b], capture_output=True)
+        done = subprocess.run([dpkg, "--compare-versions", a, op, b], capture_output=True)
         assert done.returncode == 0, (a, op, b)
 
 

@@ -5,7 +5,6 @@
 binary is not installed (it is optional on a build host as well).
 """
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,14 +13,15 @@ from typing import List, Optional, Tuple
 import pytest
 
 from migration import compat, lint
+from tools import tool
 
 GOOD_SH = b"#!/bin/sh\nset -eu\nmkdir -p /var/lib/foo\n"
 GOOD_BASH = b'#!/bin/bash\nset -euo pipefail\nfor i in {1..3}; do echo "$i"; done\n'
 GOOD_PY = b"#!/usr/bin/env python3\nprint('moved')\n"
 
-needs_shellcheck = pytest.mark.skipif(
-    shutil.which("shellcheck") is None, reason="shellcheck is not installed"
-)
+@pytest.fixture
+def needs_shellcheck() -> None:
+    tool("shellcheck", "apt-get install shellcheck")
 
 
 def checks(findings: List[lint.Finding]) -> List[str]:
@@ -171,7 +171,7 @@ def test_lint_scripts_finds_duplicate_base_names() -> None:
     assert checks(findings) == ["duplicate"]
 
 
-@needs_shellcheck
+@pytest.mark.usefixtures("needs_shellcheck")
 def test_shellcheck_findings_are_reported_per_line() -> None:
     data = b"#!/bin/sh\nset -e\nrm -rf $DIR/\n"
     findings = lint.lint_script("a.sh", data, shellcheck=lint.find_shellcheck())
@@ -181,7 +181,7 @@ def test_shellcheck_findings_are_reported_per_line() -> None:
     assert any("SC2115" in f.message for f in sc)
 
 
-@needs_shellcheck
+@pytest.mark.usefixtures("needs_shellcheck")
 def test_shellcheck_uses_the_script_dialect() -> None:
     bash = b"#!/bin/bash\nset -e\nif [[ -n ${1:-} ]]; then echo yes; fi\n"
     assert lint.lint_script("a.sh", bash, shellcheck=lint.find_shellcheck()) == []

@@ -5,18 +5,14 @@ Runs in CI (it needs no OE-core): pip install oelint-adv. Checked for each relea
 supports, since oelint-adv's rules differ by release.
 """
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-LAYER = Path(__file__).resolve().parent.parent
+from tools import tool
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("oelint-adv") is None,
-    reason="oelint-adv is not installed (pip install oelint-adv)",
-)
+LAYER = Path(__file__).resolve().parent.parent
 
 
 def metadata_files() -> list:
@@ -37,8 +33,9 @@ def metadata_files() -> list:
 
 @pytest.mark.parametrize("release", ["scarthgap", "whinlatter", "wrynose"])
 def test_oelint_adv_reports_nothing(release: str) -> None:
+    oelint = tool("oelint-adv", "pip install -r requirements-dev.txt")
     proc = subprocess.run(
-        ["oelint-adv", "--quiet", f"--release={release}", *metadata_files()],
+        [oelint, "--quiet", f"--release={release}", *metadata_files()],
         cwd=LAYER,  # .oelint.cfg is read from the current directory
         capture_output=True,
         text=True,

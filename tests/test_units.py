@@ -24,9 +24,6 @@ PKG = REPO / "lib" / "migration"
 INSTALL = FILES / "migration-install.sh"
 UNITDIR = "/lib/systemd/system"
 
-needs_runner = pytest.mark.skipif(
-    not (PKG / "cli.py").exists(), reason="the runner package is not in lib/migration yet"
-)
 
 
 def install(root: Path, src: Path = PKG, **env: str) -> "subprocess.CompletedProcess[str]":
@@ -182,7 +179,6 @@ def test_verify_catches_a_missing_command(tmp_path: Path, stub_src: Path) -> Non
     assert "/usr/sbin/migration" in res.stderr
 
 
-@needs_runner
 def test_install_places_every_file(tmp_path: Path, pkg_src: Path) -> None:
     root = tmp_path / "root"
     res = install(root, pkg_src, MIGRATION_INIT="systemd sysvinit", MIGRATION_BOOT_TIMEOUT="90")
@@ -313,7 +309,6 @@ def version_of(wrapper: str, cwd: Optional[Path] = None) -> str:
     return res.stdout.strip()
 
 
-@needs_runner
 def test_wrapper_runs_the_package_of_its_own_tree(tmp_path: Path, pkg_src: Path) -> None:
     """What an updater relies on: NEWROOT/usr/sbin/migration runs NEWROOT's runner, whatever
     runner the running system has (and however the command is reached)."""
@@ -337,7 +332,6 @@ def test_wrapper_runs_the_package_of_its_own_tree(tmp_path: Path, pkg_src: Path)
         assert res.stdout.strip() == "migration 99.0-new-tree", res.stderr
 
 
-@needs_runner
 def test_wrapper_adds_no_import_to_a_no_op_run(tmp_path: Path, pkg_src: Path) -> None:
     """Finding its own tree costs the no-op boot nothing: the wrapper imports exactly what
     importing migration.cli and calling main() from the interpreter's start does."""

@@ -25,6 +25,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import pytest
 
 from migration import manifest
+from tools import tool
 
 REPO = Path(__file__).resolve().parents[1]
 FILES = REPO / "recipes-core" / "migration" / "files"
@@ -249,8 +250,7 @@ def test_hooks_are_installed_executable(tmp_path: Path) -> None:
 
 
 def test_shellcheck_clean() -> None:
-    if shutil.which("shellcheck") is None:
-        pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
+    tool("shellcheck", "apt-get install shellcheck")
     files = [str(SOURCES / h) for h in HOOKS] + [str(FILES / "hooks" / "request-wipe")]
     res = subprocess.run(["shellcheck", "-s", "sh", *files], capture_output=True, text=True,
                          check=False)  # fmt: skip
