@@ -232,13 +232,24 @@ def hook(event, args):
     elif event == "os.remove":
         events.append(("unlink", os.fsdecode(args[0])))
     elif event == "subprocess.Popen":
-        events.append(("exec", os.fsdecode(args[1][-1])))
+        events.append(("exec", os.environ.get("TRACED_SCRIPT", "")))
+    elif event == "open" and isinstance(args[0], (str, bytes)) and ".tmp." in os.fsdecode(args[0]):
+        events.append(("open", os.fsdecode(args[0])))
 sys.addaudithook(hook)
-real_fsync = os.fsync
+real_fsync, real_sync = os.fsync, os.sync
 def fsync(fd):
     events.append(("fsync", os.readlink(f"/proc/self/fd/{{fd}}")))
     real_fsync(fd)
-os.fsync = fsync
+def sync():
+    events.append(("sync",))
+    real_sync()
+os.fsync, os.sync = fsync, sync
+from migration import execute
+real_run_script = execute.run_script
+def run_script(argv, name, env, **kw):
+    os.environ["TRACED_SCRIPT"] = env["MIGRATION_SCRIPT"]  # the installed path (argv: the memfd)
+    return real_run_script(argv, name, env, **kw)
+execute.run_script = run_script
 from migration import runner
 opts = runner.Options({scripts!r}, {state!r}, "/", {manifest!r}, lock_wait=1.0)
 rc = runner.run(opts, say=lambda _m: None)
@@ -248,10 +259,13 @@ print(json.dumps([rc, events]))
 
 def test_durable_order_of_the_state_writes(tmp_path):
     """Under POSIX rules (a rename or unlink is durable only after an fsync of its directory, a
-    file's content only after an fsync of the file): every script starts only after its started
-    note and every earlier outcome are durable; every record's content is durable before it is
-    renamed into place; a started note is dropped only after its outcome is durable; the done
-    stamp comes after every outcome is durable."""
+    file's content only after an fsync of the file or a sync(2) after it was written, which on
+    Linux waits for the writes): every script starts only after its started note and every
+    earlier outcome are durable; everything a script wrote, on any file system, is durable
+    before its outcome is recorded (a sync after the script ends, before the record's rename);
+    every record's content is durable before it is renamed into place; a started note is
+    dropped only after its outcome is durable; the done stamp comes after every outcome is
+    durable."""
     import hashlib
 
     from migration import manifest as manifest_mod
@@ -289,7 +303,14 @@ def test_durable_order_of_the_state_writes(tmp_path):
         if e[0] == "rename" and os.path.dirname(e[2]) in (f"{state}/applied", f"{state}/failed"):
             outcomes.append((i, os.path.dirname(e[2]), os.path.basename(e[2])))
             # the record's content was synced (as its temporary file) before the rename
-            assert ("fsync", e[1]) in events[:i], f"record {e[2]} renamed before its content synced"
+            written = max(j for j, o in enumerate(events[:i]) if o == ("open", e[1]))
+            assert ("fsync", e[1]) in events[written:i] or ("sync",) in events[written:i], \
+                f"record {e[2]} renamed before its content synced"
+            # and so was everything its script wrote: a sync between the script and its record
+            x = max(j for j, o in enumerate(events[:i]) if o[0] == "exec")
+            assert sha_of[events[x][1]] == os.path.basename(e[2])
+            assert ("sync",) in events[x + 1:i], f"{e[2]} recorded before its script's " \
+                "effects were synced"
     assert len(outcomes) == N_SCRIPTS
     for x in execs:
         sha = sha_of[events[x][1]]

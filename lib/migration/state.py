@@ -43,8 +43,10 @@ started/ says nothing about applied/); rename within one file system is atomic. 
    snapshot() reads as "started, attempt unknown" (never as damaged). An fsync of the fresh
    file would buy only the attempt number and start time of a run that was cut anyway.
 2. the script runs.
-3. outcome record: write a temporary file in applied/ (or failed/), fsync it, rename it into
-   place: whole or absent, whatever happens next. The fsync of the directory is *batched*
+3. outcome record: write a temporary file in applied/ (or failed/), sync(2), rename it into
+   place: whole or absent, whatever happens next, and never durable before the script's own
+   writes (the one sync covers the script's data on every file system and the record's
+   content; see record_outcome). The fsync of the directory is *batched*
    (record_outcome(batch=True)): it is done by the next mark_started(), right before the
    fsync of started/ (both before the next script starts), or by settle() at the end of the run
    (before the done stamp is written, also when the run is interrupted). So every outcome is
@@ -55,19 +57,17 @@ started/ says nothing about applied/); rename within one file system is atomic. 
    between reports what really happened, and a run killed before settle() leaves notes that
    the next run's prepare()/settle() drop.
 
-That is three fsync calls per script (note's dir, record's content, record's dir), the least
-these guarantees allow under POSIX: the note and the record live in different directories, so
-one directory fsync cannot cover both, and the record's content must be durable before its
-rename is. What the batching buys is on ext4 (with its journal; XFS's log behaves alike, other
-file systems may charge every fsync in full): a directory fsync commits the running journal
-transaction, which holds *every* pending metadata change, so the fsync of applied/ also commits
-the started note created just before it, and the fsync of started/ that follows finds its
-transaction committed and costs only a cache flush, not a commit. Per script that is two journal
-commits (record content, then both renames) and a flush, instead of three commits, and no
-per-script unlink in the journal. Going lower would need either giving up the whole-or-nothing
-record (no content fsync) or a started note that is not durable before the script starts, both
-guarantees of issue 2; the benchmark prints run-parts plus the same number of fsyncs per script
-to show that floor.
+That is one sync(2) and two directory fsyncs per script (note's dir, record's dir), the least
+these guarantees allow under POSIX: the script's writes must be durable before its record is,
+and nothing short of a sync reaches every file system it may have written; the note and the
+record live in different directories, so one directory fsync cannot cover both. What the
+batching buys is on ext4 (with its journal; XFS's log behaves alike, other file systems may
+charge every fsync in full): a directory fsync commits the running journal transaction, which
+holds *every* pending metadata change, so the fsync of applied/ also commits the started note
+created just before it, and the fsync of started/ that follows finds its transaction committed
+and costs only a cache flush, not a commit. Going lower would need a started note that is not
+durable before the script starts, a guarantee of issue 2; the benchmark prints run-parts plus a
+sync per script to show that floor.
 """
 
 import contextlib
@@ -137,11 +137,14 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, data: bytes, mode: int = 0o644, sync_dir: bool = True) -> None:
+def atomic_write(path: str, data: bytes, mode: int = 0o644, sync_dir: bool = True,
+                 sync_all: bool = False) -> None:
     """Replace `path` with `data` so that a power cut leaves the old file or the new one, whole:
     write a temporary file in the same directory, fsync it, rename it over `path`, fsync the
     directory. The temporary name is hidden (`.<name>.tmp.<pid>`) so readers never take it for
-    a record; a runner removes leftovers of a killed predecessor."""
+    a record; a runner removes leftovers of a killed predecessor. With `sync_all`, sync(2)
+    replaces the file's fsync: every file system's pending writes, this file's among them, are
+    durable before the rename (outcome records: see State.record_outcome)."""
     directory, name = os.path.split(path)
     tmp = os.path.join(directory, f".{name}{_TMP_MARK}{os.getpid()}")
     fd = os.open(tmp, _WRITE_FLAGS, mode)
@@ -150,9 +153,12 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644, sync_dir: bool = Tru
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if not sync_all:
+                os.fsync(fd)
         finally:
             os.close(fd)
+        if sync_all:
+            os.sync()
         os.rename(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -375,6 +381,11 @@ class State:
                 delay = min(delay * 2, 0.2)
         self._lock_fd = fd
 
+    @property
+    def lock_fd(self) -> Optional[int]:
+        """The descriptor holding the runner lock (None when not locked)."""
+        return self._lock_fd
+
     def unlock(self) -> None:
         for fd in self._dir_fds.values():
             os.close(fd)
@@ -473,9 +484,11 @@ class State:
             raise self._error("move a damaged record aside", e) from None
         return dst
 
-    def _write(self, kind: str, sha: str, record: Dict[str, Any], sync_dir: bool = True) -> None:
+    def _write(self, kind: str, sha: str, record: Dict[str, Any], sync_dir: bool = True,
+               sync_all: bool = False) -> None:
         try:
-            atomic_write(self._file(kind, sha), dump_json(record), sync_dir=sync_dir)
+            atomic_write(self._file(kind, sha), dump_json(record), sync_dir=sync_dir,
+                         sync_all=sync_all)
         except OSError as e:
             raise self._error(f"write the {kind} record of {record.get('name')}", e) from None
 
@@ -548,13 +561,23 @@ class State:
         leaves applied+started (reads as applied) or failed+started of the same attempt (reads
         as failed).
 
+        Everything the script wrote is durable before its record can be: one sync(2) between
+        writing the record's temporary file and renaming it into place covers both the script's
+        writes, on whatever file systems it wrote (the data root's, an /etc overlay, a data
+        partition), and the record's content. An fsync of the record alone would not: ext4's
+        delayed allocation, UBIFS, JFFS2, F2FS, XFS and btrfs order nothing between files, and
+        a power cut could keep the record and lose the data it vouches for (issue 9). On Linux
+        sync(2) waits for the writes to complete ("the same guarantees as fsync() called on
+        every file in the system", sync(2)). A narrower syncfs(2) of the data root would miss
+        the other file systems a script may write.
+
         With `batch` (a runner going on to its next script), the fsync of the record's directory
         is left to the next mark_started() or to settle(), and the notes are dropped by
         settle(): the record is whole before it is renamed into place in any case, and durable
         before anything that depends on it happens (the next script, the done stamp)."""
         record = {"format": FORMAT, "kind": kind, "runner_version": __version__, **outcome}
         sha = record["sha256"]
-        self._write(kind, sha, record, sync_dir=not batch)
+        self._write(kind, sha, record, sync_dir=not batch, sync_all=True)
         stale = [("failed", sha)] if kind == "applied" else []
         stale.append(("started", sha))
         if batch:
