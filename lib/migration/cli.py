@@ -11,7 +11,8 @@ Exit codes (a contract: tests outside this repository rely on them):
       incompatible downgrade, an upgrade from below the image's floor, or data that predates
       the framework; nothing was written (run, update; status and dry-run report it the same)
   75  another runner holds the lock and did not release it within the wait (state.LockBusy)
-  130 interrupted by SIGINT or SIGTERM (the running script's process group is stopped first)
+  130 interrupted by a signal that would end it (SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1...;
+      the running script's process group is stopped first, its run reads as interrupted)
 """
 
 from __future__ import annotations
@@ -126,18 +127,39 @@ def resolve_paths(args: Any) -> None:
     args.manifest = os.path.abspath(args.manifest or os.path.join(args.root, MANIFEST))
 
 
+#: Signals handled like SIGTERM: every one whose default action ends the process, except the
+#: uncatchable SIGKILL and the synchronous faults (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP,
+#: SIGSYS), which a handler cannot survive (returning re-runs the faulting instruction); SIGABRT
+#: comes from abort() or a sanitizer and ends the process whatever a handler does. SIGPIPE and
+#: SIGXFSZ stay ignored as Python sets them: a lost console is an EPIPE and a file size limit an
+#: EFBIG, which the output and state code report, not an end.
+#: What a SIGKILL leaves behind is covered by the lock the script inherits (runner._run_one).
+_ENDING = ("SIGHUP", "SIGINT", "SIGQUIT", "SIGTERM", "SIGUSR1", "SIGUSR2", "SIGALRM",
+           "SIGVTALRM", "SIGPROF", "SIGIO", "SIGPWR", "SIGXCPU", "SIGSTKFLT")
+
+_interrupted_by: list[str] = []
+
+
 def _interrupt(signum: int, _frame: Any) -> None:
     import signal
 
-    raise Interrupted(f"got {signal.Signals(signum).name}")
+    if _interrupted_by:
+        return  # the first signal is being handled: a second must not cut its cleanup short
+    _interrupted_by.append(signal.Signals(signum).name)
+    raise Interrupted(f"got {_interrupted_by[0]}")
 
 
 def install_signal_handlers() -> None:
-    """SIGTERM (systemd stopping the unit, shutdown) becomes Interrupted like SIGINT, so the
-    running script's group is stopped and the runner exits 130 with its started note kept."""
+    """Every signal that would end the runner (see _ENDING, and the real-time signals) becomes
+    Interrupted, so the running script's group is stopped, its started note is kept (the run
+    reads as interrupted) and the runner exits 130. A hangup of an updater's or an ssh session
+    must not leave a script running with no runner to record it."""
     import signal
 
-    signal.signal(signal.SIGTERM, _interrupt)
+    sigs = [getattr(signal, n) for n in _ENDING if hasattr(signal, n)]
+    sigs += range(signal.SIGRTMIN, signal.SIGRTMAX + 1)
+    for sig in sigs:
+        signal.signal(sig, _interrupt)
 
 
 def _say_error(msg: str, what: str = "error") -> None:
@@ -176,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             _say_error(str(e))
         return e.exit_code
     except (Interrupted, KeyboardInterrupt) as e:
-        _say_error(f"interrupted ({e or 'SIGINT'}); the running script, if any, was stopped")
+        why = str(e) or "got SIGINT"
+        _say_error(f"interrupted ({why}); the running script, if any, was stopped")
         return Interrupted.exit_code
     except OSError as e:
         # Anything the state or scripts code did not turn into a MigrationError: still a clear

@@ -22,7 +22,8 @@ class ManifestError(MigrationError):
 
 
 class Interrupted(Exception):
-    """The runner got SIGINT or SIGTERM; the running script was stopped (exit 130)."""
+    """The runner got a signal that would end it (cli.install_signal_handlers); the running
+    script was stopped (exit 130)."""
 
     exit_code = 130
 

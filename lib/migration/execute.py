@@ -14,18 +14,25 @@ No knowledge of the state dir: the caller passes the log path and gets a Result.
 - A timeout sends SIGTERM to the group, then SIGKILL after `kill_grace` seconds. When the script
   itself exits, whatever it left behind in its group is killed (like a systemd oneshot), and a
   leftover that escaped the group but keeps the pipe open is waited for at most LEFTOVER_GRACE.
-- If the runner is interrupted (SIGINT, or SIGTERM turned into errors.Interrupted by cli.py)
-  the script's group is stopped the same way before the exception goes on.
+- If the runner is interrupted (a signal turned into errors.Interrupted by cli.py) the
+  script's group is stopped the same way before the exception goes on.
+- `keep_fds` are inherited by the script (the runner passes its lock: see runner._run_one).
+- What runs is a sealed private copy (`Sealed`): the bytes hashed are the bytes the interpreter
+  reads, whatever happens to the installed file after it was read.
 """
 
 import contextlib
+import fcntl
 import os
 import select
 import signal
+import stat
 import subprocess
 import sys
 import time
-from typing import BinaryIO, Dict, List, NamedTuple, Optional
+from typing import BinaryIO, Dict, List, NamedTuple, Optional, Sequence
+
+from migration.noop import sha256
 
 # Never follow a symlink planted where a record, temp file or log is created.
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -37,6 +44,65 @@ LINE_MAX = 4096
 LEFTOVER_GRACE = 1.0
 DEFAULT_KILL_GRACE = 5.0
 _POLL_MS = 100
+
+
+#: The lowest fd number a descriptor the script inherits is moved to: scripts use the low ones
+#: (`exec 3>file`, flock(1)'s `exec 9>lock`), which would close ours in that process.
+INHERITED_FD_MIN = 100
+_SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+_COPY_CHUNK = 1 << 16
+
+
+class Sealed(NamedTuple):
+    """A script's content, read once: its sha256, its first bytes (for the interpreter) and a
+    sealed memfd holding all of it, which nobody, the script included, can change."""
+
+    fd: int
+    sha256: str
+    head: bytes
+
+    @property
+    def path(self) -> str:
+        """The name the interpreter opens: the memfd, as the script's process sees it."""
+        return f"/proc/self/fd/{self.fd}"
+
+
+def high_fd(fd: int) -> int:
+    """A close-on-exec duplicate of `fd` at INHERITED_FD_MIN or above (subprocess's pass_fds
+    keeps the number in the child)."""
+    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, INHERITED_FD_MIN)
+
+
+def seal(path: str, name: str) -> Sealed:
+    """Read `path` once into a sealed memfd, hashing what is read. The caller compares the hash
+    with the one it checked and runs `Sealed.path`: no later write, rename or package upgrade
+    of `path` can change what runs. Needs Linux >= 3.17 and /proc (OSError otherwise). A FIFO
+    or device planted at `path` is refused, never read."""
+    src = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(src).st_mode):
+            raise OSError(0, "not a regular file", path)
+        mem = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            digest = sha256()
+            head = b""
+            while True:
+                chunk = os.read(src, _COPY_CHUNK)
+                if not chunk:
+                    break
+                digest.update(chunk)
+                head = head or chunk[:256]
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(mem, view) :]
+            fcntl.fcntl(mem, fcntl.F_ADD_SEALS, _SEALS)
+            os.lseek(mem, 0, os.SEEK_SET)
+            fd = high_fd(mem)
+        finally:
+            os.close(mem)
+    finally:
+        os.close(src)
+    return Sealed(fd, digest.hexdigest(), head)
 
 
 class Result(NamedTuple):
@@ -164,9 +230,10 @@ def run_script(
     kill_grace: float = DEFAULT_KILL_GRACE,
     echo: Optional[BinaryIO] = None,
     header: str = "",
+    keep_fds: Sequence[int] = (),
 ) -> Result:
     """Run `argv` as migration `name` and wait for it; see the module docstring. `header` is
-    written as the log's first line."""
+    written as the log's first line; `keep_fds` stay open in the script."""
     if echo is None:
         echo = getattr(sys.stderr, "buffer", None)
     out = _Output(name, log_path, echo)
@@ -182,6 +249,7 @@ def run_script(
             env=env,
             cwd=cwd,
             close_fds=True,
+            pass_fds=tuple(keep_fds),
             start_new_session=True,
         )
     except OSError as e:

@@ -439,10 +439,10 @@ def _run_locked(
             level = item.oneway
             meta = state.update_meta(image, meta, compat_level=level)
             say(f"{item.name}: one-way: compatibility level of the state raised to {level}")
-        ok = _run_one(opts, state, item, image, execute, say)
-        outcome[item.sha256] = APPLIED if ok else FAILED
-        final.append(outcome[item.sha256])
-        if not ok and opts.policy == "stop":
+        reached = _run_one(opts, state, item, image, execute, say)
+        outcome[item.sha256] = reached
+        final.append(reached)
+        if reached != APPLIED and opts.policy == "stop":
             stopped_by = item.name
     everything = all(s == APPLIED for s in final)
     state.settle()  # every outcome durable before the stamp says so
@@ -467,31 +467,63 @@ def _run_locked(
 
 
 def _run_one(opts: Options, state: State, item: Item, image: Dict[str, str], execute: Any,
-             say: Callable[[str], None]) -> bool:
+             say: Callable[[str], None]) -> str:
+    """Run one script; returns the state it reached (APPLIED, FAILED, or PENDING when it was
+    not run because its bytes are no longer the ones that were checked)."""
     script = item.script
     assert script is not None
+    path = os.path.abspath(script.path)
+    # Read once, hash what was read, run exactly that: the sha256 in the record is the sha256 of
+    # the bytes the interpreter reads, checked against the manifest (plan()).
+    try:
+        sealed = execute.seal(path, item.name)
+    except OSError as e:
+        say(f"{item.name}: not run: cannot read it: {e.strerror}")
+        return PENDING
+    try:
+        if sealed.sha256 != item.sha256:
+            say(f"{item.name}: not run: its content changed after it was checked (sha256 now "
+                f"{sealed.sha256}); the next run looks at it again")
+            return PENDING
+        # The script's processes hold the lock too: if the runner dies by SIGKILL (no handler
+        # runs), the next runner waits for them instead of starting the script again beside
+        # them. A leftover that escapes the script's group keeps the lock until it exits.
+        lock = execute.high_fd(state.lock_fd) if state.lock_fd is not None else None
+        try:
+            return _execute(opts, state, item, image, execute, say, path, sealed, lock)
+        finally:
+            if lock is not None:
+                os.close(lock)
+    finally:
+        os.close(sealed.fd)
+
+
+def _execute(opts: Options, state: State, item: Item, image: Dict[str, str], execute: Any,
+             say: Callable[[str], None], path: str, sealed: Any, lock: Optional[int]) -> str:
     prev = item.record or {}
     attempt = max(int(prev.get("attempts", 0) or 0), int(prev.get("attempt", 0) or 0)) + 1
-    path = os.path.abspath(script.path)  # the script's working directory is the root
-    argv = interpreter(path).argv(path)
+    argv = interpreter(sealed.head).argv(sealed.path)
     env = dict(os.environ)
     env.update(
         MIGRATION_NAME=item.name,
+        MIGRATION_SCRIPT=path,
         MIGRATION_SHA256=item.sha256,
         MIGRATION_ROOT=opts.root,
         MIGRATION_IMAGE_ROOT=image_root(opts),
         MIGRATION_PHASE=opts.phase,
         MIGRATION_ATTEMPT=str(attempt),
     )
-    again = f" (attempt {attempt})" if attempt > 1 else ""
-    say(f"{item.name}: running{again}: {' '.join(argv)}")
     started = state.mark_started(item.name, item.sha256, attempt, image, item.oneway)
+    shown = " ".join([*argv[:-1], path])
+    again = f" (attempt {attempt})" if attempt > 1 else ""
+    say(f"{item.name}: running{again}: {shown}")
     log = state.log_path(item.sha256)
     result = execute.run_script(
         argv, item.name, env, cwd=opts.root, log_path=log, timeout=opts.timeout,
         kill_grace=opts.kill_grace,
         header=f"{item.name} sha256 {item.sha256} attempt {attempt} started {now_iso(started)}: "
-        + " ".join(argv),
+        + shown,
+        keep_fds=[sealed.fd] + ([lock] if lock is not None else []),
     )
     record: Dict[str, Any] = {
         "name": item.name,
@@ -512,11 +544,11 @@ def _run_one(opts: Options, state: State, item: Item, image: Dict[str, str], exe
     if result.ok:
         state.record_outcome("applied", record, batch=True)
         say(f"{item.name}: done in {result.duration_s:.2f} s")
-        return True
+        return APPLIED
     record["reason"] = result.reason
     state.record_outcome("failed", record, batch=True)
     say(f"{item.name}: FAILED: {result.reason} (attempt {attempt}); log: {log}")
-    return False
+    return FAILED
 
 
 def verdict_of(opts: Options, state: State,
