@@ -78,6 +78,8 @@ def seal(path: str, name: str) -> Sealed:
     with the one it checked and runs `Sealed.path`: no later write, rename or package upgrade
     of `path` can change what runs. Needs Linux >= 3.17 and /proc (OSError otherwise). A FIFO
     or device planted at `path` is refused, never read."""
+    if not os.path.isdir("/proc/self/fd"):
+        raise OSError(0, "/proc is not mounted (scripts run as /proc/self/fd/N)", path)
     src = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         if not stat.S_ISREG(os.fstat(src).st_mode):

@@ -478,7 +478,7 @@ def _run_one(opts: Options, state: State, item: Item, image: Dict[str, str], exe
     try:
         sealed = execute.seal(path, item.name)
     except OSError as e:
-        say(f"{item.name}: not run: cannot read it: {e.strerror}")
+        say(f"{item.name}: not run: cannot read {path}: {e.strerror}")
         return PENDING
     try:
         if sealed.sha256 != item.sha256:

@@ -559,9 +559,11 @@ def boot(
     timeout: float = 300,
     kill_when: Optional[str] = None,
     stop_when: Optional[str] = None,
+    kill_delay: float = 0.0,
 ) -> Boot:
-    """Boot until the guest powers off (or SIGKILL QEMU when kill_when appears on the console,
-    a power cut; or when stop_when appears, for a guest that halts without powering off)."""
+    """Boot until the guest powers off (or SIGKILL QEMU `kill_delay` seconds after kill_when
+    appears on the console, a power cut; or when stop_when appears, for a guest that halts
+    without powering off)."""
     console = system.workdir / f"console-{len(system.consoles) + 1}.log"
     system.consoles.append(console)
     console.write_text("")
@@ -583,14 +585,16 @@ def boot(
             if marker and marker in console.read_text(errors="replace"):
                 if kill_when:
                     # A power cut: no flush, no unmount.
-                    os.kill(proc.pid, signal.SIGKILL)
-                    killed = True
+                    time.sleep(kill_delay)
+                    if proc.poll() is None:
+                        os.kill(proc.pid, signal.SIGKILL)
+                        killed = True
                 else:
                     time.sleep(1)
                     proc.kill()
                 proc.wait()
                 break
-            time.sleep(0.2)
+            time.sleep(0.05 if kill_when else 0.2)
     finally:
         if proc.poll() is None:
             proc.kill()
