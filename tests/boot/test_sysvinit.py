@@ -26,8 +26,17 @@ def sysv_tree(base: h.Base, dest: Path, scripts: List[h.Script], policy: str = "
     return tree
 
 
+def in_chroot(tree: Path, *cmd: str) -> List[str]:
+    """`cmd` chrooted into `tree` with /proc mounted, as the rcS scripts mount it long before
+    S30 on a real boot (the runner runs scripts as /proc/self/fd/N); in a mount namespace of its
+    own, so nothing is left mounted."""
+    mount_then_chroot = 'mount -t proc proc "$1/proc" && exec chroot "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount_then_chroot,
+            "sh", str(tree), *cmd]
+
+
 def chroot(tree: Path, *cmd: str) -> "subprocess.CompletedProcess[str]":
-    return subprocess.run(["chroot", str(tree), *cmd], capture_output=True, text=True, check=False)
+    return subprocess.run(in_chroot(tree, *cmd), capture_output=True, text=True, check=False)
 
 
 def ok(tag: str) -> str:
@@ -100,7 +109,7 @@ def with_stand_ins(tree: Path) -> Path:
 def chroot_env(tree: Path, *cmd: str) -> "subprocess.CompletedProcess[str]":
     env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
     return subprocess.run(
-        ["chroot", str(tree), *cmd], capture_output=True, text=True, check=False, env=env
+        in_chroot(tree, *cmd), capture_output=True, text=True, check=False, env=env
     )
 
 
