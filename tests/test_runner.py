@@ -12,7 +12,7 @@ import pytest
 from fstree import tree
 from migration import manifest as manifest_mod
 from migration import runner
-from migration.state import State
+from migration.state import LockBusy, State
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="safety checks apply to root only")
 
@@ -357,6 +357,31 @@ def test_below_floor_is_refused_before_anything_is_written(env):
     assert env.executions() == ["10-a", "20-b"]
 
 
+def test_a_busy_lock_does_not_hide_the_refusal(env):
+    """The verdict comes before the wait for the lock: exit 3, not 75 (which the update hooks
+    take for "the boot retries"); the state is left as it was."""
+    os_release(env, "1.0")
+    env.add("10-a")
+    write_manifest5(env)
+    assert env.run() == 0
+    os_release(env, "3.0")
+    env.add("20-b")
+    write_manifest5(env, floor="2.0")
+    other = State(str(env.state))
+    other.lock(0)
+    try:
+        before = tree(env.state)
+        assert refused(env, lock_wait=0.1).verdict.kind == compat.BELOW_FLOOR
+        assert tree(env.state) == before
+        # an allowed image still waits for the lock (and gives up: 75)
+        write_manifest5(env, floor="1.0")
+        with pytest.raises(LockBusy):
+            env.run(lock_wait=0.1)
+    finally:
+        other.unlock()
+    assert env.executions() == ["10-a"]
+
+
 def test_state_of_a_1_0_runner_is_judged_by_its_image(env):
     os_release(env, "1.0")
     env.add("10-a")
@@ -380,7 +405,7 @@ def test_fresh_device_runs_everything_and_predates_needs_floor_and_marker(env):
     write_manifest5(env, floor="1.5", markers=["/var/lib/foo"])
     exc = refused(env)
     assert exc.verdict.kind == compat.PREDATES and "/var/lib/foo" in str(exc)
-    assert os.listdir(env.state) == ["lock"]  # taking the lock is the only write
+    assert not env.state.exists()  # refused before the lock: not even the state dir
     assert env.executions() == []
     # no floor: the marker alone refuses nothing (fresh)
     write_manifest5(env, markers=["/var/lib/foo"])

@@ -329,6 +329,28 @@ def test_a_refused_update_aborts_the_install_and_touches_nothing(
     assert device.snapshot() == before
 
 
+@pytest.mark.parametrize("hook", HOOKS)
+def test_a_refused_update_aborts_the_install_even_while_the_lock_is_busy(
+    hook: str, v1_device: Device, tmp_path: Path
+) -> None:
+    """A runner holding the lock (say a `migration run` started by hand) must not turn the
+    refusal into exit 75, which the hooks take for "the first boot retries"."""
+    from migration.state import State
+
+    device = v1_device
+    v3 = make_image(tmp_path / "v3", "3.0", V2, upgrade_floor="2.0")
+    before = device.snapshot()
+    other = State(str(device.state))
+    other.lock(0)
+    try:
+        res = run_hook(hook, device, v3, {"MIGRATION_UPDATE_ARGS": "--lock-wait 0.2"})
+    finally:
+        other.unlock()
+    assert res.returncode == 1, res.stderr
+    assert "REFUSED: the new image cannot use this device's data" in res.stderr
+    assert device.snapshot() == before
+
+
 def test_downgrades_across_and_within_compatibility_levels(
     v1_device: Device, tmp_path: Path
 ) -> None:

@@ -13,7 +13,8 @@ running old image's stamp must not vouch for data that changed under it.
 
 The compatibility check of `run` applies with NEWROOT's manifest (upgrade floor, levels, data
 markers): a refusal writes nothing and exits 3, with no hooks (the updater must abort the
-install). Scripts see MIGRATION_PHASE=update, MIGRATION_ROOT (the data root) and
+install). It comes before the wait for the lock, so a busy lock (75) never hides a refusal.
+Scripts see MIGRATION_PHASE=update, MIGRATION_ROOT (the data root) and
 MIGRATION_IMAGE_ROOT=NEWROOT; they run under the OLD system's kernel, services and tools, with
 the new image's files only below NEWROOT.
 
