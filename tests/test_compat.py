@@ -65,6 +65,16 @@ def test_compare_versions_rules(a, b, expected):
     assert compat.compare_versions(b, a) == -expected
 
 
+def test_only_ascii_digits_are_digits():
+    """str.isdigit() accepts "²" (and int() then raises): such characters are non-digits that
+    sort after letters, as dpkg's bytes >= 0x80 do."""
+    assert compat.compare_versions("²:1.0", "2.0") == 1  # no epoch: "²" sorts after digits
+    assert compat.compare_versions("1.²", "1.a") == 1
+    assert compat.compare_versions("1.²", "1.2") == 1  # a non-digit after the "." wins
+    assert compat.newest(["1.0", "1.²"]) == "1.²"
+    assert compat.plausible_version("1.²") is False
+
+
 @pytest.mark.skipif(shutil.which("dpkg") is None, reason="dpkg not installed")
 def test_compare_versions_agrees_with_dpkg():
     versions = [v for v in ORDERED if v] + ["1.0_1", "1.0-1~", "3.1~rc1+git", "1.0.0~"]

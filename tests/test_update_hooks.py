@@ -351,6 +351,112 @@ def test_a_refused_update_aborts_the_install_even_while_the_lock_is_busy(
     assert device.snapshot() == before
 
 
+# What each exit code of the runner makes of the install: (hook's exit, its words).
+EXIT_CODES = {
+    0: (0, "the new image's migrations are applied"),
+    1: (0, "the update goes on and the new image's first boot retries them"),
+    75: (0, "the update goes on and the new image's first boot retries them"),
+    3: (1, "REFUSED: the new image cannot use this device's data"),
+    70: (1, "could not check the update (internal error"),
+    2: (1, "ERROR: the migration runner failed (exit 2"),
+    64: (1, "ERROR: the migration runner failed (exit 64"),
+    130: (1, "ERROR: the migration runner failed (exit 130"),
+}
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_exit_code_table(hook: str, v1_device: Device, tmp_path: Path) -> None:
+    """Which exit codes of the runner leave the migrations to the boot (the install goes on)
+    and which abort the install (Mender too: 0 or 1 only)."""
+    v2 = make_image(tmp_path / "v2", "2.0", V2)
+    fake = v2 / "usr/sbin/fake-migration"
+    fake.write_text("import os, sys\nsys.exit(int(os.environ['FAKE_RC']))\n")
+    seen = {}
+    for rc in EXIT_CODES:
+        res = run_hook(hook, v1_device, v2, {"MIGRATION_COMMAND": "/usr/sbin/fake-migration",
+                                             "FAKE_RC": str(rc)})  # fmt: skip
+        words = next((w for _, w in EXIT_CODES.values() if w in res.stderr), res.stderr)
+        seen[rc] = (res.returncode, words)
+    assert seen == EXIT_CODES
+
+
+#: A python3 as OE installs it from a subset of its packages (python3-manifest.json): any import
+#: outside the allowed modules fails as it does when the package is not installed.
+REDUCED_PYTHON = """\
+import runpy, sys
+ALLOWED = set(sys.argv[1].split(","))
+
+class NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        top = name.partition(".")[0]
+        if top != "migration" and top not in ALLOWED and top not in sys.builtin_module_names:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, NotInstalled())
+args = sys.argv[2:]
+while args[0].startswith("-"):  # the hook's -I -B: this interpreter has them already
+    args.pop(0)
+sys.argv = args
+runpy.run_path(args[0], run_name="__main__")
+"""
+
+
+def reduced_python(tmp_path: Path, modules: Iterable[str]) -> str:
+    script = tmp_path / "reduced-python.py"
+    script.write_text(REDUCED_PYTHON)
+    fake = tmp_path / "python3-reduced"
+    fake.write_text(f'#!/bin/sh\nexec {sys.executable} -I -B {script} {",".join(modules)} "$@"\n')
+    fake.chmod(0o755)
+    return str(fake)
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+@pytest.mark.parametrize("packages", [("core",), ("core", "crypt")])
+def test_an_old_python3_without_the_runners_packages_aborts_the_install(
+    hook: str, packages: Tuple[str, ...], v1_device: Device, tmp_path: Path
+) -> None:
+    """The update path needs python3-core, python3-crypt and python3-json on the OLD system;
+    without one the runner exits 70 naming the package, and the install is aborted (nothing
+    was checked, so this is no "the boot retries")."""
+    from test_imports import CORE, CRYPT
+
+    device = v1_device
+    v2 = make_image(tmp_path / "v2", "2.0", V2)
+    modules = CORE | (CRYPT if "crypt" in packages else set())
+    before = device.snapshot()
+    res = run_hook(hook, device, v2, {"MIGRATION_PYTHON": reduced_python(tmp_path, modules)})
+    assert res.returncode == 1, res.stderr
+    missing = "python3-json" if "crypt" in packages else "python3-crypt"
+    assert f"(OE-core package {missing}; the runner needs python3-core" in res.stderr
+    assert "could not check the update (internal error" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert device.snapshot() == before
+
+
+def test_python3_core_crypt_and_json_are_enough_for_the_update(
+    v1_device: Device, tmp_path: Path
+) -> None:
+    from test_imports import CORE, CRYPT, JSON
+
+    v2 = make_image(tmp_path / "v2", "2.0", V2)
+    python = reduced_python(tmp_path, CORE | CRYPT | JSON)
+    res = run_hook("rauc-hook.sh", v1_device, v2, {"MIGRATION_PYTHON": python})
+    assert res.returncode == 0, res.stderr
+    assert v1_device.runs()[-1] == "50-app-move.sh update 1"
+
+
+def test_a_runner_that_cannot_load_is_70(tmp_path: Path) -> None:
+    """The wrapper maps what fails before cli.main (a damaged install, a syntax the old
+    system's python3 does not know) to 70 too, never to Python's own 1."""
+    install_runner(tmp_path)
+    (tmp_path / "usr/lib/migration/migration/cli.py").write_text("def main(:\n")
+    res = migration(tmp_path, "--version")
+    assert res.returncode == 70, res.stderr
+    assert "migration: error: cannot load the runner from" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
 def test_downgrades_across_and_within_compatibility_levels(
     v1_device: Device, tmp_path: Path
 ) -> None:

@@ -48,10 +48,16 @@ def plausible_version(text: str) -> bool:
     return isinstance(text, str) and len(text) <= VERSION_MAX and bool(_VERSION_RE.match(text))
 
 
+def _isdigit(c: str) -> bool:
+    """An ASCII digit: str.isdigit() also accepts "²" and other digits int() cannot read (dpkg
+    works on bytes, where only 0-9 are digits)."""
+    return "0" <= c <= "9"
+
+
 def _order(c: str) -> int:
     """dpkg's order(): letters sort by ASCII, before every other non-digit; `~` before all,
     even the end of the string (so 1.0~rc1 < 1.0)."""
-    if c.isdigit():
+    if _isdigit(c):
         return 0
     if "A" <= c <= "Z" or "a" <= c <= "z":
         return ord(c)
@@ -68,7 +74,7 @@ def _verrevcmp(a: str, b: str) -> int:
     i = j = 0
     while i < len(a) or j < len(b):
         first_diff = 0
-        while (i < len(a) and not a[i].isdigit()) or (j < len(b) and not b[j].isdigit()):
+        while (i < len(a) and not _isdigit(a[i])) or (j < len(b) and not _isdigit(b[j])):
             ac = _order(a[i] if i < len(a) else "")
             bc = _order(b[j] if j < len(b) else "")
             if ac != bc:
@@ -79,14 +85,14 @@ def _verrevcmp(a: str, b: str) -> int:
             i += 1
         while j < len(b) and b[j] == "0":
             j += 1
-        while i < len(a) and a[i].isdigit() and j < len(b) and b[j].isdigit():
+        while i < len(a) and _isdigit(a[i]) and j < len(b) and _isdigit(b[j]):
             if not first_diff:
                 first_diff = ord(a[i]) - ord(b[j])
             i += 1
             j += 1
-        if i < len(a) and a[i].isdigit():
+        if i < len(a) and _isdigit(a[i]):
             return 1
-        if j < len(b) and b[j].isdigit():
+        if j < len(b) and _isdigit(b[j]):
             return -1
         if first_diff:
             return first_diff
@@ -99,7 +105,7 @@ def _split(version: str) -> Tuple[int, str, str]:
     `-` (empty when none)."""
     epoch = 0
     head, colon, rest = version.partition(":")
-    if colon and head.isdigit():
+    if colon and head and all(_isdigit(c) for c in head):
         epoch, version = int(head), rest
     upstream, dash, revision = version.rpartition("-")
     if not dash:

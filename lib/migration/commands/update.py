@@ -24,7 +24,9 @@ is abandoned, keeps data it can read; exit 0 if everything else is applied.
 
 Exit codes as `run`: 0 all applied (or deferred), 1 a script failed, was refused or is pending
 (the boot retries), 2 usage/configuration (no manifest in NEWROOT, --scripts-dir or --manifest
-given), 3 refused (this image cannot use the device's data), 75 lock busy, 130 interrupted.
+given), 3 refused (this image cannot use the device's data), 70 internal error (a bug, or the old
+system's python3 lacks python3-crypt or python3-json: nothing was checked, abort the install), 75
+lock busy (not refused: the verdict comes first), 130 interrupted.
 """
 
 from typing import Any

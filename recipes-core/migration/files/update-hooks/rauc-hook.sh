@@ -35,10 +35,14 @@ hook_name=rauc
 #                          "--timeout 300 --defer-oneway")
 # What the runner's exit status means for the update:
 #   0       everything applied: the new image's first boot starts no migration process;
-#   1, 75   a migration failed or is pending (1), or another runner held the lock (75): the
-#           update goes on, the new image's first boot retries what is left (a warning here);
+#   1, 75   a migration failed or is pending (1), or another runner held the lock (75; the
+#           verdict comes before the lock, so the new image is not refused): the update goes
+#           on, the new image's first boot retries what is left (a warning here);
 #   3       refused: the new image cannot use this device's data (incompatible downgrade, or
 #           the device's release is below the new image's upgrade floor): abort the update;
+#   70      internal error: a bug, or this system's python3 cannot run the new runner (older
+#           than 3.8, or without python3-crypt or python3-json, which with python3-core are
+#           what the update path needs): nothing was checked, abort the update;
 #   other   (2 usage/configuration, 130 interrupted, anything else): abort the update.
 # Python runs with -I (isolated from the environment) and -B: no __pycache__ is written into
 # the new root, which is signed content (and may be mounted read-write by the updater).
@@ -128,6 +132,11 @@ run_update() {
 		;;
 	3)
 		say "REFUSED: the new image cannot use this device's data (see above): aborting the update"
+		return 1
+		;;
+	70)
+		say "ERROR: the new image's migration runner could not check the update (internal" \
+			"error, see above): aborting the update"
 		return 1
 		;;
 	*)
