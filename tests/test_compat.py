@@ -251,9 +251,12 @@ def rec(version=None, oneway=None):
          [rec("1.0")], (0, "1.0", "image in state.json")),
         # a 0.1.0 runner on an image without VERSION_ID
         ({"format": 1, "image": {}}, [rec("1.0")], (0, "", "")),
-        # state.json says level 1; records are not consulted
+        # state.json says level 1; records are not consulted; not 0.1.0's, and without
+        # applied_image: no run completed, `image` proves nothing
         ({"format": 1, "compat_level": 1, "image": {"version_id": "2.0"}}, [rec("9.0", 5)],
-         (1, "2.0", "image in state.json")),
+         (1, "", "")),
+        ({"format": 1, "image": {"version_id": "2.0"}, "runner_version": "0.2.0",
+          "applied_image": None}, [rec("2.0")], (0, "", "")),
         # a state.json whose compat_level is damaged: the records' highest level
         ({"format": 1, "compat_level": "x", "applied_image": {"version_id": "2.0"}},
          [rec("2.0", 1), rec("2.0", 3)], (3, "2.0", "applied_image in state.json")),

@@ -26,7 +26,8 @@ The decision (`decide`), in this order:
 3. floor set and the recorded version (applied_image, else the image of a 0.1.0 runner's
    state.json, else the newest image in the records) is older than the floor: *below-floor*,
    refused; state without any recorded version with a floor set: *below-floor* too (cannot prove
-   the data is recent enough).
+   the data is recent enough), except for the image whose own run left it so (state.json's
+   image, say a power cut in the first run on a fresh device): it may resume its run.
 4. otherwise ok (a downgrade within a compatible level included: nothing re-runs).
 """
 
@@ -150,6 +151,7 @@ def decide(
     state_level: int,
     recorded_version: str,
     recorded_from: str = "",
+    unfinished_version: str = "",
 ) -> Verdict:
     """The verdict for an image on the device's state (see the module docstring for the rules).
 
@@ -161,6 +163,8 @@ def decide(
     state_level: the state's compatibility level (0 when none).
     recorded_version: the image version the state says last completed ("" when none).
     recorded_from: where recorded_version comes from, for the message (e.g. "applied_image").
+    unfinished_version: the image that last ran (state.json's image), whose run may not have
+        completed; only used when no version is recorded.
     """
     this = _image(image_version)
     wipe = "or wipe the writable data"
@@ -186,28 +190,55 @@ def decide(
             f"no migration state: a fresh device; {this} runs every migration it ships",
         )
     if floor:
-        if not recorded_version:
-            return Verdict(
-                BELOW_FLOOR,
-                f"the migration state records no image version, so it cannot be proven that "
-                f"the data was written by release {floor} or newer, the oldest that {this} "
-                f"upgrades from. Install release {floor} first, {wipe}.",
-            )
-        if compare_versions(recorded_version, floor) < 0:
-            where = f" ({recorded_from})" if recorded_from else ""
-            return Verdict(
-                BELOW_FLOOR,
-                f"upgrade from a too old release: the data was last fully migrated by release "
-                f"{recorded_version}{where}, but {this} upgrades only from {floor} or newer "
-                f"(the migrations in between are no longer shipped). Install release {floor} "
-                f"(or a newer one that can still upgrade from {recorded_version}) first, {wipe}.",
-            )
-    last = f"release {recorded_version}" if recorded_version else "an unknown release"
+        refusal = _floor_refusal(this, floor, recorded_version, recorded_from,
+                                 image_version, unfinished_version)
+        if refusal is not None:
+            return refusal
+    if recorded_version:
+        last = f"release {recorded_version}"
+    elif unfinished_version:
+        last = f"the unfinished run of release {unfinished_version}"
+    else:
+        last = "an unknown release"
     return Verdict(
         OK,
         f"compatible: state of {last}, level {state_level}; {this}, level {image_level}"
         + (f", upgrades from {floor} or newer" if floor else ""),
     )
+
+
+def _floor_refusal(this: str, floor: str, recorded: str, recorded_from: str,
+                   image_version: str, unfinished: str) -> Optional[Verdict]:
+    """The below-floor verdict for state that has a version to compare (or none), else None."""
+    wipe = "or wipe the writable data"
+    if not recorded:
+        if unfinished and unfinished == image_version:
+            return None  # the image resumes its own run (its floor is not above itself)
+        if unfinished:
+            return Verdict(
+                BELOW_FLOOR,
+                f"no run of this runner ever completed on this device: the last one, of "
+                f"release {unfinished}, failed or was cut, so it cannot be proven that the "
+                f"data was written by release {floor} or newer, the oldest that {this} "
+                f"upgrades from. Boot release {unfinished} again (it resumes its run) or "
+                f"install release {floor} first, {wipe}.",
+            )
+        return Verdict(
+            BELOW_FLOOR,
+            f"the migration state records no image version, so it cannot be proven that "
+            f"the data was written by release {floor} or newer, the oldest that {this} "
+            f"upgrades from. Install release {floor} first, {wipe}.",
+        )
+    if compare_versions(recorded, floor) < 0:
+        where = f" ({recorded_from})" if recorded_from else ""
+        return Verdict(
+            BELOW_FLOOR,
+            f"upgrade from a too old release: the data was last fully migrated by release "
+            f"{recorded}{where}, but {this} upgrades only from {floor} or newer "
+            f"(the migrations in between are no longer shipped). Install release {floor} "
+            f"(or a newer one that can still upgrade from {recorded}) first, {wipe}.",
+        )
+    return None
 
 
 def image_level(compat_level: int, oneway_levels: Sequence[int]) -> int:
@@ -238,6 +269,20 @@ def _version_of(image: Any) -> str:
     return ""
 
 
+#: Runners whose state.json has no applied_image key, only `image`, written after a run.
+LEGACY_RUNNERS = ("0.1.0",)
+
+
+def legacy_applied_image(meta: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """What stands for applied_image in a state.json without that key: the image of a legacy
+    runner's state.json; None for any other (this runner always writes the key, so its
+    state.json never lacks it; one that does was not written by a known runner)."""
+    if "applied_image" not in meta and meta.get("runner_version") in LEGACY_RUNNERS:
+        image = meta.get("image")
+        return image if isinstance(image, dict) else None
+    return None
+
+
 class StateFacts(NamedTuple):
     """What the state says, for decide(): its level and the version it last completed."""
 
@@ -255,10 +300,11 @@ def state_facts(meta: Optional[Dict[str, Any]], records: Iterable[Dict[str, Any]
     records carry its level, and the level is raised before it starts, so state.json is never
     lower than its records).
     Version: applied_image.version_id (the image whose manifest a run last left completely
-    applied); without applied_image (a 0.1.0 runner's state.json, or no run has completed yet),
-    image.version_id (the image that last ran); without a usable state.json, the newest image
-    version found in the records (a power cut during the very first run leaves records but no
-    state.json: the image that wrote them is the one to trust).
+    applied; this runner writes the key with every state.json, null until a run completes);
+    without the key, only in state.json of runner 0.1.0 (LEGACY_RUNNERS), which never wrote it,
+    image.version_id (the image that last ran: that runner's record of the last release); any
+    other state.json without it records no version (the image that last ran may never have
+    completed); without a usable state.json, the newest image version found in the records.
     """
     level = _level_of(meta.get("compat_level", 0)) if meta is not None else None
     recs = None
@@ -269,7 +315,7 @@ def state_facts(meta: Optional[Dict[str, Any]], records: Iterable[Dict[str, Any]
         if "applied_image" in meta:
             v = _version_of(meta["applied_image"])
             return StateFacts(level, v, "applied_image in state.json" if v else "")
-        v = _version_of(meta.get("image"))
+        v = _version_of(legacy_applied_image(meta))
         return StateFacts(level, v, "image in state.json" if v else "")
     if recs is None:
         recs = list(records)

@@ -274,8 +274,10 @@ def assess(
         markers = [m for m in manifest.data_markers
                    if os.path.lexists(os.path.join(opts.root, m.lstrip("/")))]
     facts = state.compat_facts(meta) if has_state else compat.StateFacts(0, "", "")
+    last = meta.get("image") if meta is not None else None
+    unfinished = last.get("version_id", "") if isinstance(last, dict) else ""
     verdict = compat.decide(image.get("version_id", ""), level, floor, markers, has_state,
-                            facts.level, facts.version, facts.source)
+                            facts.level, facts.version, facts.source, str(unfinished))
     return verdict, facts
 
 
