@@ -457,6 +457,25 @@ def test_a_runner_that_cannot_load_is_70(tmp_path: Path) -> None:
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.parametrize("hook", HOOKS)
+@pytest.mark.parametrize("old_version", ["v1.0", "²:1.0"])
+def test_a_device_release_not_comparable_with_the_floor_is_refused(
+    hook: str, old_version: str, tmp_path: Path
+) -> None:
+    """dpkg's order puts `v1.0` after `2.0`, and `²` made int() raise (exit 1: "the update goes
+    on"): a device release that cannot be compared with the new image's floor is refused."""
+    v1 = make_image(tmp_path / "v1", old_version, V1)
+    device = Device(v1, {"lib/app/old.conf": "setting=1\n"})
+    assert device.boot(v1).returncode == 0
+    v3 = make_image(tmp_path / "v3", "3.0", V2, upgrade_floor="2.0")
+    before = device.snapshot()
+    res = run_hook(hook, device, v3)
+    assert res.returncode == 1, res.stderr
+    assert "REFUSED: the new image cannot use this device's data" in res.stderr
+    assert "cannot be compared with the upgrade floor 2.0" in res.stderr
+    assert device.snapshot() == before
+
+
 def test_downgrades_across_and_within_compatibility_levels(
     v1_device: Device, tmp_path: Path
 ) -> None:

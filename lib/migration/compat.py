@@ -6,7 +6,12 @@ Everything here is a pure function of plain values, so pytest covers the decisio
 
 Words:
 - *image version*: VERSION_ID of the image's os-release. Versions compare like Debian package
-  versions (`compare_versions`, dpkg's algorithm).
+  versions (`compare_versions`, dpkg's algorithm), and only *comparable* ones are compared
+  (`comparable`): both match _VERSION_RE (an optional epoch of ASCII digits and `:`, then an
+  ASCII digit, then only ASCII letters and digits and `. + ~ _ : -`; at most 128 characters).
+  Outside that set dpkg's order is not the order of releases (`v1.0` > `2.0`: letters sort after
+  digits), so a device release or an image VERSION_ID that is not comparable with the floor is
+  refused, never waved through.
 - *compatibility level*: a whole number >= 0. A one-way migration has a level >= 1. The image's
   level is max(MIGRATION_COMPAT_LEVEL of the image, every one-way level in its manifest); the
   state's level is the highest level of any one-way migration *started* on the device (raised
@@ -44,9 +49,21 @@ _VERSION_RE = re.compile(r"\A(?:[0-9]+:)?[0-9][A-Za-z0-9.+~_:-]*\Z")
 VERSION_MAX = 128
 
 
+#: `comparable` in words, for messages.
+COMPARABLE = ("an ASCII digit first, after an optional epoch N:, then only letters, digits and "
+              ". + ~ _ : -")
+
+
 def plausible_version(text: str) -> bool:
     """True for a string usable as an upgrade floor (see _VERSION_RE), at most 128 chars."""
     return isinstance(text, str) and len(text) <= VERSION_MAX and bool(_VERSION_RE.match(text))
+
+
+def comparable(a: str, b: str) -> bool:
+    """True when versions `a` and `b` can be ordered as releases: both are plausible versions
+    (COMPARABLE). dpkg orders any two strings, but `v1.0` > `2.0`, so a floor compared with a
+    VERSION_ID such as `v1.0` would silently let every such release through."""
+    return plausible_version(a) and plausible_version(b)
 
 
 def _isdigit(c: str) -> bool:
@@ -229,8 +246,16 @@ def _floor_refusal(this: str, floor: str, recorded: str, recorded_from: str,
             f"the data was written by release {floor} or newer, the oldest that {this} "
             f"upgrades from. Install release {floor} first, {wipe}.",
         )
+    where = f" ({recorded_from})" if recorded_from else ""
+    if not comparable(recorded, floor):
+        return Verdict(
+            BELOW_FLOOR,
+            f"the data was last fully migrated by release {recorded!r}{where}, which cannot be "
+            f"compared with the upgrade floor {floor} of {this} (a comparable version has "
+            f"{COMPARABLE}), so it cannot be proven to be {floor} or newer. Install release "
+            f"{floor} first, {wipe}.",
+        )
     if compare_versions(recorded, floor) < 0:
-        where = f" ({recorded_from})" if recorded_from else ""
         return Verdict(
             BELOW_FLOOR,
             f"upgrade from a too old release: the data was last fully migrated by release "
