@@ -570,6 +570,58 @@ def test_mender_hook_finds_the_new_root_from_the_bootloader_environment(
     assert res.returncode == 1 and "is neither" in res.stderr
 
 
+@pytest.mark.parametrize("hook", HOOKS)
+def test_a_manifest_that_is_no_file_aborts_the_install(
+    hook: str, v1_device: Device, tmp_path: Path
+) -> None:
+    """manifest.json -> /dev/zero: the hooks took it for "no manifest" (install, no check) and
+    the runner ran out of memory (exit 1); now the runner refuses it (2): abort."""
+    v2 = make_image(tmp_path / "v2", "2.0", V2)
+    mf = v2 / "usr/share/migration/manifest.json"
+    mf.unlink()
+    mf.symlink_to("/dev/zero")
+    before = v1_device.snapshot()
+    res = run_hook(hook, v1_device, v2)
+    assert res.returncode == 1, res.stderr
+    assert "is not a regular file" in res.stderr and "aborting the update" in res.stderr
+    assert v1_device.snapshot() == before
+
+
+def test_mender_hook_mounts_a_ubi_volume(v1_device: Device, tmp_path: Path) -> None:
+    """RootfsPartA/B = ubi0_0/ubi0_1 (UBI volumes on raw NAND): neither a directory nor a block
+    device; the hook mounts the next one with `mount -t ubifs -o ro ubi0_1 DIR` (here a fake
+    mount that copies the image tree, and a fake umount that empties the directory)."""
+    device = v1_device
+    v2 = make_image(tmp_path / "v2", "2.0", V2)
+    conf = tmp_path / "etc-mender"
+    conf.mkdir()
+    (conf / "mender.conf").write_text(json.dumps({"RootfsPartA": "ubi0_0",
+                                                  "RootfsPartB": "ubi0_1"}))  # fmt: skip
+    fakebin = tmp_path / "bin"
+    fakebin.mkdir()
+    log = tmp_path / "mount.log"
+    tools = {
+        "fw_printenv": 'echo mender_boot_part=1\n',
+        "mount": f'echo "$*" >>{log}\nfor dir; do :; done\ncp -a {v2}/. "$dir"\n',
+        "umount": f'echo "umount $*" >>{log}\nrm -rf "$1"/*\n',
+    }
+    for name, body in tools.items():
+        (fakebin / name).write_text("#!/bin/sh\n" + body)
+        (fakebin / name).chmod(0o755)
+    env = {
+        "PATH": f"{fakebin}:{os.environ['PATH']}", "MENDER_CONF_DIR": str(conf),
+        "MENDER_DATASTORE_DIR": str(tmp_path / "nowhere"), "MIGRATION_NEW_ROOT": "",
+        "TMPDIR": str(tmp_path),
+    }  # fmt: skip
+    res = run_hook("ArtifactInstall_Leave_50_migration", device, v2, env)
+    assert res.returncode == 0, res.stderr
+    mount, umount = log.read_text().splitlines()
+    assert re.fullmatch(rf"-t ubifs -o ro ubi0_1 {tmp_path}/migration-newroot\.\w+", mount)
+    assert umount == f"umount {mount.split()[-1]}"
+    assert device.runs()[-1] == "50-app-move.sh update 1"
+    assert not list(tmp_path.glob("migration-newroot.*"))
+
+
 def test_swupdate_hook_mounts_a_block_device_read_only(v1_device: Device, tmp_path: Path) -> None:
     """The data attribute names the new root's partition: mounted read-only, unmounted after."""
     device = v1_device
