@@ -1,9 +1,10 @@
 # SPDX-License-Identifier: MIT
 """The `migration` command as users and units call it: a subprocess, its exit codes, its output.
 
-Exit codes: 0 ok, 1 failed/refused/pending, 2 usage or configuration, 75 lock busy, 130
-interrupted. Runs as root here; the non-root cases drop to uid 65534 in the child (the root-only
-safety checks are skipped for other users by design, see runner.script_refusal).
+Exit codes: 0 ok, 1 failed/refused/pending, 2 usage or configuration, 3 refused, 70 internal
+error, 75 lock busy, 130 interrupted. Runs as root here; the non-root cases drop to uid 65534 in
+the child (the root-only safety checks are skipped for other users by design, see
+runner.script_refusal).
 """
 
 import hashlib
@@ -466,3 +467,39 @@ def test_status_of_a_newer_runners_state_still_lists_the_scripts(root):
     no_traceback(proc)
     assert proc.returncode == 1
     assert "newer runner" in proc.stdout and "applied      10-a" in proc.stdout
+
+
+def test_an_internal_error_is_70_not_1(root, monkeypatch, capsys):
+    """1 means "a script failed" (an updater goes on, the boot retries); a bug must not look
+    like that."""
+    from migration import cli as cli_mod
+    from migration import runner
+
+    def bug(*_args, **_kw):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(runner, "run", bug)
+    assert cli_mod.main(["--root", str(root.path), "run"]) == 70
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "migration: error: internal error (a bug" in err
+
+
+def test_a_python3_without_json_is_70_and_named(root, tmp_path):
+    """OE splits python3: an old system's python3 may lack python3-json. That is the internal
+    error exit (the update hooks abort the install), with the package to install, no traceback."""
+    blocked = tmp_path / "no-json"
+    blocked.mkdir()
+    (blocked / "json.py").write_text(
+        'raise ModuleNotFoundError("No module named \'json\'", name="json")\n')
+    root.add("10-a", "true\n")
+    for args in (["run"], ["status"], ["update", str(root.path)]):
+        proc = root(*args, lib=f"{blocked}{os.pathsep}{LIB}")
+        no_traceback(proc)
+        assert proc.returncode == 70, (args, proc.stderr)
+        assert "lacks module json (OE-core package python3-json" in proc.stderr
+    assert not root.state.exists()
+
+
+def test_help_documents_exit_70(root):
+    text = " ".join(root("--help").stdout.split())
+    assert "70 internal error" in text

@@ -65,6 +65,27 @@ def test_compare_versions_rules(a, b, expected):
     assert compat.compare_versions(b, a) == -expected
 
 
+@pytest.mark.parametrize(
+    ("a", "b", "ok"),
+    [("1.0", "2.0", True), ("1:2.0~rc1", "2.0-r1", True), ("2024.10", "5", True),
+     ("v1.0", "2.0", False), ("1.0", "v2.0", False), ("²", "1", False), ("", "1.0", False),
+     ("release-1", "1.0", False)],
+)
+def test_comparable(a, b, ok):
+    assert compat.comparable(a, b) is ok
+    assert compat.comparable(b, a) is ok
+
+
+def test_only_ascii_digits_are_digits():
+    """str.isdigit() accepts "²" (and int() then raises): such characters are non-digits that
+    sort after letters, as dpkg's bytes >= 0x80 do."""
+    assert compat.compare_versions("²:1.0", "2.0") == 1  # no epoch: "²" sorts after digits
+    assert compat.compare_versions("1.²", "1.a") == 1
+    assert compat.compare_versions("1.²", "1.2") == 1  # a non-digit after the "." wins
+    assert compat.newest(["1.0", "1.²"]) == "1.²"
+    assert compat.plausible_version("1.²") is False
+
+
 def test_compare_versions_agrees_with_dpkg():
     dpkg = tool("dpkg", "a Debian host")
     versions = [v for v in ORDERED if v] + ["1.0_1", "1.0-1~", "3.1~rc1+git", "1.0.0~"]
@@ -103,8 +124,9 @@ def test_image_level():
 
 
 def decide(image="2.0", level=0, floor="", markers=(), state=True, slevel=0, recorded="1.0",
-           source="applied_image in state.json"):
-    return compat.decide(image, level, floor, list(markers), state, slevel, recorded, source)
+           source="applied_image in state.json", unfinished=""):
+    return compat.decide(image, level, floor, list(markers), state, slevel, recorded, source,
+                         unfinished)
 
 
 # (kwargs, expected kind)
@@ -135,6 +157,14 @@ TABLE = [
     ({"floor": "1.0", "recorded": "0.9", "markers": ["/var/x"]}, BELOW_FLOOR),
     ({"floor": "1.0", "recorded": ""}, BELOW_FLOOR),  # state but no version: cannot prove
     ({"floor": "1.0", "recorded": "", "image": ""}, BELOW_FLOOR),
+    # not comparable with the floor (dpkg would say v1.0 > 2.0): refused, not waved through
+    ({"floor": "2.0", "recorded": "v1.0"}, BELOW_FLOOR),
+    ({"floor": "2.0", "recorded": "v3.0"}, BELOW_FLOOR),
+    ({"floor": "1.0", "recorded": "²:1.0"}, BELOW_FLOOR),
+    ({"floor": "1.0", "recorded": "2.0 beta"}, BELOW_FLOOR),
+    # an unfinished run (no applied release): only its own image resumes it
+    ({"floor": "1.0", "recorded": "", "image": "2.0", "unfinished": "2.0"}, OK),
+    ({"floor": "1.0", "recorded": "", "image": "3.0", "unfinished": "2.0"}, BELOW_FLOOR),
     # boundary: equal to the floor, or newer, is fine
     ({"floor": "1.0", "recorded": "1.0"}, OK),
     ({"floor": "1.0", "recorded": "1.00"}, OK),
@@ -241,9 +271,12 @@ def rec(version=None, oneway=None):
          [rec("1.0")], (0, "1.0", "image in state.json")),
         # a 0.1.0 runner on an image without VERSION_ID
         ({"format": 1, "image": {}}, [rec("1.0")], (0, "", "")),
-        # state.json says level 1; records are not consulted
+        # state.json says level 1; records are not consulted; not 0.1.0's, and without
+        # applied_image: no run completed, `image` proves nothing
         ({"format": 1, "compat_level": 1, "image": {"version_id": "2.0"}}, [rec("9.0", 5)],
-         (1, "2.0", "image in state.json")),
+         (1, "", "")),
+        ({"format": 1, "image": {"version_id": "2.0"}, "runner_version": "0.2.0",
+          "applied_image": None}, [rec("2.0")], (0, "", "")),
         # a state.json whose compat_level is damaged: the records' highest level
         ({"format": 1, "compat_level": "x", "applied_image": {"version_id": "2.0"}},
          [rec("2.0", 1), rec("2.0", 3)], (3, "2.0", "applied_image in state.json")),

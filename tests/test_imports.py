@@ -1,6 +1,9 @@
 # SPDX-License-Identifier: MIT
 """Code that runs on the target may import only what OE-core's python3-core, python3-crypt and
-python3-json packages ship, so the runner recipe can RDEPEND on just those three.
+python3-json packages ship, so the runner recipe can RDEPEND on just those three. The same three
+are all that `migration update` assumes of the OLD system's python3 at update time (README;
+tests/test_update_hooks.py runs an update with a python3 reduced to them, and checks that one
+reduced further makes the runner exit 70 and the hooks abort the install).
 
 The allowlist below was read from OE-core's meta/recipes-devtools/python/python3/
 python3-manifest.json (openembedded-core master as stored at commit 01982411b5cc, the Python

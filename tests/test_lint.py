@@ -388,6 +388,16 @@ def test_floor_against_image_version(floor: str, version: Optional[str], ok: boo
         )
 
 
+@pytest.mark.parametrize("version", ["v3.0", "release-3", "3.²", "3.0 beta"])
+def test_floor_needs_a_comparable_version_id(version: str) -> None:
+    """dpkg orders `v3.0` after `2.0` (letters after digits) and any floor after `v1.0`: the
+    build refuses a VERSION_ID that is not comparable with the floor (the runner would refuse
+    every upgrade from this image)."""
+    problem = lint.floor_problem("2.0", version, compat.compare_versions)
+    assert problem is not None and "cannot be compared with it" in problem
+    assert lint.floor_problem("2.0", "3.0", compat.compare_versions) is None
+
+
 def test_floor_needs_a_version_id() -> None:
     problem = lint.floor_problem("2.0", None, compat.compare_versions)
     assert problem is not None

@@ -90,6 +90,56 @@ def test_duplicate_name_names_both_packages(image):
         manifest.generate(str(image.root))
 
 
+def test_duplicate_name_in_one_fragment_says_so(image):
+    """Not "shipped by two packages: foo and foo"."""
+    image.ship("foo", {"50-x": "echo 1\n"})
+    frag = json.loads((image.frags / "foo.json").read_text())
+    frag["migrations"].append(dict(frag["migrations"][0]))
+    (image.frags / "foo.json").write_text(json.dumps(frag))
+    with pytest.raises(ManifestError) as exc:
+        manifest.generate(str(image.root))
+    assert str(exc.value) == (f"migration 50-x is listed twice in {image.frags / 'foo.json'} "
+                              "(package foo)")
+    # one package in two fragment files: both files named
+    (image.frags / "foo.json").write_text(json.dumps(manifest.fragment(
+        "foo", "1", [("50-x", _sha("echo 1\n"))])))
+    (image.frags / "foo-extra.json").write_text((image.frags / "foo.json").read_text())
+    with pytest.raises(ManifestError, match=r"50-x is declared by package foo in two fragments: "
+                       r".*foo-extra\.json and .*foo\.json"):
+        manifest.generate(str(image.root))
+
+
+def test_a_symlinked_script_fails_the_build(image):
+    """The runner refuses a symlinked script (as root) on every run: refuse it when the
+    manifest is written, not on the device."""
+    image.ship("foo", {"50-x": "echo 1\n"})
+    (image.scripts / "50-x").rename(image.root / "real-x")
+    (image.scripts / "50-x").symlink_to(image.root / "real-x")
+    with pytest.raises(ManifestError, match="50-x is a symlink: the runner refuses"):
+        manifest.generate(str(image.root))
+    assert not (image.root / manifest.MANIFEST_REL).exists()
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "fifo"])
+def test_load_refuses_what_is_not_a_regular_file(tmp_path, special):
+    """manifest.json -> /dev/zero ended in MemoryError (exit 1), a FIFO hung the runner."""
+    path = tmp_path / "manifest.json"
+    if special == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to(special)
+    with pytest.raises(ManifestError, match="is not a regular file"):
+        manifest.load(str(path))
+
+
+def test_load_caps_the_size_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(manifest, "MAX_JSON", 100)
+    path = tmp_path / "manifest.json"
+    path.write_text("[" + "1," * 100 + "1]")
+    with pytest.raises(ManifestError, match="is larger than"):
+        manifest.load(str(path))
+
+
 def test_hash_mismatch_between_fragment_and_file(image):
     image.ship("foo", {"50-x": "echo 1\n"})
     (image.scripts / "50-x").write_text("echo changed\n")

@@ -12,7 +12,7 @@ import pytest
 from fstree import tree
 from migration import manifest as manifest_mod
 from migration import runner
-from migration.state import State
+from migration.state import LockBusy, State
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="safety checks apply to root only")
 
@@ -357,6 +357,31 @@ def test_below_floor_is_refused_before_anything_is_written(env):
     assert env.executions() == ["10-a", "20-b"]
 
 
+def test_a_busy_lock_does_not_hide_the_refusal(env):
+    """The verdict comes before the wait for the lock: exit 3, not 75 (which the update hooks
+    take for "the boot retries"); the state is left as it was."""
+    os_release(env, "1.0")
+    env.add("10-a")
+    write_manifest5(env)
+    assert env.run() == 0
+    os_release(env, "3.0")
+    env.add("20-b")
+    write_manifest5(env, floor="2.0")
+    other = State(str(env.state))
+    other.lock(0)
+    try:
+        before = tree(env.state)
+        assert refused(env, lock_wait=0.1).verdict.kind == compat.BELOW_FLOOR
+        assert tree(env.state) == before
+        # an allowed image still waits for the lock (and gives up: 75)
+        write_manifest5(env, floor="1.0")
+        with pytest.raises(LockBusy):
+            env.run(lock_wait=0.1)
+    finally:
+        other.unlock()
+    assert env.executions() == ["10-a"]
+
+
 def test_state_of_a_1_0_runner_is_judged_by_its_image(env):
     os_release(env, "1.0")
     env.add("10-a")
@@ -364,6 +389,7 @@ def test_state_of_a_1_0_runner_is_judged_by_its_image(env):
     assert env.run() == 0
     m = meta(env)
     del m["applied_image"], m["compat_level"]  # what a 0.1.0 runner wrote
+    m["runner_version"] = "0.1.0"
     (env.state / "state.json").write_text(json.dumps(m))
     os_release(env, "2.0")
     env.add("20-b")
@@ -380,7 +406,7 @@ def test_fresh_device_runs_everything_and_predates_needs_floor_and_marker(env):
     write_manifest5(env, floor="1.5", markers=["/var/lib/foo"])
     exc = refused(env)
     assert exc.verdict.kind == compat.PREDATES and "/var/lib/foo" in str(exc)
-    assert os.listdir(env.state) == ["lock"]  # taking the lock is the only write
+    assert not env.state.exists()  # refused before the lock: not even the state dir
     assert env.executions() == []
     # no floor: the marker alone refuses nothing (fresh)
     write_manifest5(env, markers=["/var/lib/foo"])
@@ -404,10 +430,52 @@ def test_power_cut_in_the_first_run_of_a_fresh_device_is_not_refused(env):
     env.add("10-a", f"test -e {env.root}/go")
     write_manifest5(env, floor="1.5")
     assert env.run() == 1
-    assert "applied_image" not in meta(env)
+    assert meta(env)["applied_image"] is None
     assert meta(env)["image"]["version_id"] == "2.0"
     (env.root / "go").touch()
     assert env.run() == 0
+
+
+def test_an_unfinished_run_does_not_count_as_the_last_release(env):
+    """On a fresh device, the first run (of 2.0) fails: 2.0 never completed, so 3.0 with the
+    floor 2.0 is refused (it would count 2.0 as applied); 2.0 itself resumes."""
+    os_release(env, "2.0")
+    env.add("10-a", f"test -e {env.root}/go")
+    write_manifest5(env)
+    assert env.run() == 1
+    os_release(env, "3.0")
+    env.add("30-c")
+    write_manifest5(env, floor="2.0")
+    exc = refused(env)
+    assert exc.verdict.kind == compat.BELOW_FLOOR
+    assert "the last one, of release 2.0, failed or was cut" in str(exc)
+    assert "Boot release 2.0 again" in str(exc)
+    (env.scripts / "30-c").unlink()
+    os_release(env, "2.0")
+    (env.root / "go").touch()
+    write_manifest5(env, floor="1.0")
+    assert env.run() == 0
+    os_release(env, "3.0")
+    env.add("30-c")
+    write_manifest5(env, floor="2.0")
+    assert env.run() == 0
+
+
+def test_a_failed_first_run_on_0_1_0_state_keeps_its_release(env):
+    """State of runner 0.1.0 at 1.0; this runner's first run (2.0) fails: the device's release
+    is still 1.0, so 3.0 with the floor 2.0 is refused."""
+    os_release(env, "2.0")
+    env.state.mkdir(parents=True)
+    (env.state / "state.json").write_text(json.dumps(
+        {"format": 1, "runner_version": "0.1.0", "image": {"version_id": "1.0"}}))
+    env.add("10-a", "exit 1")
+    write_manifest5(env, floor="1.0")
+    assert env.run() == 1
+    assert meta(env)["applied_image"] == {"version_id": "1.0"}
+    os_release(env, "3.0")
+    write_manifest5(env, floor="2.0")
+    exc = refused(env)
+    assert "release 1.0 (applied_image in state.json)" in str(exc)
 
 
 def test_one_way_raises_the_level_durably_before_the_script_starts(env):

@@ -280,8 +280,12 @@ def test_compat_facts_from_state_json_or_records(state):
     state.record_outcome("failed", {**rec, "sha256": SHA2, "name": "20-y", "oneway": 3,
                                     "image": {"version_id": "2.0"}, "reason": "exit 1"})
     assert state.compat_facts(None) == (3, "2.0", "records")
-    meta = {"format": 1, "compat_level": 1, "image": {"version_id": "2.1"}}
-    assert state.compat_facts(meta) == (1, "2.1", "image in state.json")
+    meta = {"format": 1, "runner_version": "0.1.0", "image": {"version_id": "2.1"}}
+    assert state.compat_facts(meta) == (0, "2.1", "image in state.json")
+    # this runner's state.json before any run completed: `image` proves nothing
+    meta = {"format": 1, "runner_version": "0.2.0", "compat_level": 1,
+            "image": {"version_id": "2.1"}}
+    assert state.compat_facts(meta) == (1, "", "")
 
 
 def test_update_meta_levels_and_applied_image(state):
@@ -292,7 +296,7 @@ def test_update_meta_levels_and_applied_image(state):
             return f.read()
 
     meta = state.update_meta({"version_id": "1"}, None, compat_level=0)
-    assert meta["compat_level"] == 0 and "applied_image" not in meta
+    assert meta["compat_level"] == 0 and meta["applied_image"] is None  # always written
     assert json.loads(read(path)) == meta
     meta = state.update_meta({"version_id": "1"}, meta, compat_level=2, applied=True)
     on_disk = json.loads(read(path))
@@ -305,6 +309,17 @@ def test_update_meta_levels_and_applied_image(state):
     on_disk = json.loads(read(path))
     assert on_disk["image"] == {"version_id": "2"}
     assert on_disk["applied_image"] == {"version_id": "1"}
+
+
+def test_update_meta_keeps_what_a_0_1_0_state_json_meant(state):
+    """Runner 0.1.0's `image` is its last release: on the first write of this runner (before
+    its first script) it becomes applied_image, so a run that then fails or is cut does not
+    make the new image count as applied."""
+    old = {"format": 1, "runner_version": "0.1.0", "image": {"version_id": "1.0"}}
+    meta = state.update_meta({"version_id": "2.0"}, old, compat_level=0)
+    assert meta["image"] == {"version_id": "2.0"}
+    assert meta["applied_image"] == {"version_id": "1.0"}
+    assert state.compat_facts(meta) == (0, "1.0", "applied_image in state.json")
 
 
 def test_check_meta_writes_nothing_and_repair_moves_aside(state):

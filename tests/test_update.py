@@ -203,6 +203,49 @@ def test_update_from_below_the_floor_is_refused_and_writes_nothing(device, v1):
     assert device.names_ran() == ["10-pkg-a", "20-pkg-b", "25-pkg-x", "30-pkg-c"]
 
 
+def test_update_is_refused_even_while_another_runner_holds_the_lock(device, v1):
+    """Exit 3, not 75: the hooks would take 75 for "the boot retries" and install the image."""
+    from migration.state import State
+
+    v3, _ = device.image("3.0", {"30-pkg-c": ""}, floor="2.0")
+    other = State(str(device.state))
+    other.lock(0)
+    try:
+        before = tree(device.state)
+        proc = device.update(v3, "--lock-wait", "0.2")
+        assert proc.returncode == 3, proc.stderr
+        assert "migration: refused: upgrade from a too old release" in proc.stderr
+        assert tree(device.state) == before
+        # an image the data allows waits for the lock as before
+        v2, _ = device.image("2.0", {"10-pkg-a": "", "20-pkg-b": "", "25-pkg-x": ""})
+        assert device.update(v2, "--lock-wait", "0.2").returncode == 75
+    finally:
+        other.unlock()
+    assert device.names_ran() == ["10-pkg-a", "20-pkg-b"]
+
+
+def test_special_files_in_newroot_neither_hang_nor_exhaust_the_update(device, v1):
+    """A FIFO as NEWROOT's os-release hung `update` forever; manifest.json -> /dev/zero ended
+    in MemoryError (exit 1, "the update goes on" for the hooks)."""
+    v2, _ = device.image("2.0", {"10-pkg-a": "", "20-pkg-b": "", "30-pkg-c": ""})
+    osr = v2 / "etc" / "os-release"
+    osr.unlink()
+    os.mkfifo(osr)
+    env = dict(os.environ, PYTHONPATH=LIB)
+    argv = [sys.executable, "-m", "migration", "--root", str(device.data), "update", str(v2)]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=20)
+    assert proc.returncode == 0, proc.stderr  # an os-release that is no file: no VERSION_ID
+    assert device.names_ran()[-1] == "30-pkg-c"
+    mf = v2 / manifest.MANIFEST_REL
+    mf.unlink()
+    mf.symlink_to("/dev/zero")
+    before = tree(device.state)
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=20)
+    assert proc.returncode == 2, proc.stderr
+    assert f"migration: error: {mf} is not a regular file" in proc.stderr
+    assert tree(device.state) == before
+
+
 def test_boot_from_below_the_floor_runs_the_hooks(device, v1):
     out = device.tmp / "hook.txt"
     v3, _ = device.image("3.0", {"30-pkg-c": ""}, floor="2.0")

@@ -329,6 +329,153 @@ def test_a_refused_update_aborts_the_install_and_touches_nothing(
     assert device.snapshot() == before
 
 
+@pytest.mark.parametrize("hook", HOOKS)
+def test_a_refused_update_aborts_the_install_even_while_the_lock_is_busy(
+    hook: str, v1_device: Device, tmp_path: Path
+) -> None:
+    """A runner holding the lock (say a `migration run` started by hand) must not turn the
+    refusal into exit 75, which the hooks take for "the first boot retries"."""
+    from migration.state import State
+
+    device = v1_device
+    v3 = make_image(tmp_path / "v3", "3.0", V2, upgrade_floor="2.0")
+    before = device.snapshot()
+    other = State(str(device.state))
+    other.lock(0)
+    try:
+        res = run_hook(hook, device, v3, {"MIGRATION_UPDATE_ARGS": "--lock-wait 0.2"})
+    finally:
+        other.unlock()
+    assert res.returncode == 1, res.stderr
+    assert "REFUSED: the new image cannot use this device's data" in res.stderr
+    assert device.snapshot() == before
+
+
+# What each exit code of the runner makes of the install: (hook's exit, its words).
+EXIT_CODES = {
+    0: (0, "the new image's migrations are applied"),
+    1: (0, "the update goes on and the new image's first boot retries them"),
+    75: (0, "the update goes on and the new image's first boot retries them"),
+    3: (1, "REFUSED: the new image cannot use this device's data"),
+    70: (1, "could not check the update (internal error"),
+    2: (1, "ERROR: the migration runner failed (exit 2"),
+    64: (1, "ERROR: the migration runner failed (exit 64"),
+    130: (1, "ERROR: the migration runner failed (exit 130"),
+}
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_exit_code_table(hook: str, v1_device: Device, tmp_path: Path) -> None:
+    """Which exit codes of the runner leave the migrations to the boot (the install goes on)
+    and which abort the install (Mender too: 0 or 1 only)."""
+    v2 = make_image(tmp_path / "v2", "2.0", V2)
+    fake = v2 / "usr/sbin/fake-migration"
+    fake.write_text("import os, sys\nsys.exit(int(os.environ['FAKE_RC']))\n")
+    seen = {}
+    for rc in EXIT_CODES:
+        res = run_hook(hook, v1_device, v2, {"MIGRATION_COMMAND": "/usr/sbin/fake-migration",
+                                             "FAKE_RC": str(rc)})  # fmt: skip
+        words = next((w for _, w in EXIT_CODES.values() if w in res.stderr), res.stderr)
+        seen[rc] = (res.returncode, words)
+    assert seen == EXIT_CODES
+
+
+#: A python3 as OE installs it from a subset of its packages (python3-manifest.json): any import
+#: outside the allowed modules fails as it does when the package is not installed.
+REDUCED_PYTHON = """\
+import runpy, sys
+ALLOWED = set(sys.argv[1].split(","))
+
+class NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        top = name.partition(".")[0]
+        if top != "migration" and top not in ALLOWED and top not in sys.builtin_module_names:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, NotInstalled())
+args = sys.argv[2:]
+while args[0].startswith("-"):  # the hook's -I -B: this interpreter has them already
+    args.pop(0)
+sys.argv = args
+runpy.run_path(args[0], run_name="__main__")
+"""
+
+
+def reduced_python(tmp_path: Path, modules: Iterable[str]) -> str:
+    script = tmp_path / "reduced-python.py"
+    script.write_text(REDUCED_PYTHON)
+    fake = tmp_path / "python3-reduced"
+    fake.write_text(f'#!/bin/sh\nexec {sys.executable} -I -B {script} {",".join(modules)} "$@"\n')
+    fake.chmod(0o755)
+    return str(fake)
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+@pytest.mark.parametrize("packages", [("core",), ("core", "crypt")])
+def test_an_old_python3_without_the_runners_packages_aborts_the_install(
+    hook: str, packages: Tuple[str, ...], v1_device: Device, tmp_path: Path
+) -> None:
+    """The update path needs python3-core, python3-crypt and python3-json on the OLD system;
+    without one the runner exits 70 naming the package, and the install is aborted (nothing
+    was checked, so this is no "the boot retries")."""
+    from test_imports import CORE, CRYPT
+
+    device = v1_device
+    v2 = make_image(tmp_path / "v2", "2.0", V2)
+    modules = CORE | (CRYPT if "crypt" in packages else set())
+    before = device.snapshot()
+    res = run_hook(hook, device, v2, {"MIGRATION_PYTHON": reduced_python(tmp_path, modules)})
+    assert res.returncode == 1, res.stderr
+    missing = "python3-json" if "crypt" in packages else "python3-crypt"
+    assert f"(OE-core package {missing}; the runner needs python3-core" in res.stderr
+    assert "could not check the update (internal error" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert device.snapshot() == before
+
+
+def test_python3_core_crypt_and_json_are_enough_for_the_update(
+    v1_device: Device, tmp_path: Path
+) -> None:
+    from test_imports import CORE, CRYPT, JSON
+
+    v2 = make_image(tmp_path / "v2", "2.0", V2)
+    python = reduced_python(tmp_path, CORE | CRYPT | JSON)
+    res = run_hook("rauc-hook.sh", v1_device, v2, {"MIGRATION_PYTHON": python})
+    assert res.returncode == 0, res.stderr
+    assert v1_device.runs()[-1] == "50-app-move.sh update 1"
+
+
+def test_a_runner_that_cannot_load_is_70(tmp_path: Path) -> None:
+    """The wrapper maps what fails before cli.main (a damaged install, a syntax the old
+    system's python3 does not know) to 70 too, never to Python's own 1."""
+    install_runner(tmp_path)
+    (tmp_path / "usr/lib/migration/migration/cli.py").write_text("def main(:\n")
+    res = migration(tmp_path, "--version")
+    assert res.returncode == 70, res.stderr
+    assert "migration: error: cannot load the runner from" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+@pytest.mark.parametrize("old_version", ["v1.0", "²:1.0"])
+def test_a_device_release_not_comparable_with_the_floor_is_refused(
+    hook: str, old_version: str, tmp_path: Path
+) -> None:
+    """dpkg's order puts `v1.0` after `2.0`, and `²` made int() raise (exit 1: "the update goes
+    on"): a device release that cannot be compared with the new image's floor is refused."""
+    v1 = make_image(tmp_path / "v1", old_version, V1)
+    device = Device(v1, {"lib/app/old.conf": "setting=1\n"})
+    assert device.boot(v1).returncode == 0
+    v3 = make_image(tmp_path / "v3", "3.0", V2, upgrade_floor="2.0")
+    before = device.snapshot()
+    res = run_hook(hook, device, v3)
+    assert res.returncode == 1, res.stderr
+    assert "REFUSED: the new image cannot use this device's data" in res.stderr
+    assert "cannot be compared with the upgrade floor 2.0" in res.stderr
+    assert device.snapshot() == before
+
+
 def test_downgrades_across_and_within_compatibility_levels(
     v1_device: Device, tmp_path: Path
 ) -> None:
@@ -421,6 +568,58 @@ def test_mender_hook_finds_the_new_root_from_the_bootloader_environment(
     printenv.write_text('#!/bin/sh\necho mender_boot_part=5\n')
     res = run_hook("ArtifactInstall_Leave_50_migration", device, v2, env)
     assert res.returncode == 1 and "is neither" in res.stderr
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_a_manifest_that_is_no_file_aborts_the_install(
+    hook: str, v1_device: Device, tmp_path: Path
+) -> None:
+    """manifest.json -> /dev/zero: the hooks took it for "no manifest" (install, no check) and
+    the runner ran out of memory (exit 1); now the runner refuses it (2): abort."""
+    v2 = make_image(tmp_path / "v2", "2.0", V2)
+    mf = v2 / "usr/share/migration/manifest.json"
+    mf.unlink()
+    mf.symlink_to("/dev/zero")
+    before = v1_device.snapshot()
+    res = run_hook(hook, v1_device, v2)
+    assert res.returncode == 1, res.stderr
+    assert "is not a regular file" in res.stderr and "aborting the update" in res.stderr
+    assert v1_device.snapshot() == before
+
+
+def test_mender_hook_mounts_a_ubi_volume(v1_device: Device, tmp_path: Path) -> None:
+    """RootfsPartA/B = ubi0_0/ubi0_1 (UBI volumes on raw NAND): neither a directory nor a block
+    device; the hook mounts the next one with `mount -t ubifs -o ro ubi0_1 DIR` (here a fake
+    mount that copies the image tree, and a fake umount that empties the directory)."""
+    device = v1_device
+    v2 = make_image(tmp_path / "v2", "2.0", V2)
+    conf = tmp_path / "etc-mender"
+    conf.mkdir()
+    (conf / "mender.conf").write_text(json.dumps({"RootfsPartA": "ubi0_0",
+                                                  "RootfsPartB": "ubi0_1"}))  # fmt: skip
+    fakebin = tmp_path / "bin"
+    fakebin.mkdir()
+    log = tmp_path / "mount.log"
+    tools = {
+        "fw_printenv": 'echo mender_boot_part=1\n',
+        "mount": f'echo "$*" >>{log}\nfor dir; do :; done\ncp -a {v2}/. "$dir"\n',
+        "umount": f'echo "umount $*" >>{log}\nrm -rf "$1"/*\n',
+    }
+    for name, body in tools.items():
+        (fakebin / name).write_text("#!/bin/sh\n" + body)
+        (fakebin / name).chmod(0o755)
+    env = {
+        "PATH": f"{fakebin}:{os.environ['PATH']}", "MENDER_CONF_DIR": str(conf),
+        "MENDER_DATASTORE_DIR": str(tmp_path / "nowhere"), "MIGRATION_NEW_ROOT": "",
+        "TMPDIR": str(tmp_path),
+    }  # fmt: skip
+    res = run_hook("ArtifactInstall_Leave_50_migration", device, v2, env)
+    assert res.returncode == 0, res.stderr
+    mount, umount = log.read_text().splitlines()
+    assert re.fullmatch(rf"-t ubifs -o ro ubi0_1 {tmp_path}/migration-newroot\.\w+", mount)
+    assert umount == f"umount {mount.split()[-1]}"
+    assert device.runs()[-1] == "50-app-move.sh update 1"
+    assert not list(tmp_path.glob("migration-newroot.*"))
 
 
 def test_swupdate_hook_mounts_a_block_device_read_only(v1_device: Device, tmp_path: Path) -> None:

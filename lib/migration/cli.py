@@ -4,13 +4,16 @@ where errors become exit codes and messages.
 
 Exit codes (a contract: tests outside this repository rely on them):
   0   nothing failed and nothing is pending
-  1   at least one script failed, was refused, or is still pending (also: an internal error,
-      shown with a traceback)
+  1   at least one script failed, was refused, or is still pending
   2   bad usage or configuration: a clear one-line message on stderr (errors.MigrationError)
   3   this image cannot use the device's data (errors.Incompatible, migration.compat): an
       incompatible downgrade, an upgrade from below the image's floor, or data that predates
       the framework; nothing was written (run, update; status and dry-run report it the same)
-  75  another runner holds the lock and did not release it within the wait (state.LockBusy)
+  70  internal error (errors.INTERNAL_ERROR, sysexits' EX_SOFTWARE): a bug, shown with a
+      traceback, or a python3 that cannot run the runner (older than 3.8, or lacking a module of
+      python3-core, python3-crypt or python3-json: the message names it); nothing was checked
+  75  another runner holds the lock and did not release it within the wait (state.LockBusy); the
+      verdict came first, so the image is not refused
   130 interrupted by a signal that would end it (SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1...;
       the running script's process group is stopped first, its run reads as interrupted)
 """
@@ -21,7 +24,7 @@ import os
 import sys
 
 from migration import __version__
-from migration.errors import Interrupted, MigrationError
+from migration.errors import INTERNAL_ERROR, Interrupted, MigrationError
 
 # argparse, typing, signal (enum), contextlib and the command modules are imported where they
 # are used: a no-op boot run (migration.noop) needs none of them.
@@ -65,8 +68,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         description="Run one-shot migration scripts exactly once, in order, safely.",
         epilog="Exit codes: 0 ok, 1 something failed/refused/pending, 2 usage or configuration "
         "error, 3 this image cannot use the device's data (incompatible downgrade, below the "
-        "upgrade floor, data older than the framework; nothing written), 75 lock busy, "
-        "130 interrupted.",
+        "upgrade floor, data older than the framework; nothing written), 70 internal error "
+        "(a bug, or a python3 lacking a module the runner needs), 75 lock busy (the image is "
+        "not refused), 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
@@ -171,9 +175,34 @@ def _say_error(msg: str, what: str = "error") -> None:
         pass
 
 
+#: OE-core packages of the modules the runner imports outside python3-core, for the message
+#: of an interpreter that lacks one (tests/test_imports.py keeps the runner within these).
+_PACKAGE_OF = {"json": "python3-json", "hashlib": "python3-crypt", "_hashlib": "python3-crypt",
+               "_sha2": "python3-crypt", "_sha256": "python3-crypt", "fcntl": "python3-fcntl"}
+
+
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:
-        argv = sys.argv[1:]
+    """The command; every exception ends as a message and an exit code, never as Python's 1
+    (which would read as "a script failed" to an updater's hook)."""
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    except ImportError as e:
+        # The old system's python3 at update time may be split finer than the runner needs.
+        module = e.name or "?"
+        package = _PACKAGE_OF.get(module.partition(".")[0], "python3-core")
+        _say_error(f"this python3 ({sys.executable}) cannot run the runner: it lacks module "
+                   f"{module} (OE-core package {package}; the runner needs python3-core, "
+                   f"python3-crypt and python3-json): {e}")
+        return INTERNAL_ERROR
+    except Exception:
+        import traceback  # only for bugs: it costs milliseconds at every start
+
+        traceback.print_exc()
+        _say_error("internal error (a bug: please report it with the traceback above)")
+        return INTERNAL_ERROR
+
+
+def _main(argv: list[str]) -> int:
     from migration import noop
 
     try:
@@ -207,9 +236,3 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {e.filename}" if e.filename else ""
         _say_error(f"{e.strerror or e}{where}")
         return 2
-    except Exception:
-        import traceback  # only for bugs: it costs milliseconds at every start
-
-        traceback.print_exc()
-        _say_error("internal error (a bug: please report it with the traceback above)")
-        return 1

@@ -6,7 +6,12 @@ Everything here is a pure function of plain values, so pytest covers the decisio
 
 Words:
 - *image version*: VERSION_ID of the image's os-release. Versions compare like Debian package
-  versions (`compare_versions`, dpkg's algorithm).
+  versions (`compare_versions`, dpkg's algorithm), and only *comparable* ones are compared
+  (`comparable`): both match _VERSION_RE (an optional epoch of ASCII digits and `:`, then an
+  ASCII digit, then only ASCII letters and digits and `. + ~ _ : -`; at most 128 characters).
+  Outside that set dpkg's order is not the order of releases (`v1.0` > `2.0`: letters sort after
+  digits), so a device release or an image VERSION_ID that is not comparable with the floor is
+  refused, never waved through.
 - *compatibility level*: a whole number >= 0. A one-way migration has a level >= 1. The image's
   level is max(MIGRATION_COMPAT_LEVEL of the image, every one-way level in its manifest); the
   state's level is the highest level of any one-way migration *started* on the device (raised
@@ -26,7 +31,8 @@ The decision (`decide`), in this order:
 3. floor set and the recorded version (applied_image, else the image of a 0.1.0 runner's
    state.json, else the newest image in the records) is older than the floor: *below-floor*,
    refused; state without any recorded version with a floor set: *below-floor* too (cannot prove
-   the data is recent enough).
+   the data is recent enough), except for the image whose own run left it so (state.json's
+   image, say a power cut in the first run on a fresh device): it may resume its run.
 4. otherwise ok (a downgrade within a compatible level included: nothing re-runs).
 """
 
@@ -43,15 +49,33 @@ _VERSION_RE = re.compile(r"\A(?:[0-9]+:)?[0-9][A-Za-z0-9.+~_:-]*\Z")
 VERSION_MAX = 128
 
 
+#: `comparable` in words, for messages.
+COMPARABLE = ("an ASCII digit first, after an optional epoch N:, then only letters, digits and "
+              ". + ~ _ : -")
+
+
 def plausible_version(text: str) -> bool:
     """True for a string usable as an upgrade floor (see _VERSION_RE), at most 128 chars."""
     return isinstance(text, str) and len(text) <= VERSION_MAX and bool(_VERSION_RE.match(text))
 
 
+def comparable(a: str, b: str) -> bool:
+    """True when versions `a` and `b` can be ordered as releases: both are plausible versions
+    (COMPARABLE). dpkg orders any two strings, but `v1.0` > `2.0`, so a floor compared with a
+    VERSION_ID such as `v1.0` would silently let every such release through."""
+    return plausible_version(a) and plausible_version(b)
+
+
+def _isdigit(c: str) -> bool:
+    """An ASCII digit: str.isdigit() also accepts "²" and other digits int() cannot read (dpkg
+    works on bytes, where only 0-9 are digits)."""
+    return "0" <= c <= "9"
+
+
 def _order(c: str) -> int:
     """dpkg's order(): letters sort by ASCII, before every other non-digit; `~` before all,
     even the end of the string (so 1.0~rc1 < 1.0)."""
-    if c.isdigit():
+    if _isdigit(c):
         return 0
     if "A" <= c <= "Z" or "a" <= c <= "z":
         return ord(c)
@@ -68,7 +92,7 @@ def _verrevcmp(a: str, b: str) -> int:
     i = j = 0
     while i < len(a) or j < len(b):
         first_diff = 0
-        while (i < len(a) and not a[i].isdigit()) or (j < len(b) and not b[j].isdigit()):
+        while (i < len(a) and not _isdigit(a[i])) or (j < len(b) and not _isdigit(b[j])):
             ac = _order(a[i] if i < len(a) else "")
             bc = _order(b[j] if j < len(b) else "")
             if ac != bc:
@@ -79,14 +103,14 @@ def _verrevcmp(a: str, b: str) -> int:
             i += 1
         while j < len(b) and b[j] == "0":
             j += 1
-        while i < len(a) and a[i].isdigit() and j < len(b) and b[j].isdigit():
+        while i < len(a) and _isdigit(a[i]) and j < len(b) and _isdigit(b[j]):
             if not first_diff:
                 first_diff = ord(a[i]) - ord(b[j])
             i += 1
             j += 1
-        if i < len(a) and a[i].isdigit():
+        if i < len(a) and _isdigit(a[i]):
             return 1
-        if j < len(b) and b[j].isdigit():
+        if j < len(b) and _isdigit(b[j]):
             return -1
         if first_diff:
             return first_diff
@@ -99,7 +123,7 @@ def _split(version: str) -> Tuple[int, str, str]:
     `-` (empty when none)."""
     epoch = 0
     head, colon, rest = version.partition(":")
-    if colon and head.isdigit():
+    if colon and head and all(_isdigit(c) for c in head):
         epoch, version = int(head), rest
     upstream, dash, revision = version.rpartition("-")
     if not dash:
@@ -144,6 +168,7 @@ def decide(
     state_level: int,
     recorded_version: str,
     recorded_from: str = "",
+    unfinished_version: str = "",
 ) -> Verdict:
     """The verdict for an image on the device's state (see the module docstring for the rules).
 
@@ -155,6 +180,8 @@ def decide(
     state_level: the state's compatibility level (0 when none).
     recorded_version: the image version the state says last completed ("" when none).
     recorded_from: where recorded_version comes from, for the message (e.g. "applied_image").
+    unfinished_version: the image that last ran (state.json's image), whose run may not have
+        completed; only used when no version is recorded.
     """
     this = _image(image_version)
     wipe = "or wipe the writable data"
@@ -180,28 +207,63 @@ def decide(
             f"no migration state: a fresh device; {this} runs every migration it ships",
         )
     if floor:
-        if not recorded_version:
-            return Verdict(
-                BELOW_FLOOR,
-                f"the migration state records no image version, so it cannot be proven that "
-                f"the data was written by release {floor} or newer, the oldest that {this} "
-                f"upgrades from. Install release {floor} first, {wipe}.",
-            )
-        if compare_versions(recorded_version, floor) < 0:
-            where = f" ({recorded_from})" if recorded_from else ""
-            return Verdict(
-                BELOW_FLOOR,
-                f"upgrade from a too old release: the data was last fully migrated by release "
-                f"{recorded_version}{where}, but {this} upgrades only from {floor} or newer "
-                f"(the migrations in between are no longer shipped). Install release {floor} "
-                f"(or a newer one that can still upgrade from {recorded_version}) first, {wipe}.",
-            )
-    last = f"release {recorded_version}" if recorded_version else "an unknown release"
+        refusal = _floor_refusal(this, floor, recorded_version, recorded_from,
+                                 image_version, unfinished_version)
+        if refusal is not None:
+            return refusal
+    if recorded_version:
+        last = f"release {recorded_version}"
+    elif unfinished_version:
+        last = f"the unfinished run of release {unfinished_version}"
+    else:
+        last = "an unknown release"
     return Verdict(
         OK,
         f"compatible: state of {last}, level {state_level}; {this}, level {image_level}"
         + (f", upgrades from {floor} or newer" if floor else ""),
     )
+
+
+def _floor_refusal(this: str, floor: str, recorded: str, recorded_from: str,
+                   image_version: str, unfinished: str) -> Optional[Verdict]:
+    """The below-floor verdict for state that has a version to compare (or none), else None."""
+    wipe = "or wipe the writable data"
+    if not recorded:
+        if unfinished and unfinished == image_version:
+            return None  # the image resumes its own run (its floor is not above itself)
+        if unfinished:
+            return Verdict(
+                BELOW_FLOOR,
+                f"no run of this runner ever completed on this device: the last one, of "
+                f"release {unfinished}, failed or was cut, so it cannot be proven that the "
+                f"data was written by release {floor} or newer, the oldest that {this} "
+                f"upgrades from. Boot release {unfinished} again (it resumes its run) or "
+                f"install release {floor} first, {wipe}.",
+            )
+        return Verdict(
+            BELOW_FLOOR,
+            f"the migration state records no image version, so it cannot be proven that "
+            f"the data was written by release {floor} or newer, the oldest that {this} "
+            f"upgrades from. Install release {floor} first, {wipe}.",
+        )
+    where = f" ({recorded_from})" if recorded_from else ""
+    if not comparable(recorded, floor):
+        return Verdict(
+            BELOW_FLOOR,
+            f"the data was last fully migrated by release {recorded!r}{where}, which cannot be "
+            f"compared with the upgrade floor {floor} of {this} (a comparable version has "
+            f"{COMPARABLE}), so it cannot be proven to be {floor} or newer. Install release "
+            f"{floor} first, {wipe}.",
+        )
+    if compare_versions(recorded, floor) < 0:
+        return Verdict(
+            BELOW_FLOOR,
+            f"upgrade from a too old release: the data was last fully migrated by release "
+            f"{recorded}{where}, but {this} upgrades only from {floor} or newer "
+            f"(the migrations in between are no longer shipped). Install release {floor} "
+            f"(or a newer one that can still upgrade from {recorded}) first, {wipe}.",
+        )
+    return None
 
 
 def image_level(compat_level: int, oneway_levels: Sequence[int]) -> int:
@@ -232,6 +294,20 @@ def _version_of(image: Any) -> str:
     return ""
 
 
+#: Runners whose state.json has no applied_image key, only `image`, written after a run.
+LEGACY_RUNNERS = ("0.1.0",)
+
+
+def legacy_applied_image(meta: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """What stands for applied_image in a state.json without that key: the image of a legacy
+    runner's state.json; None for any other (this runner always writes the key, so its
+    state.json never lacks it; one that does was not written by a known runner)."""
+    if "applied_image" not in meta and meta.get("runner_version") in LEGACY_RUNNERS:
+        image = meta.get("image")
+        return image if isinstance(image, dict) else None
+    return None
+
+
 class StateFacts(NamedTuple):
     """What the state says, for decide(): its level and the version it last completed."""
 
@@ -249,10 +325,11 @@ def state_facts(meta: Optional[Dict[str, Any]], records: Iterable[Dict[str, Any]
     records carry its level, and the level is raised before it starts, so state.json is never
     lower than its records).
     Version: applied_image.version_id (the image whose manifest a run last left completely
-    applied); without applied_image (a 0.1.0 runner's state.json, or no run has completed yet),
-    image.version_id (the image that last ran); without a usable state.json, the newest image
-    version found in the records (a power cut during the very first run leaves records but no
-    state.json: the image that wrote them is the one to trust).
+    applied; this runner writes the key with every state.json, null until a run completes);
+    without the key, only in state.json of runner 0.1.0 (LEGACY_RUNNERS), which never wrote it,
+    image.version_id (the image that last ran: that runner's record of the last release); any
+    other state.json without it records no version (the image that last ran may never have
+    completed); without a usable state.json, the newest image version found in the records.
     """
     level = _level_of(meta.get("compat_level", 0)) if meta is not None else None
     recs = None
@@ -263,7 +340,7 @@ def state_facts(meta: Optional[Dict[str, Any]], records: Iterable[Dict[str, Any]
         if "applied_image" in meta:
             v = _version_of(meta["applied_image"])
             return StateFacts(level, v, "applied_image in state.json" if v else "")
-        v = _version_of(meta.get("image"))
+        v = _version_of(legacy_applied_image(meta))
         return StateFacts(level, v, "image in state.json" if v else "")
     if recs is None:
         recs = list(records)

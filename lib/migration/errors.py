@@ -11,6 +11,13 @@ here because the build (lib/migration/bitbake.py) catches it without importing t
 """
 
 
+#: Exit code of an internal error (sysexits.h EX_SOFTWARE): a bug (shown with a traceback), or
+#: an interpreter that cannot run this runner (too old, or without a module of python3-core,
+#: python3-crypt or python3-json). Distinct from 1 (a script failed), which lets an update go
+#: on: the update hooks abort the install on 70, as nothing was checked.
+INTERNAL_ERROR = 70
+
+
 class MigrationError(Exception):
     """A user error: reported as one line on stderr, exit code `exit_code` (2: usage/config)."""
 

@@ -32,7 +32,7 @@ import shutil
 import subprocess
 from typing import Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
-from . import scripts
+from . import compat, scripts
 
 CHECKS = (
     "missing",
@@ -456,8 +456,9 @@ def floor_problem(
     """Why an image of os-release VERSION_ID ``version_id`` cannot have ``upgrade_floor``, or None.
 
     With a floor, the runner records the image's VERSION_ID in the device's state and compares
-    the next image's floor with it: the image must have a VERSION_ID, and the floor cannot be
-    newer than the image itself (such an image could never be installed by an upgrade).
+    the next image's floor with it: the image must have a VERSION_ID comparable with the floor
+    (compat.comparable), and the floor cannot be newer than the image itself (such an image
+    could never be installed by an upgrade).
     ``compare`` orders versions (:func:`migration.compat.compare_versions`).
     """
     if not upgrade_floor:
@@ -468,6 +469,13 @@ def floor_problem(
             "(/etc/os-release or /usr/lib/os-release) has no VERSION_ID: the runner records "
             "the image version from it; give the image a VERSION_ID (DISTRO_VERSION in OE-core's "
             "os-release recipe) or unset MIGRATION_UPGRADE_FLOOR"
+        )
+    if not compat.comparable(version_id, upgrade_floor):
+        return (
+            f"MIGRATION_UPGRADE_FLOOR = {upgrade_floor!r}, but the image's os-release VERSION_ID "
+            f"{version_id!r} cannot be compared with it in the runner's version order "
+            f"({compat.COMPARABLE}): the runner would refuse every upgrade from this image; "
+            "give the image such a VERSION_ID (DISTRO_VERSION) or unset MIGRATION_UPGRADE_FLOOR"
         )
     if compare(version_id, upgrade_floor) < 0:
         return (

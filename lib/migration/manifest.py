@@ -21,6 +21,7 @@ that the manifest does not list, is refused as tampered.
 import contextlib
 import json
 import os
+import stat
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from migration.compat import plausible_version
@@ -29,6 +30,8 @@ from migration.scripts import discover, invalid_name_reason, sha256
 from migration.state import atomic_write, dump_json, is_sha256
 
 FORMAT = 1
+#: Largest manifest or fragment read (a manifest of 10000 migrations is about 2 MiB).
+MAX_JSON = 16 << 20
 DEFAULT_PATH = "/usr/share/migration/manifest.json"
 #: Relative to the image root.
 FRAGMENTS_DIR = "usr/share/migration/packages"
@@ -139,13 +142,30 @@ def fragment(
     return {"format": FORMAT, "package": package, "version": str(version), "migrations": migrations}
 
 
-def _read_json(path: str, raw: Optional[List[bytes]] = None) -> Any:
-    """The JSON document at `path`; its bytes are appended to `raw` when given."""
+def _read_capped(path: str) -> bytes:
+    """The bytes of the regular file `path`; ManifestError when it is not one (a FIFO would hang
+    the runner, /dev/zero exhaust its memory) or larger than MAX_JSON."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as e:
         raise ManifestError(f"cannot read {path}: {e.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ManifestError(f"{path} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_JSON + 1)
+    except OSError as e:
+        raise ManifestError(f"cannot read {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_JSON:
+        raise ManifestError(f"{path} is larger than {MAX_JSON >> 20} MiB: not a manifest")
+    return data
+
+
+def _read_json(path: str, raw: Optional[List[bytes]] = None) -> Any:
+    """The JSON document at `path`; its bytes are appended to `raw` when given."""
+    data = _read_capped(path)
     if raw is not None:
         raw.append(data)
     try:
@@ -206,7 +226,8 @@ def generate(
     entries; `upgrade_floor` (MIGRATION_UPGRADE_FLOOR) and `data_markers`
     (MIGRATION_DATA_MARKERS, absolute paths) are written only when set (see migration.compat).
 
-    Raises ManifestError when two packages ship one name (naming both), when a fragment's hash
+    Raises ManifestError when two packages ship one name (naming both) or a fragment lists one
+    twice, when a script is a symlink (the runner would refuse it), when a fragment's hash
     differs from the installed file, when a declared script is missing, when the scripts dir
     holds a migration that no fragment declares, or when the floor is not a version or a marker
     not an absolute path.
@@ -221,6 +242,7 @@ def generate(
     except OSError as e:
         raise ManifestError(f"cannot read {frag_dir}: {e.strerror}") from None
     declared: Dict[str, Entry] = {}
+    fragment_of: Dict[str, str] = {}  # name -> the fragment that declared it
     for fname in frag_names:
         path = os.path.join(frag_dir, fname)
         frag = _read_fragment(path)
@@ -229,18 +251,17 @@ def generate(
                           int(m.get("oneway", 0)))
             other = declared.get(entry.name)
             if other is not None:
-                raise ManifestError(
-                    f"migration {entry.name} is shipped by two packages: "
-                    f"{other.package} and {entry.package}"
-                )
+                raise ManifestError(_duplicate(entry, other, path, fragment_of[entry.name]))
             declared[entry.name] = entry
+            fragment_of[entry.name] = path
     scripts_dir = os.path.join(root, SCRIPTS_REL)
     if os.path.isdir(scripts_dir) or declared:
         scripts, _warnings = discover(scripts_dir)
     else:
         scripts = []
     found = {s.name: s for s in scripts}
-    problems = []
+    problems = [f"{s.path} is a symlink: the runner refuses symlinked scripts (as root); "
+                "install the script itself" for s in scripts if s.symlink]
     for name, entry in declared.items():
         script = found.get(name)
         if script is None:
@@ -280,6 +301,17 @@ def generate(
     except OSError as e:
         raise ManifestError(f"cannot write {path}: {e.strerror}") from None
     return manifest
+
+
+def _duplicate(entry: Entry, other: Entry, path: str, other_path: str) -> str:
+    """Why a name declared twice fails the manifest, naming where."""
+    if path == other_path:
+        return f"migration {entry.name} is listed twice in {path} (package {entry.package})"
+    if entry.package == other.package:
+        return (f"migration {entry.name} is declared by package {entry.package} in two "
+                f"fragments: {other_path} and {path}")
+    return (f"migration {entry.name} is shipped by two packages: {other.package} and "
+            f"{entry.package}")
 
 
 def _replace_symlink(link: str, target: str) -> None:

@@ -94,21 +94,37 @@ def _inside(root: str, path: str) -> str:
     return path
 
 
+def _read_regular(path: str, limit: int) -> str | None:
+    """The first `limit` bytes of the regular file `path` as text, None when it is missing,
+    unreadable or not a regular file: a FIFO planted in an image (O_NONBLOCK: open does not
+    wait for a writer) or a device must not hang or flood the runner."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, limit).decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 def read_os_release(root: str = "/") -> dict[str, str]:
     """VERSION_ID and BUILD_ID of the image at `root` (os-release(5): /etc first, then /usr/lib),
     as {"version_id": ..., "build_id": ...} with only the keys present.
 
     Below another root (an image mounted by an updater, IMAGE_ROOTFS at build time), an absolute
     symlink such as /etc/os-release -> /usr/lib/os-release is resolved inside that root, not on
-    the running system."""
+    the running system. Only regular files count."""
     for rel in ("etc/os-release", "usr/lib/os-release"):
         path = os.path.join(root, rel)
         if root not in ("/", ""):
             path = _inside(root, path)
-        try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                text = f.read(65536)
-        except OSError:
+        text = _read_regular(path, 65536)
+        if text is None:
             continue
         found: dict[str, str] = {}
         for line in text.splitlines():

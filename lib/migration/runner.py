@@ -15,10 +15,10 @@ States (also the `state` of `migration status --json`):
 - failed: its last attempt failed; it is retried on the next run.
 - pending: never tried.
 
-Before any of that, after taking the lock and before writing anything, `run` asks
-migration.compat whether this image may use the device's data at all (upgrade floor, one-way
-levels); a refusal writes nothing, runs the hooks of the incompatible.d dir in the boot phase,
-and exits 3 (errors.Incompatible).
+Before any of that and before writing anything, `run` asks migration.compat whether this image
+may use the device's data at all (upgrade floor, one-way levels): once before taking the lock
+(a busy lock must not hide a refusal) and again under it; a refusal writes nothing, runs the
+hooks of the incompatible.d dir in the boot phase, and exits 3 (errors.Incompatible).
 
 Phases: `boot` (`migration run`: the image's own scripts, root /) and `update` (`migration
 update NEWROOT`: the new image's scripts and manifest, run by an updater while the old system
@@ -229,6 +229,13 @@ def run(opts: Options, say: Callable[[str], None] = _stderr) -> int:
     manifest = manifest_mod.load(opts.manifest_path) if opts.manifest_path else None
     # A missing scripts dir fails here, before the state dir is touched.
     scripts, warnings = discover(opts.scripts_dir)
+    # The verdict needs no lock (status and dry-run compute it too), so it comes before the
+    # wait: a refused image is refused (exit 3) even when another runner holds the lock, which
+    # an updater would otherwise take for "the boot retries" (75) and install the image. Under
+    # the lock it is computed again: the state may change while we wait.
+    verdict, _facts, _meta = verdict_of(opts, state, manifest)
+    if verdict.refused:
+        _refuse(opts, verdict, say)
     state.lock(opts.lock_wait)
     try:
         return _run_locked(opts, state, scripts, warnings, manifest, say)
@@ -267,8 +274,10 @@ def assess(
         markers = [m for m in manifest.data_markers
                    if os.path.lexists(os.path.join(opts.root, m.lstrip("/")))]
     facts = state.compat_facts(meta) if has_state else compat.StateFacts(0, "", "")
+    last = meta.get("image") if meta is not None else None
+    unfinished = last.get("version_id", "") if isinstance(last, dict) else ""
     verdict = compat.decide(image.get("version_id", ""), level, floor, markers, has_state,
-                            facts.level, facts.version, facts.source)
+                            facts.level, facts.version, facts.source, str(unfinished))
     return verdict, facts
 
 

@@ -9,8 +9,10 @@ Layout (the project's most durable contract; every JSON file carries a "format" 
                                run starts, and at its end), the compatibility level (the highest
                                level of a one-way script ever started: raised durably before it
                                starts; absent = 0) and the image whose manifest a run last left
-                               completely applied (written right before the done stamp). Readers
-                               ignore unknown keys; runner 0.1.0 keeps them (see compat).
+                               completely applied (written right before the done stamp; null
+                               until then, the key is always there: a state.json without it is
+                               runner 0.1.0's, see compat.state_facts). Readers ignore unknown
+                               keys; runner 0.1.0 keeps them.
     <state>/lock              flock(2) target; one runner at a time
     <state>/applied/<sha256>  a script with this content succeeded (never runs again)
     <state>/failed/<sha256>   its last attempt failed; "attempts" counts every start so far
@@ -671,7 +673,12 @@ class State:
             want["compat_level"] = compat_level
         if applied:
             want["applied_image"] = image
-        if all(meta.get(k) == v for k, v in want.items()):
+        elif "applied_image" not in meta:
+            # Always present in this runner's state.json (null until a run completes), so an
+            # unfinished run's `image` is never mistaken for a legacy runner's last release;
+            # that release, when the state is a legacy runner's, is kept as what it meant.
+            want["applied_image"] = compat.legacy_applied_image(meta)
+        if all(k in meta and meta[k] == v for k, v in want.items()):
             return meta
         meta.update(want, updated_at=now_iso())
         try:

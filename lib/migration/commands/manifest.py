@@ -2,7 +2,8 @@
 """Generate ROOT/usr/share/migration/manifest.json and the done symlink (rootfs time).
 
 Reads the package fragments in ROOT/usr/share/migration/packages/ and the scripts really in
-ROOT/etc/migration.d. Two packages shipping one name, a fragment hash that differs from the
+ROOT/etc/migration.d. Two packages shipping one name (or one fragment listing it twice), a
+symlinked script (the runner refuses it), a fragment hash that differs from the
 installed file, a declared script that is missing or an undeclared one: exit 2 naming them.
 
 --compat-level N (MIGRATION_COMPAT_LEVEL) is written max'ed with the one-way levels of the

@@ -4,8 +4,8 @@
 A script whose sha256 is recorded as applied never runs again. Shell scripts (no #! line, or sh,
 bash, dash, ash...) run with errexit. Output goes to stderr with the script name as prefix and to
 STATE/logs/<sha256>.log. With --policy continue (default) a failure does not stop the others;
-with --policy stop the rest stay pending. Exit 0 when everything is applied, 1 otherwise, 75 when
-another runner holds the lock longer than --lock-wait.
+with --policy stop the rest stay pending. Exit 0 when everything is applied, 1 otherwise, 70 on an
+internal error, 75 when another runner holds the lock longer than --lock-wait.
 
 Before anything is written, the image is checked against the device's state (migration.compat):
 an incompatible downgrade (the state's compatibility level is above the image's), an upgrade from

@@ -78,7 +78,7 @@ def describe_compat(opts: Any, state: Any, manifest: Any) -> "tuple[Any, list[st
     lines = []
     if meta is not None:
         parts = [f"compatibility level {facts.level}", f"last image {_image(meta.get('image'))}"]
-        if "applied_image" in meta:
+        if meta.get("applied_image"):
             parts.append(f"all migrations applied by image {_image(meta['applied_image'])}")
         lines.append("state: " + ", ".join(parts))
     elif state.has_state():

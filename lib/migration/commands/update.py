@@ -13,7 +13,8 @@ running old image's stamp must not vouch for data that changed under it.
 
 The compatibility check of `run` applies with NEWROOT's manifest (upgrade floor, levels, data
 markers): a refusal writes nothing and exits 3, with no hooks (the updater must abort the
-install). Scripts see MIGRATION_PHASE=update, MIGRATION_ROOT (the data root) and
+install). It comes before the wait for the lock, so a busy lock (75) never hides a refusal.
+Scripts see MIGRATION_PHASE=update, MIGRATION_ROOT (the data root) and
 MIGRATION_IMAGE_ROOT=NEWROOT; they run under the OLD system's kernel, services and tools, with
 the new image's files only below NEWROOT.
 
@@ -23,7 +24,9 @@ is abandoned, keeps data it can read; exit 0 if everything else is applied.
 
 Exit codes as `run`: 0 all applied (or deferred), 1 a script failed, was refused or is pending
 (the boot retries), 2 usage/configuration (no manifest in NEWROOT, --scripts-dir or --manifest
-given), 3 refused (this image cannot use the device's data), 75 lock busy, 130 interrupted.
+given), 3 refused (this image cannot use the device's data), 70 internal error (a bug, or the old
+system's python3 lacks python3-crypt or python3-json: nothing was checked, abort the install), 75
+lock busy (not refused: the verdict comes first), 130 interrupted.
 """
 
 from typing import Any

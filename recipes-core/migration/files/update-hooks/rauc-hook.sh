@@ -35,10 +35,14 @@ hook_name=rauc
 #                          "--timeout 300 --defer-oneway")
 # What the runner's exit status means for the update:
 #   0       everything applied: the new image's first boot starts no migration process;
-#   1, 75   a migration failed or is pending (1), or another runner held the lock (75): the
-#           update goes on, the new image's first boot retries what is left (a warning here);
+#   1, 75   a migration failed or is pending (1), or another runner held the lock (75; the
+#           verdict comes before the lock, so the new image is not refused): the update goes
+#           on, the new image's first boot retries what is left (a warning here);
 #   3       refused: the new image cannot use this device's data (incompatible downgrade, or
 #           the device's release is below the new image's upgrade floor): abort the update;
+#   70      internal error: a bug, or this system's python3 cannot run the new runner (older
+#           than 3.8, or without python3-crypt or python3-json, which with python3-core are
+#           what the update path needs): nothing was checked, abort the update;
 #   other   (2 usage/configuration, 130 interrupted, anything else): abort the update.
 # Python runs with -I (isolated from the environment) and -B: no __pycache__ is written into
 # the new root, which is signed content (and may be mounted read-write by the updater).
@@ -47,7 +51,8 @@ say() {
 	echo "migration-update ($hook_name): $*" >&2
 }
 
-# Mounts block device $1 read-only on a new temporary directory, kept in $mounted for cleanup.
+# Mounts $1 read-only on a new temporary directory, kept in $mounted for cleanup; $2, when
+# given, is the file system type.
 mounted=
 cleanup() {
 	if [ -n "$mounted" ]; then
@@ -61,25 +66,31 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 mount_ro() {
 	mounted=$(mktemp -d "${TMPDIR:-/tmp}/migration-newroot.XXXXXX") || return 1
-	if ! mount -o ro "$1" "$mounted"; then
+	if ! mount ${2:+-t "$2"} -o ro "$1" "$mounted"; then
 		rmdir "$mounted"
 		mounted=
 		return 1
 	fi
 }
 
-# Sets new_root_dir for $1, a directory or a block device (then mounted read-only).
+# Sets new_root_dir for $1: a directory; a block device, or a UBI volume holding a UBIFS
+# (ubiX_Y, /dev/ubiX_Y or ubiX:NAME, as in Mender's RootfsPartA/B on raw NAND), mounted
+# read-only (UBI volumes with `mount -t ubifs`: they are character devices or plain names).
 new_root() {
+	case $1 in
+	ubi[0-9]*_[0-9]* | /dev/ubi[0-9]*_[0-9]* | ubi[0-9]*:?*) fstype=ubifs ;;
+	*) fstype= ;;
+	esac
 	if [ -d "$1" ]; then
 		new_root_dir=$1
-	elif [ -b "$1" ]; then
-		mount_ro "$1" || {
+	elif [ -b "$1" ] || [ -n "$fstype" ]; then
+		mount_ro "$1" "$fstype" || {
 			say "cannot mount $1 read-only"
 			return 1
 		}
 		new_root_dir=$mounted
 	else
-		say "the new root '$1' is neither a directory nor a block device"
+		say "the new root '$1' is neither a directory, a block device nor a UBI volume"
 		return 1
 	fi
 }
@@ -94,8 +105,10 @@ run_update() {
 		return 0
 	fi
 	# The runner's default manifest path: an image built without it has no list of its
-	# migrations; its first boot runs them.
-	if [ ! -f "$root/usr/share/migration/manifest.json" ]; then
+	# migrations; its first boot runs them. Anything there (a symlink, a device) is the
+	# runner's to judge: it refuses what is not a manifest.
+	if [ ! -e "$root/usr/share/migration/manifest.json" ] &&
+		[ ! -L "$root/usr/share/migration/manifest.json" ]; then
 		say "the new image has no migration manifest: its first boot applies its migrations"
 		return 0
 	fi
@@ -128,6 +141,11 @@ run_update() {
 		;;
 	3)
 		say "REFUSED: the new image cannot use this device's data (see above): aborting the update"
+		return 1
+		;;
+	70)
+		say "ERROR: the new image's migration runner could not check the update (internal" \
+			"error, see above): aborting the update"
 		return 1
 		;;
 	*)
