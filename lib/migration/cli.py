@@ -114,7 +114,18 @@ def _plain_run_args(paths: dict[str, str], opts: dict[str, object]) -> Any:
 
 
 def resolve_paths(args: Any) -> None:
-    """Fill in the defaults under --root; explicit paths are taken as given (made absolute)."""
+    """Fill in the defaults under --root; explicit paths are taken as given (made absolute).
+    A relative path needs the working directory: a removed one is a MigrationError."""
+    try:
+        _resolve_paths(args)
+    except OSError as e:
+        raise MigrationError(
+            f"cannot resolve a relative path: the current working directory is gone "
+            f"({e.strerror}); give absolute paths or run from an existing directory"
+        ) from None
+
+
+def _resolve_paths(args: Any) -> None:
     # which were given (update refuses --scripts-dir/--manifest: it takes NEWROOT's)
     args.explicit_paths = [opt for opt, key in (("--scripts-dir", "scripts_dir"),
                                                 ("--manifest", "manifest"))
@@ -143,8 +154,10 @@ def install_signal_handlers() -> None:
 def _say_error(msg: str, what: str = "error") -> None:
     # With no console left to tell (EPIPE), the exit code still says it. (No contextlib here:
     # the fast path reports through this too and should not import it.)
+    from migration.files import shown
+
     try:  # noqa: SIM105
-        print(f"migration: {what}: {msg}", file=sys.stderr, flush=True)
+        print(f"migration: {what}: {shown(msg)}", file=sys.stderr, flush=True)
     except (OSError, ValueError):
         pass
 
@@ -166,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         # usage errors: argparse exits 2 with a message
         args = build_parser(_command_in(argv)).parse_args(argv)
-    resolve_paths(args)
     try:
+        resolve_paths(args)
         return int(args.func(args))
     except MigrationError as e:
         if e.exit_code == 3:  # errors.Incompatible: a verdict, not an error of the user's

@@ -23,6 +23,7 @@ import json
 import os
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
+from migration import files
 from migration.compat import plausible_version
 from migration.errors import ManifestError
 from migration.scripts import discover, invalid_name_reason, sha256
@@ -140,18 +141,26 @@ def fragment(
 
 
 def _read_json(path: str, raw: Optional[List[bytes]] = None) -> Any:
-    """The JSON document at `path`; its bytes are appended to `raw` when given."""
+    """The JSON document at `path` (a regular file of at most files.MANIFEST_MAX bytes); its
+    bytes are appended to `raw` when given."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = files.read_bytes(path, files.MANIFEST_MAX, follow=True)
     except OSError as e:
-        raise ManifestError(f"cannot read {path}: {e.strerror}") from None
+        raise ManifestError(f"cannot read {path}: {files.why_unreadable(e)}") from None
     if raw is not None:
         raw.append(data)
     try:
-        return json.loads(data.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
+        return files.load_json(data)
+    except ValueError as e:
         raise ManifestError(f"{path} is not valid JSON: {e}") from None
+
+
+def _text(where: str, key: str, value: Any) -> str:
+    """A package or version string: printable, one line (it is printed by status)."""
+    if not isinstance(value, str) or files.shown(value) != value or len(value) > 255:
+        raise ManifestError(f"{where}: {key} {files.shown(repr(value))[:80]} is not a printable "
+                            "string of at most 255 characters")
+    return value
 
 
 def _read_fragment(path: str) -> Dict[str, Any]:
@@ -163,6 +172,8 @@ def _read_fragment(path: str) -> Dict[str, Any]:
     package, version = obj.get("package"), obj.get("version")
     if not isinstance(package, str) or not package or not isinstance(version, str):
         raise ManifestError(f"{path}: package and version must be non-empty strings")
+    _text(path, "package", package)
+    _text(path, "version", version)
     migrations = obj.get("migrations")
     if not isinstance(migrations, list):
         raise ManifestError(f"{path}: migrations must be a list")
@@ -310,8 +321,8 @@ def load(path: str) -> Optional[Manifest]:
             raise ManifestError(f"{path}: each migration must be an object")
         _check_entry(path, m.get("name"), m.get("sha256"))
         entries[m["name"]] = Entry(
-            m["name"], m["sha256"], str(m.get("package", "")), str(m.get("version", "")),
-            _check_oneway(path, m["name"], m),
+            m["name"], m["sha256"], _text(path, "package", m.get("package", "")),
+            _text(path, "version", m.get("version", "")), _check_oneway(path, m["name"], m),
         )
     if obj.get("digest") != digest(migrations):
         raise ManifestError(f"{path}: digest does not match its migrations (damaged or edited)")

@@ -32,7 +32,7 @@ import stat
 import sys
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
-from migration import compat
+from migration import compat, files
 from migration import manifest as manifest_mod
 from migration.errors import Incompatible, MigrationError
 from migration.scripts import Script, discover, interpreter, is_ignored
@@ -200,7 +200,7 @@ def _stderr(msg: str) -> None:
     """Report on stderr (the journal under systemd). A lost console (EPIPE after a journald
     restart) must not abort a run between a script and its record."""
     with contextlib.suppress(OSError, ValueError):
-        print(f"migration: {msg}", file=sys.stderr, flush=True)
+        print(f"migration: {files.shown(msg)}", file=sys.stderr, flush=True)
 
 
 def _nothing_to_do(
@@ -321,7 +321,8 @@ def run_hooks(opts: Options, verdict: compat.Verdict, say: Callable[[str], None]
         )
         argv = interpreter(path).argv(path)
         say(f"hook {name}: running: {' '.join(argv)}")
-        result = execute.run_script(argv, f"hook {name}", env, cwd=opts.root, log_path=None,
+        result = execute.run_script(argv, f"hook {files.shown(name)}", env, cwd=opts.root,
+                                    log_path=None,
                                     timeout=opts.timeout, kill_grace=opts.kill_grace)
         if result.ok:
             say(f"hook {name}: done")
@@ -490,8 +491,9 @@ def _run_one(opts: Options, state: State, item: Item, image: Dict[str, str], exe
     result = execute.run_script(
         argv, item.name, env, cwd=opts.root, log_path=log, timeout=opts.timeout,
         kill_grace=opts.kill_grace,
-        header=f"{item.name} sha256 {item.sha256} attempt {attempt} started {now_iso(started)}: "
-        + " ".join(argv),
+        # escaped: a shebang's bytes need not be UTF-8, and the log is written as UTF-8
+        header=files.shown(f"{item.name} sha256 {item.sha256} attempt {attempt} started "
+                           f"{now_iso(started)}: " + " ".join(argv)),
     )
     record: Dict[str, Any] = {
         "name": item.name,
@@ -535,6 +537,11 @@ def verdict_of(opts: Options, state: State,
 def dry_run(opts: Options, out: Callable[[str], None]) -> int:
     """Print what `run` (or `update`) would do; changes nothing (no lock, no directories, no
     repairs). Exit 3 when the image would be refused."""
+    print_out = out
+
+    def out(line: str) -> None:
+        print_out(files.shown(line))
+
     state = State(opts.state_dir)
     verdict, _facts, _meta = verdict_of(opts, state)
     if verdict.refused:

@@ -193,8 +193,50 @@ def dump_json(obj: Any, indent: Optional[int] = None) -> bytes:
     return (json.dumps(obj, sort_keys=True, indent=indent) + "\n").encode()
 
 
+#: Largest count or level a record may carry: anything above is damage, not history.
+_COUNT_MAX = 10**9
+_EXIT_RANGE = (-(2**31), 2**31)
+
+
+def _is_int(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value < high
+
+
+def _is_image(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+
+
+def _is_seconds(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and 0 <= value < 1e12)  # also false for NaN and infinity
+
+
+#: Optional fields of a record: the check of their type and range, when present.
+_FIELDS = {
+    "kind": lambda v: v in KINDS,
+    "name": lambda v: isinstance(v, str) and 0 < len(v) <= 4096,
+    "attempt": lambda v: _is_int(v, 0, _COUNT_MAX),
+    "attempts": lambda v: _is_int(v, 0, _COUNT_MAX),
+    "exit_code": lambda v: _is_int(v, *_EXIT_RANGE),
+    "pid": lambda v: _is_int(v, 0, 2**31),
+    "oneway": lambda v: _is_int(v, 1, _COUNT_MAX),
+    "duration_s": _is_seconds,
+    "started_at": lambda v: isinstance(v, str) and len(v) <= 64,
+    "finished_at": lambda v: isinstance(v, str) and len(v) <= 64,
+    "runner_version": lambda v: isinstance(v, str) and len(v) <= 64,
+    "phase": lambda v: isinstance(v, str) and len(v) <= 64,
+    "reason": lambda v: isinstance(v, str) and len(v) <= 65536,
+    "image": _is_image,
+}
+
+
 def validate_record(kind: str, sha: str, obj: Any) -> Optional[str]:
-    """Why `obj` is not a usable record of `kind` stored under `sha`, or None when it is."""
+    """Why `obj` is not a usable record of `kind` stored under `sha`, or None when it is.
+
+    Every field this runner knows is checked for type and range when present (a newer
+    format's record too: it is trusted for its kind, and its known fields are still used), so
+    no later code meets a string where a count should be, or an infinity."""
     if not isinstance(obj, dict):
         return "not a JSON object"
     fmt = obj.get("format")
@@ -202,17 +244,33 @@ def validate_record(kind: str, sha: str, obj: Any) -> Optional[str]:
         return "no valid format number"
     if obj.get("sha256") != sha:
         return "sha256 field does not match the file name"
+    if "kind" in obj and obj["kind"] != kind:
+        return f"kind field is not {kind}"
+    for key, valid in _FIELDS.items():
+        if key in obj and not valid(obj[key]):
+            return f"no valid {key}"
     if fmt > FORMAT:
-        return None  # written by a newer runner: trusted for its kind, fields left alone
-    if not isinstance(obj.get("name"), str):
-        return "no name"
-    if kind == "started":
-        needed: Tuple[str, ...] = ("attempt",)
-    else:
-        needed = ("attempts", "exit_code")
+        return None  # written by a newer runner: trusted for its kind, other fields left alone
+    needed: Tuple[str, ...] = ("name", "attempt") if kind == "started" else (
+        "name", "attempts", "exit_code")
     for key in needed:
-        value = obj.get(key)
-        if not isinstance(value, int) or isinstance(value, bool):
+        if key not in obj:
+            return f"no valid {key}"
+    return None
+
+
+def validate_meta(obj: Any) -> Optional[str]:
+    """Why `obj` is not a usable state.json, or None when it is (unknown keys are kept)."""
+    if not isinstance(obj, dict):
+        return "not a JSON object"
+    fmt = obj.get("format")
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
+        return "no valid format number"
+    checks = {"image": _is_image, "applied_image": _is_image,
+              "compat_level": lambda v: _is_int(v, 0, _COUNT_MAX),
+              "runner_version": _FIELDS["runner_version"], "updated_at": _FIELDS["started_at"]}
+    for key, valid in checks.items():
+        if key in obj and not valid(obj[key]):
             return f"no valid {key}"
     return None
 
@@ -390,10 +448,8 @@ class State:
             return None, files.why_unreadable(e)
         except ValueError:
             return None, "truncated or not JSON"
-        fmt = obj.get("format") if isinstance(obj, dict) else None
-        if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
-            return None, "no valid format number"
-        return obj, None
+        reason = validate_meta(obj)
+        return (None, reason) if reason else (obj, None)  # type: ignore[return-value]
 
     def log_path(self, sha: str) -> str:
         return os.path.join(self.path, "logs", sha + ".log")
@@ -746,7 +802,7 @@ class State:
         is left to the next mark_started() or to settle(), and the notes are dropped by
         settle(): the record is whole before it is renamed into place in any case, and durable
         before anything that depends on it happens (the next script, the done stamp)."""
-        record = {"format": FORMAT, "kind": kind, "runner_version": __version__, **outcome}
+        record = {**outcome, "format": FORMAT, "kind": kind, "runner_version": __version__}
         sha = record["sha256"]
         self._write(kind, sha, record, sync_dir=not batch)
         stale = [("failed", sha)] if kind == "applied" else []

@@ -104,6 +104,7 @@ def run(args: Any) -> int:
 
     from migration import manifest as manifest_mod
     from migration import runner
+    from migration.files import shown
     from migration.state import State
 
     state = State(args.state_dir)
@@ -117,14 +118,15 @@ def run(args: Any) -> int:
         log = state.log_path(item.sha256)
         rows.append(describe(item, log if os.path.exists(log) else "", running))
     for w in warnings:
-        print(f"migration: {w}", file=sys.stderr)
+        print(f"migration: {shown(w)}", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=1))
         if verdict is not None and verdict.refused:
-            print(f"migration: refused ({verdict.kind}): {verdict.message}", file=sys.stderr)
+            print(f"migration: refused ({verdict.kind}): {shown(verdict.message)}",
+                  file=sys.stderr)
     else:
         for line in compat_lines:
-            print(line)
+            print(shown(line))
         if running:
             print("(a runner is working now)")
         for row in rows:
@@ -139,7 +141,7 @@ def run(args: Any) -> int:
                 details.append(f"finished {row['finished_at']} ({row['duration_s']} s)")
             if row.get("log") and row["state"] != runner.APPLIED:
                 details.append(f"log {row['log']}")
-            print(f"{row['state']:<12} {row['name']}  {', '.join(details)}".rstrip())
+            print(shown(f"{row['state']:<12} {row['name']}  {', '.join(details)}".rstrip()))
         if not rows:
             print(f"no migration scripts in {args.scripts_dir}")
     if verdict is not None and verdict.refused:
