@@ -225,7 +225,7 @@ def _leave_noop_key(state: State, manifest: Optional[manifest_mod.Manifest],
 def run(opts: Options, say: Callable[[str], None] = _stderr) -> int:
     """Run every pending script once, in order, under the lock; returns the exit code
     (0: everything applied; 1: something failed, was refused or is still pending)."""
-    state = State(opts.state_dir)
+    state = State(opts.state_dir, say)
     manifest = manifest_mod.load(opts.manifest_path) if opts.manifest_path else None
     # A missing scripts dir fails here, before the state dir is touched.
     scripts, warnings = discover(opts.scripts_dir)
@@ -485,8 +485,8 @@ def _run_one(opts: Options, state: State, item: Item, image: Dict[str, str], exe
         MIGRATION_ATTEMPT=str(attempt),
     )
     again = f" (attempt {attempt})" if attempt > 1 else ""
-    say(f"{item.name}: running{again}: {' '.join(argv)}")
     started = state.mark_started(item.name, item.sha256, attempt, image, item.oneway)
+    say(f"{item.name}: running{again}: {' '.join(argv)}")  # once the note says so too
     log = state.log_path(item.sha256)
     result = execute.run_script(
         argv, item.name, env, cwd=opts.root, log_path=log, timeout=opts.timeout,

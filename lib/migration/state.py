@@ -90,7 +90,7 @@ import os
 import re
 import stat
 import time
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 from migration import __version__, compat, files
 from migration.errors import MigrationError
@@ -301,8 +301,9 @@ class Snapshot(NamedTuple):
 class State:
     """A state dir. Reading needs nothing; writing needs `lock()` (a runner, forget)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, say: Optional[Callable[[str], None]] = None) -> None:
         self.path = path
+        self.say = say or (lambda _msg: None)  # notes of a runner (logs dropped for room)
         self._trusted: set = set()  # "" (the state dir) and subdirs found real and root's
         self._lock_fd: Optional[int] = None
         self._dir_fds: Dict[str, int] = {}  # subdirs kept open for their fsyncs during a run
@@ -489,7 +490,10 @@ class State:
     # -- writing (lock held) ---------------------------------------------------------------
     def _error(self, what: str, e: OSError) -> StateError:
         hint = ""
-        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            hint = (" (the state dir's file system is full, even without the runner's logs: "
+                    "free space on it; the next run goes on where this one stopped)")
+        elif e.errno == errno.EFBIG:
             hint = " (file system full?)"
         elif e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
             hint = " (state dir not writable)"
@@ -723,11 +727,42 @@ class State:
             raise self._error("move a damaged record aside", e) from None
         return dst
 
-    def _write(self, kind: str, sha: str, record: Dict[str, Any], sync_dir: bool = True) -> None:
+    def _with_room(self, what: str, write: Callable[[], None]) -> None:
+        """write(); when the state fs is full, drop the runner's logs and try once more:
+        records win over logs (a log only helps to read a record; a lost record re-runs a
+        script or loses a success). StateError when it still fails."""
         try:
-            atomic_write(self._file(kind, sha), dump_json(record), sync_dir=sync_dir)
+            write()
+            return
         except OSError as e:
-            raise self._error(f"write the {kind} record of {record.get('name')}", e) from None
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT) or not self._drop_logs():
+                raise self._error(what, e) from None
+        try:
+            write()
+        except OSError as e:
+            raise self._error(what, e) from None
+
+    def _drop_logs(self) -> int:
+        """Remove every log in logs/ (regular files only); returns how many went."""
+        if not self._subdir("logs"):
+            return 0
+        directory = os.path.join(self.path, "logs")
+        dropped = 0
+        with contextlib.suppress(OSError):
+            for name in os.listdir(directory):
+                path = os.path.join(directory, name)
+                if stat.S_ISREG(os.lstat(path).st_mode):
+                    os.unlink(path)
+                    dropped += 1
+        if dropped:
+            self.say(f"state dir {self.path}: file system full: removed {dropped} script "
+                     "log(s) from logs/ so that the records can be written")
+        return dropped
+
+    def _write(self, kind: str, sha: str, record: Dict[str, Any], sync_dir: bool = True) -> None:
+        self._with_room(
+            f"write the {kind} record of {record.get('name')}",
+            lambda: atomic_write(self._file(kind, sha), dump_json(record), sync_dir=sync_dir))
 
     def _remove(self, kind: str, sha: str) -> bool:
         try:
@@ -777,13 +812,25 @@ class State:
             record["oneway"] = oneway
         path = self._file("started", sha)
         tmp = os.path.join(os.path.dirname(path), f".{sha}{_TMP_MARK}{os.getpid()}")
-        try:
-            fd = os.open(tmp, _WRITE_FLAGS, 0o644)
+        data = dump_json(record)
+
+        def note() -> None:
             try:
-                os.write(fd, dump_json(record))
-            finally:
-                os.close(fd)
-            os.rename(tmp, path)  # whole or absent if only the runner dies
+                fd = os.open(tmp, _WRITE_FLAGS, 0o644)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                finally:
+                    os.close(fd)
+                os.rename(tmp, path)  # whole or absent if only the runner dies
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)  # no empty temp file left behind on a full fs
+                raise
+
+        self._with_room(f"write the started record of {name}", note)
+        try:
             self._sync_batched()  # the previous script's outcome, before this script starts
             self._sync_dir("started")
         except OSError as e:
@@ -843,9 +890,10 @@ class State:
         """Make `done/<digest>` the only stamp (durably)."""
         directory = os.path.join(self.path, "done")
         others = [n for n in self.done_stamps() if n != digest]
+        if not self.has_done(digest):
+            self._with_room("write the done stamp",
+                            lambda: atomic_write(os.path.join(directory, digest), b""))
         try:
-            if not self.has_done(digest):
-                atomic_write(os.path.join(directory, digest), b"")
             _unlink_durably(directory, others)
         except OSError as e:
             raise self._error("write the done stamp", e) from None
@@ -901,8 +949,7 @@ class State:
         if all(meta.get(k) == v for k, v in want.items()):
             return meta
         meta.update(want, updated_at=now_iso())
-        try:
-            atomic_write(os.path.join(self.path, "state.json"), dump_json(meta))
-        except OSError as e:
-            raise self._error("write state.json", e) from None
+        data = dump_json(meta)
+        self._with_room("write state.json",
+                        lambda: atomic_write(os.path.join(self.path, "state.json"), data))
         return meta
