@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             _say_error(str(e))
         return e.exit_code
     except (Interrupted, KeyboardInterrupt) as e:
-        _say_error(f"interrupted ({e or 'SIGINT'}); the running script, if any, was stopped")
+        # str(): a bare KeyboardInterrupt is truthy but says nothing
+        _say_error(f"interrupted ({str(e) or 'SIGINT'}); the running script, if any, was stopped")
         return Interrupted.exit_code
     except OSError as e:
         # Anything the state or scripts code did not turn into a MigrationError: still a clear
