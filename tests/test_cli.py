@@ -270,7 +270,7 @@ def test_forget(root):
     assert root("forget", "10-a").returncode == 0  # by the name in its record
     assert root.status()["20-renamed"]["state"] == "pending"
     proc = root("forget", "99-unknown")
-    assert proc.returncode == 2 and "no script or record named '99-unknown'" in proc.stderr
+    assert proc.returncode == 2 and "nothing matches '99-unknown'" in proc.stderr
 
 
 def _manifest_image(root, scripts):

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from migration import manifest
+from migration import files, manifest
 from migration.errors import ManifestError
 
 
@@ -128,15 +128,15 @@ def test_load_refuses_what_is_not_a_regular_file(tmp_path, special):
         os.mkfifo(path)
     else:
         path.symlink_to(special)
-    with pytest.raises(ManifestError, match="is not a regular file"):
+    with pytest.raises(ManifestError, match="not a regular file"):
         manifest.load(str(path))
 
 
 def test_load_caps_the_size_read(tmp_path, monkeypatch):
-    monkeypatch.setattr(manifest, "MAX_JSON", 100)
+    monkeypatch.setattr(files, "MANIFEST_MAX", 100)
     path = tmp_path / "manifest.json"
     path.write_text("[" + "1," * 100 + "1]")
-    with pytest.raises(ManifestError, match="is larger than"):
+    with pytest.raises(ManifestError, match="larger than"):
         manifest.load(str(path))
 
 

@@ -242,7 +242,7 @@ def test_special_files_in_newroot_neither_hang_nor_exhaust_the_update(device, v1
     before = tree(device.state)
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=20)
     assert proc.returncode == 2, proc.stderr
-    assert f"migration: error: {mf} is not a regular file" in proc.stderr
+    assert f"migration: error: cannot read {mf}: not a regular file" in proc.stderr
     assert tree(device.state) == before
 
 

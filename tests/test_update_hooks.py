@@ -583,7 +583,7 @@ def test_a_manifest_that_is_no_file_aborts_the_install(
     before = v1_device.snapshot()
     res = run_hook(hook, v1_device, v2)
     assert res.returncode == 1, res.stderr
-    assert "is not a regular file" in res.stderr and "aborting the update" in res.stderr
+    assert ": not a regular file" in res.stderr and "aborting the update" in res.stderr
     assert v1_device.snapshot() == before
 
 

@@ -119,7 +119,18 @@ def _plain_run_args(paths: dict[str, str], opts: dict[str, object]) -> Any:
 
 
 def resolve_paths(args: Any) -> None:
-    """Fill in the defaults under --root; explicit paths are taken as given (made absolute)."""
+    """Fill in the defaults under --root; explicit paths are taken as given (made absolute).
+    A relative path needs the working directory: a removed one is a MigrationError."""
+    try:
+        _resolve_paths(args)
+    except OSError as e:
+        raise MigrationError(
+            f"cannot resolve a relative path: the current working directory is gone "
+            f"({e.strerror}); give absolute paths or run from an existing directory"
+        ) from None
+
+
+def _resolve_paths(args: Any) -> None:
     # which were given (update refuses --scripts-dir/--manifest: it takes NEWROOT's)
     args.explicit_paths = [opt for opt, key in (("--scripts-dir", "scripts_dir"),
                                                 ("--manifest", "manifest"))
@@ -150,7 +161,7 @@ def _interrupt(signum: int, _frame: Any) -> None:
     if _interrupted_by:
         return  # the first signal is being handled: a second must not cut its cleanup short
     _interrupted_by.append(signal.Signals(signum).name)
-    raise Interrupted(f"got {_interrupted_by[0]}")
+    raise Interrupted(_interrupted_by[0])
 
 
 def install_signal_handlers() -> None:
@@ -169,8 +180,10 @@ def install_signal_handlers() -> None:
 def _say_error(msg: str, what: str = "error") -> None:
     # With no console left to tell (EPIPE), the exit code still says it. (No contextlib here:
     # the fast path reports through this too and should not import it.)
+    from migration.files import shown
+
     try:  # noqa: SIM105
-        print(f"migration: {what}: {msg}", file=sys.stderr, flush=True)
+        print(f"migration: {what}: {shown(msg)}", file=sys.stderr, flush=True)
     except (OSError, ValueError):
         pass
 
@@ -217,8 +230,8 @@ def _main(argv: list[str]) -> int:
     else:
         # usage errors: argparse exits 2 with a message
         args = build_parser(_command_in(argv)).parse_args(argv)
-    resolve_paths(args)
     try:
+        resolve_paths(args)
         return int(args.func(args))
     except MigrationError as e:
         if e.exit_code == 3:  # errors.Incompatible: a verdict, not an error of the user's
@@ -227,8 +240,8 @@ def _main(argv: list[str]) -> int:
             _say_error(str(e))
         return e.exit_code
     except (Interrupted, KeyboardInterrupt) as e:
-        why = str(e) or "got SIGINT"
-        _say_error(f"interrupted ({why}); the running script, if any, was stopped")
+        # str(): a bare KeyboardInterrupt is truthy but says nothing
+        _say_error(f"interrupted ({str(e) or 'SIGINT'}); the running script, if any, was stopped")
         return Interrupted.exit_code
     except OSError as e:
         # Anything the state or scripts code did not turn into a MigrationError: still a clear

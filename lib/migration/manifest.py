@@ -21,9 +21,9 @@ that the manifest does not list, is refused as tampered.
 import contextlib
 import json
 import os
-import stat
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
+from migration import files
 from migration.compat import plausible_version
 from migration.errors import ManifestError
 from migration.scripts import discover, invalid_name_reason, sha256
@@ -31,7 +31,6 @@ from migration.state import atomic_write, dump_json, is_sha256
 
 FORMAT = 1
 #: Largest manifest or fragment read (a manifest of 10000 migrations is about 2 MiB).
-MAX_JSON = 16 << 20
 DEFAULT_PATH = "/usr/share/migration/manifest.json"
 #: Relative to the image root.
 FRAGMENTS_DIR = "usr/share/migration/packages"
@@ -142,36 +141,27 @@ def fragment(
     return {"format": FORMAT, "package": package, "version": str(version), "migrations": migrations}
 
 
-def _read_capped(path: str) -> bytes:
-    """The bytes of the regular file `path`; ManifestError when it is not one (a FIFO would hang
-    the runner, /dev/zero exhaust its memory) or larger than MAX_JSON."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as e:
-        raise ManifestError(f"cannot read {path}: {e.strerror}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ManifestError(f"{path} is not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(MAX_JSON + 1)
-    except OSError as e:
-        raise ManifestError(f"cannot read {path}: {e.strerror}") from None
-    finally:
-        os.close(fd)
-    if len(data) > MAX_JSON:
-        raise ManifestError(f"{path} is larger than {MAX_JSON >> 20} MiB: not a manifest")
-    return data
-
-
 def _read_json(path: str, raw: Optional[List[bytes]] = None) -> Any:
-    """The JSON document at `path`; its bytes are appended to `raw` when given."""
-    data = _read_capped(path)
+    """The JSON document at `path` (a regular file of at most files.MANIFEST_MAX bytes); its
+    bytes are appended to `raw` when given."""
+    try:
+        data = files.read_bytes(path, files.MANIFEST_MAX, follow=True)
+    except OSError as e:
+        raise ManifestError(f"cannot read {path}: {files.why_unreadable(e)}") from None
     if raw is not None:
         raw.append(data)
     try:
-        return json.loads(data.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
+        return files.load_json(data)
+    except ValueError as e:
         raise ManifestError(f"{path} is not valid JSON: {e}") from None
+
+
+def _text(where: str, key: str, value: Any) -> str:
+    """A package or version string: printable, one line (it is printed by status)."""
+    if not isinstance(value, str) or files.shown(value) != value or len(value) > 255:
+        raise ManifestError(f"{where}: {key} {files.shown(repr(value))[:80]} is not a printable "
+                            "string of at most 255 characters")
+    return value
 
 
 def _read_fragment(path: str) -> Dict[str, Any]:
@@ -183,6 +173,8 @@ def _read_fragment(path: str) -> Dict[str, Any]:
     package, version = obj.get("package"), obj.get("version")
     if not isinstance(package, str) or not package or not isinstance(version, str):
         raise ManifestError(f"{path}: package and version must be non-empty strings")
+    _text(path, "package", package)
+    _text(path, "version", version)
     migrations = obj.get("migrations")
     if not isinstance(migrations, list):
         raise ManifestError(f"{path}: migrations must be a list")
@@ -342,8 +334,8 @@ def load(path: str) -> Optional[Manifest]:
             raise ManifestError(f"{path}: each migration must be an object")
         _check_entry(path, m.get("name"), m.get("sha256"))
         entries[m["name"]] = Entry(
-            m["name"], m["sha256"], str(m.get("package", "")), str(m.get("version", "")),
-            _check_oneway(path, m["name"], m),
+            m["name"], m["sha256"], _text(path, "package", m.get("package", "")),
+            _text(path, "version", m.get("version", "")), _check_oneway(path, m["name"], m),
         )
     if obj.get("digest") != digest(migrations):
         raise ManifestError(f"{path}: digest does not match its migrations (damaged or edited)")

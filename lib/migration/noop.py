@@ -26,6 +26,10 @@ path's decision is checked:
   and update_meta would not write), and the image's os-release VERSION_ID/BUILD_ID and this
   runner's version must be those recorded.
 - The runner lock is taken (without waiting; a busy lock means the full path, which waits).
+- As root, the state dir, done/ and the lock pass the full path's trust checks (owner root, not
+  writable by others, the lock 0600; migration.files.owner_problem), and nothing in the state
+  dir is opened through a symlink or blocked on: a key and stamp forged by a user who could
+  write there must not skip a migration. Anything off means the full path, which refuses it.
 
 The full path first decides whether the image may use the device's data at all
 (migration.compat; a refusal exits 3). That verdict is a function of the manifest (levels, floor,
@@ -54,7 +58,7 @@ except ImportError:
     except ImportError:
         from hashlib import sha256
 
-from migration import __version__
+from migration import __version__, files
 
 #: Name of the key in the state dir, and its first line (format of the key).
 KEY_NAME = "noop-key"
@@ -66,7 +70,7 @@ _IGNORED_INFIXES = (".dpkg-", ".opkg-")
 
 _GLOBALS = ("--root", "--scripts-dir", "--state-dir", "--manifest")
 _RUN_SECONDS = ("--timeout", "--kill-grace", "--lock-wait")
-_READ_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+_READ_FLAGS = files.READ_FLAGS
 _CHUNK = 1 << 16
 
 
@@ -94,24 +98,6 @@ def _inside(root: str, path: str) -> str:
     return path
 
 
-def _read_regular(path: str, limit: int) -> str | None:
-    """The first `limit` bytes of the regular file `path` as text, None when it is missing,
-    unreadable or not a regular file: a FIFO planted in an image (O_NONBLOCK: open does not
-    wait for a writer) or a device must not hang or flood the runner."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        return os.read(fd, limit).decode("utf-8", errors="replace")
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
 def read_os_release(root: str = "/") -> dict[str, str]:
     """VERSION_ID and BUILD_ID of the image at `root` (os-release(5): /etc first, then /usr/lib),
     as {"version_id": ..., "build_id": ...} with only the keys present.
@@ -123,8 +109,11 @@ def read_os_release(root: str = "/") -> dict[str, str]:
         path = os.path.join(root, rel)
         if root not in ("/", ""):
             path = _inside(root, path)
-        text = _read_regular(path, 65536)
-        if text is None:
+        try:
+            # a symlink on most images; but never a FIFO, never unbounded
+            text = files.read_bytes(path, files.OS_RELEASE_MAX, follow=True).decode(
+                "utf-8", "replace")
+        except OSError:
             continue
         found: dict[str, str] = {}
         for line in text.splitlines():
@@ -246,14 +235,6 @@ def parse_run_argv(argv: list[str]) -> tuple[dict[str, str], dict[str, object]] 
     return paths, opts
 
 
-def _read(path: str, limit: int = 1 << 22) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.read(fd, limit)
-    finally:
-        os.close(fd)
-
-
 def fast_run(argv: list[str]) -> int | None:
     """0 when `migration <argv>` is a `run` with nothing to do (proven as the module docstring
     says), else None: the full path must run. Never raises for I/O problems."""
@@ -261,39 +242,52 @@ def fast_run(argv: list[str]) -> int | None:
     if parsed is None:
         return None
     given = parsed[0]
-    root = os.path.abspath(given["--root"]) if given.get("--root") else "/"
-    scripts_dir = os.path.abspath(given.get("--scripts-dir") or
-                                  os.path.join(root, "etc/migration.d"))
-    state_dir = os.path.abspath(given.get("--state-dir") or
-                                os.path.join(root, "var/lib/migration"))
-    manifest = os.path.abspath(given.get("--manifest") or
-                               os.path.join(root, "usr/share/migration/manifest.json"))
-    try:
-        lock = os.open(os.path.join(state_dir, "lock"), os.O_RDONLY | os.O_CLOEXEC)
+    try:  # abspath of a relative path needs the cwd, which may have been removed
+        root = os.path.abspath(given["--root"]) if given.get("--root") else "/"
+        scripts_dir = os.path.abspath(given.get("--scripts-dir") or
+                                      os.path.join(root, "etc/migration.d"))
+        state_dir = os.path.abspath(given.get("--state-dir") or
+                                    os.path.join(root, "var/lib/migration"))
+        manifest = os.path.abspath(given.get("--manifest") or
+                                   os.path.join(root, "usr/share/migration/manifest.json"))
+        euid = os.geteuid()
+        if files.owner_problem(os.stat(state_dir), euid) is not None:
+            return None
+        lock = os.open(os.path.join(state_dir, "lock"), _READ_FLAGS)
     except OSError:
         return None
     try:
+        st = os.fstat(lock)
+        if not stat.S_ISREG(st.st_mode) or files.owner_problem(st, euid, private=True):
+            return None
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return _check(root, scripts_dir, state_dir, manifest)
-    except OSError:
+        return _check(root, scripts_dir, state_dir, manifest, euid)
+    except (OSError, ValueError):
         return None
     finally:
         os.close(lock)  # drops the lock
 
 
-def _check(root: str, scripts_dir: str, state_dir: str, manifest: str) -> int | None:
-    parsed = _parse_key(_read(os.path.join(state_dir, KEY_NAME)))
+def _check(root: str, scripts_dir: str, state_dir: str, manifest: str,
+           euid: int) -> int | None:
+    parsed = _parse_key(files.read_bytes(os.path.join(state_dir, KEY_NAME), files.KEY_MAX))
     if parsed is None:
         return None
     fields, image, entries = parsed
     if fields.get("runner") != __version__:
         return None
-    if fields.get("manifest") != sha256(_read(manifest)).hexdigest():
+    data = files.read_bytes(manifest, files.MANIFEST_MAX, follow=True)
+    if fields.get("manifest") != sha256(data).hexdigest():
         return None
-    if fields.get("state") != sha256(_read(os.path.join(state_dir, "state.json"))).hexdigest():
+    data = files.read_bytes(os.path.join(state_dir, "state.json"), files.RECORD_MAX)
+    if fields.get("state") != sha256(data).hexdigest():
         return None
     digest = fields.get("digest", "")
-    if not digest or not os.path.isfile(os.path.join(state_dir, "done", digest)):
+    done = os.path.join(state_dir, "done")
+    st = os.lstat(done)
+    if not digest or not stat.S_ISDIR(st.st_mode) or files.owner_problem(st, euid):
+        return None
+    if not stat.S_ISREG(os.lstat(os.path.join(done, digest)).st_mode):
         return None
     if read_os_release(root) != image:
         return None

@@ -32,7 +32,7 @@ import stat
 import sys
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
-from migration import compat
+from migration import compat, files
 from migration import manifest as manifest_mod
 from migration.errors import Incompatible, MigrationError
 from migration.scripts import Script, discover, interpreter, is_ignored
@@ -200,7 +200,7 @@ def _stderr(msg: str) -> None:
     """Report on stderr (the journal under systemd). A lost console (EPIPE after a journald
     restart) must not abort a run between a script and its record."""
     with contextlib.suppress(OSError, ValueError):
-        print(f"migration: {msg}", file=sys.stderr, flush=True)
+        print(f"migration: {files.shown(msg)}", file=sys.stderr, flush=True)
 
 
 def _nothing_to_do(
@@ -225,7 +225,7 @@ def _leave_noop_key(state: State, manifest: Optional[manifest_mod.Manifest],
 def run(opts: Options, say: Callable[[str], None] = _stderr) -> int:
     """Run every pending script once, in order, under the lock; returns the exit code
     (0: everything applied; 1: something failed, was refused or is still pending)."""
-    state = State(opts.state_dir)
+    state = State(opts.state_dir, say)
     manifest = manifest_mod.load(opts.manifest_path) if opts.manifest_path else None
     # A missing scripts dir fails here, before the state dir is touched.
     scripts, warnings = discover(opts.scripts_dir)
@@ -330,7 +330,8 @@ def run_hooks(opts: Options, verdict: compat.Verdict, say: Callable[[str], None]
         )
         argv = interpreter(path).argv(path)
         say(f"hook {name}: running: {' '.join(argv)}")
-        result = execute.run_script(argv, f"hook {name}", env, cwd=opts.root, log_path=None,
+        result = execute.run_script(argv, f"hook {files.shown(name)}", env, cwd=opts.root,
+                                    log_path=None,
                                     timeout=opts.timeout, kill_grace=opts.kill_grace)
         if result.ok:
             say(f"hook {name}: done")
@@ -523,13 +524,14 @@ def _execute(opts: Options, state: State, item: Item, image: Dict[str, str], exe
         MIGRATION_ATTEMPT=str(attempt),
     )
     started = state.mark_started(item.name, item.sha256, attempt, image, item.oneway)
-    shown = " ".join([*argv[:-1], path])
+    shown = files.shown(" ".join([*argv[:-1], path]))
     again = f" (attempt {attempt})" if attempt > 1 else ""
-    say(f"{item.name}: running{again}: {shown}")
+    say(f"{item.name}: running{again}: {shown}")  # once the note says so too
     log = state.log_path(item.sha256)
     result = execute.run_script(
         argv, item.name, env, cwd=opts.root, log_path=log, timeout=opts.timeout,
         kill_grace=opts.kill_grace,
+        # escaped: a shebang's bytes need not be UTF-8, and the log is written as UTF-8
         header=f"{item.name} sha256 {item.sha256} attempt {attempt} started {now_iso(started)}: "
         + shown,
         keep_fds=[sealed.fd] + ([lock] if lock is not None else []),
@@ -576,6 +578,11 @@ def verdict_of(opts: Options, state: State,
 def dry_run(opts: Options, out: Callable[[str], None]) -> int:
     """Print what `run` (or `update`) would do; changes nothing (no lock, no directories, no
     repairs). Exit 3 when the image would be refused."""
+    print_out = out
+
+    def out(line: str) -> None:
+        print_out(files.shown(line))
+
     state = State(opts.state_dir)
     verdict, _facts, _meta = verdict_of(opts, state)
     if verdict.refused:

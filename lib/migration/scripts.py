@@ -70,7 +70,11 @@ def invalid_name_reason(name: str) -> Optional[str]:
         return None if len(name) <= NAME_MAX else f"name longer than {NAME_MAX} bytes"
     if not name:
         return "empty name"
-    if len(os.fsencode(name)) > NAME_MAX:
+    try:
+        size = len(os.fsencode(name))
+    except UnicodeEncodeError:  # a lone surrogate from JSON ("\ud800"): no file has that name
+        return "name is not valid Unicode"
+    if size > NAME_MAX:
         return f"name longer than {NAME_MAX} bytes"
     if not re.match(r"[A-Za-z0-9]", name[0]):
         return f"name must start with a letter or digit, not {name[0]!r}"

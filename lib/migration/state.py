@@ -13,7 +13,8 @@ Layout (the project's most durable contract; every JSON file carries a "format" 
                                until then, the key is always there: a state.json without it is
                                runner 0.1.0's, see compat.state_facts). Readers ignore unknown
                                keys; runner 0.1.0 keeps them.
-    <state>/lock              flock(2) target; one runner at a time
+    <state>/lock              flock(2) target; one runner at a time (0600: flock needs only a
+                              read fd, so a file others can read is a lock others can hold)
     <state>/applied/<sha256>  a script with this content succeeded (never runs again)
     <state>/failed/<sha256>   its last attempt failed; "attempts" counts every start so far
     <state>/started/<sha256>  written durably before a script starts (one directory fsync; its
@@ -31,6 +32,17 @@ instead of the outcome fields; failed ones also "reason"; all three kinds also "
 for a one-way script). A record with a higher format than
 this runner knows is kept and trusted for its kind; one that is not a JSON object with the fields
 above is moved to damaged/. Only a runner holding the lock writes; `status` only reads.
+
+Trust (issue 10; SECURITY.md): as root, the state dir and its subdirs must be directories owned
+by root and not writable by group or others, and the lock a regular file owned by root with mode
+0600; anything else is refused (StateError, exit 2), by readers too, because a user who can write
+there can forge an applied record (a migration silently skipped) or take the lock. Nothing inside
+is opened through a symlink or blocked on: records are read by migration.files.read_bytes
+(O_NOFOLLOW, O_NONBLOCK, regular files only, size-capped), files are created with O_NOFOLLOW,
+and a subdir that is not a real directory (a symlink, a file) is read as absent and moved to
+damaged/ by prepare(). The state dir's own path (a symlink at it included) is configuration,
+trusted like the command line. What the runner creates gets modes it chooses, whatever the
+caller's umask.
 
 Durability, and what it costs (issue 2: "before a script starts, the runner durably notes that it
 started"; records "written atomically (write, fsync, rename, fsync the directory) so a power cut
@@ -78,10 +90,11 @@ import fcntl
 import json
 import os
 import re
+import stat
 import time
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
-from migration import __version__, compat
+from migration import __version__, compat, files
 from migration.errors import MigrationError
 
 # re-exported: it lives with the no-op fast path, which needs it without this module's imports
@@ -97,6 +110,7 @@ STATE_FORMAT = 1
 
 KINDS = ("applied", "failed", "started")
 _SUBDIRS = ("applied", "failed", "started", "logs", "done")
+DAMAGED = "damaged"
 _TMP_MARK = ".tmp."
 
 
@@ -121,6 +135,17 @@ _SHA256_RE = re.compile(r"\A[0-9a-f]{64}\Z")
 def is_sha256(text: str) -> bool:
     """64 lower-case hex digits (the name of a record)."""
     return _SHA256_RE.match(text) is not None
+
+
+@contextlib.contextmanager
+def _umask(mask: int = 0o022) -> Iterator[None]:
+    """Create with the modes asked for, not wider: a caller's umask 000 must not make the state
+    dir (or its missing parents) writable by everyone."""
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 def _unlink_durably(directory: str, names: List[str]) -> None:
@@ -176,8 +201,50 @@ def dump_json(obj: Any, indent: Optional[int] = None) -> bytes:
     return (json.dumps(obj, sort_keys=True, indent=indent) + "\n").encode()
 
 
+#: Largest count or level a record may carry: anything above is damage, not history.
+_COUNT_MAX = 10**9
+_EXIT_RANGE = (-(2**31), 2**31)
+
+
+def _is_int(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value < high
+
+
+def _is_image(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+
+
+def _is_seconds(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and 0 <= value < 1e12)  # also false for NaN and infinity
+
+
+#: Optional fields of a record: the check of their type and range, when present.
+_FIELDS = {
+    "kind": lambda v: v in KINDS,
+    "name": lambda v: isinstance(v, str) and 0 < len(v) <= 4096,
+    "attempt": lambda v: _is_int(v, 0, _COUNT_MAX),
+    "attempts": lambda v: _is_int(v, 0, _COUNT_MAX),
+    "exit_code": lambda v: _is_int(v, *_EXIT_RANGE),
+    "pid": lambda v: _is_int(v, 0, 2**31),
+    "oneway": lambda v: _is_int(v, 1, _COUNT_MAX),
+    "duration_s": _is_seconds,
+    "started_at": lambda v: isinstance(v, str) and len(v) <= 64,
+    "finished_at": lambda v: isinstance(v, str) and len(v) <= 64,
+    "runner_version": lambda v: isinstance(v, str) and len(v) <= 64,
+    "phase": lambda v: isinstance(v, str) and len(v) <= 64,
+    "reason": lambda v: isinstance(v, str) and len(v) <= 65536,
+    "image": _is_image,
+}
+
+
 def validate_record(kind: str, sha: str, obj: Any) -> Optional[str]:
-    """Why `obj` is not a usable record of `kind` stored under `sha`, or None when it is."""
+    """Why `obj` is not a usable record of `kind` stored under `sha`, or None when it is.
+
+    Every field this runner knows is checked for type and range when present (a newer
+    format's record too: it is trusted for its kind, and its known fields are still used), so
+    no later code meets a string where a count should be, or an infinity."""
     if not isinstance(obj, dict):
         return "not a JSON object"
     fmt = obj.get("format")
@@ -185,17 +252,34 @@ def validate_record(kind: str, sha: str, obj: Any) -> Optional[str]:
         return "no valid format number"
     if obj.get("sha256") != sha:
         return "sha256 field does not match the file name"
+    if "kind" in obj and obj["kind"] != kind:
+        return f"kind field is not {kind}"
+    for key, valid in _FIELDS.items():
+        if key in obj and not valid(obj[key]):
+            return f"no valid {key}"
     if fmt > FORMAT:
-        return None  # written by a newer runner: trusted for its kind, fields left alone
-    if not isinstance(obj.get("name"), str):
-        return "no name"
-    if kind == "started":
-        needed: Tuple[str, ...] = ("attempt",)
-    else:
-        needed = ("attempts", "exit_code")
+        return None  # written by a newer runner: trusted for its kind, other fields left alone
+    needed: Tuple[str, ...] = ("name", "attempt") if kind == "started" else (
+        "name", "attempts", "exit_code")
     for key in needed:
-        value = obj.get(key)
-        if not isinstance(value, int) or isinstance(value, bool):
+        if key not in obj:
+            return f"no valid {key}"
+    return None
+
+
+def validate_meta(obj: Any) -> Optional[str]:
+    """Why `obj` is not a usable state.json, or None when it is (unknown keys are kept)."""
+    if not isinstance(obj, dict):
+        return "not a JSON object"
+    fmt = obj.get("format")
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
+        return "no valid format number"
+    # applied_image is null until a run of this image completes (see update_meta)
+    checks = {"image": _is_image, "applied_image": lambda v: v is None or _is_image(v),
+              "compat_level": lambda v: _is_int(v, 0, _COUNT_MAX),
+              "runner_version": _FIELDS["runner_version"], "updated_at": _FIELDS["started_at"]}
+    for key, valid in checks.items():
+        if key in obj and not valid(obj[key]):
             return f"no valid {key}"
     return None
 
@@ -226,48 +310,111 @@ class Snapshot(NamedTuple):
 class State:
     """A state dir. Reading needs nothing; writing needs `lock()` (a runner, forget)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, say: Optional[Callable[[str], None]] = None) -> None:
         self.path = path
+        self.say = say or (lambda _msg: None)  # notes of a runner (logs dropped for room)
+        self._trusted: set = set()  # "" (the state dir) and subdirs found real and root's
         self._lock_fd: Optional[int] = None
         self._dir_fds: Dict[str, int] = {}  # subdirs kept open for their fsyncs during a run
         self._unsynced: List[str] = []  # subdirs holding a batched rename not yet made durable
         self._settled: List[Tuple[str, str]] = []  # (kind, sha) to drop once outcomes are durable
 
+    # -- trust -----------------------------------------------------------------------------
+    def _refusal(self, where: str, problem: str) -> StateError:
+        return StateError(
+            f"refusing state dir {self.path}: {where} {problem} (the state dir, its subdirs and "
+            "files must be root's and writable by root only: a user who can write there could "
+            "forge records or hold the lock)"
+        )
+
+    def _top(self) -> bool:
+        """Is the state dir there (False: not yet)? StateError when root must not trust it."""
+        if "" in self._trusted:
+            return True
+        try:
+            st = os.stat(self.path)  # its own path may be a symlink: configuration
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            if e.errno == errno.ENOTDIR:
+                raise StateError(f"state dir {self.path}: a parent is not a directory") from None
+            raise self._error("read the state dir", e) from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise StateError(f"state dir {self.path} is not a directory")
+        problem = files.owner_problem(st, os.geteuid())
+        if problem:
+            raise self._refusal(self.path, problem)
+        self._trusted.add("")
+        return True
+
+    def _subdir(self, sub: str) -> bool:
+        """Is <state>/<sub> a real directory root may trust? False when it is missing or not a
+        directory (a symlink, a file: read as absent, moved aside by prepare()); StateError when
+        it is a directory someone else could write."""
+        if sub in self._trusted:
+            return True
+        if not self._top():
+            return False
+        path = os.path.join(self.path, sub)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return False
+        if not stat.S_ISDIR(st.st_mode):
+            return False
+        problem = files.owner_problem(st, os.geteuid())
+        if problem:
+            raise self._refusal(path, problem)
+        self._trusted.add(sub)
+        return True
+
+    def verify(self) -> None:
+        """Check the state dir and every subdir that is a directory (StateError when root must
+        not trust one); writes nothing. Run by lock() and snapshot(), so run, status and forget
+        refuse the same state dir."""
+        if self._top():
+            for sub in (*_SUBDIRS, DAMAGED):
+                self._subdir(sub)
+
     # -- reading ---------------------------------------------------------------------------
     def _file(self, kind: str, sha: str) -> str:
         return os.path.join(self.path, kind, sha)
 
-    def read_record(self, kind: str, sha: str) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
-        """(record, None), (None, None) when absent, (None, reason) when damaged."""
+    def _read_record(self, kind: str, sha: str) -> Tuple[Optional[Dict[str, Any]],
+                                                          Optional[str], bool]:
+        """read_record, and whether a damaged one is a regular file (False: a symlink, a FIFO,
+        a directory, too big: never a record a runner wrote)."""
+        if not self._subdir(kind):
+            return None, None, True
         try:
-            fd = os.open(self._file(kind, sha), os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                data = os.read(fd, 1 << 20)
-            finally:
-                os.close(fd)
+            data = files.read_bytes(self._file(kind, sha), files.RECORD_MAX)
         except FileNotFoundError:
-            return None, None
-        except IsADirectoryError:
-            return None, "a directory, not a record"
+            return None, None, True
         except OSError as e:
             if e.errno == errno.ENOTDIR:
-                return None, None  # <state>/<kind> is a file: reported by prepare()
-            return None, f"unreadable: {e.strerror}"
+                return None, None, True
+            return None, files.why_unreadable(e), False
         try:
-            obj = json.loads(data.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            return None, "truncated or not JSON" if data else "empty file"
+            obj = files.load_json(data)
+        except ValueError:
+            return None, "truncated or not JSON" if data else "empty file", True
         reason = validate_record(kind, sha, obj)
-        return (None, reason) if reason else (obj, None)
+        return (None, reason, True) if reason else (obj, None, True)  # type: ignore[return-value]
+
+    def read_record(self, kind: str, sha: str) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+        """(record, None), (None, None) when absent, (None, reason) when damaged."""
+        record, reason, _regular = self._read_record(kind, sha)
+        return record, reason
 
     def snapshot(self, shas: List[str], repair: bool = False) -> Snapshot:
         """Records of `shas`. With `repair` (lock held), damaged ones are moved to damaged/."""
+        self.verify()
         found: Dict[str, Dict[str, Dict[str, Any]]] = {k: {} for k in KINDS}
         damaged: List[Damaged] = []
         for sha in dict.fromkeys(shas):
             for kind in KINDS:
-                record, reason = self.read_record(kind, sha)
-                if reason is not None and kind == "started":
+                record, reason, regular = self._read_record(kind, sha)
+                if reason is not None and kind == "started" and regular:
                     # a note whose content a power cut lost (see mark_started): still a start
                     found[kind][sha] = {"sha256": sha, "attempt": 0, "unreadable": reason}
                 elif reason is not None:
@@ -286,6 +433,8 @@ class State:
 
     def all_records(self, kind: str) -> Iterator[Tuple[str, Dict[str, Any]]]:
         """Every valid record of `kind` (for forget by name); damaged ones are skipped."""
+        if not self._subdir(kind):
+            return
         try:
             names = sorted(os.listdir(os.path.join(self.path, kind)))
         except OSError:
@@ -298,37 +447,48 @@ class State:
 
     def read_meta(self) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
         """(state.json content, None), (None, None) when absent, (None, reason) when damaged."""
+        if not self._top():
+            return None, None
         try:
-            with open(os.path.join(self.path, "state.json"), "rb") as f:
-                obj = json.loads(f.read(1 << 20).decode("utf-8"))
+            obj = files.load_json(files.read_bytes(os.path.join(self.path, "state.json"),
+                                                   files.RECORD_MAX))
         except FileNotFoundError:
             return None, None
-        except (OSError, ValueError, UnicodeDecodeError) as e:
-            return None, getattr(e, "strerror", None) or "truncated or not JSON"
-        fmt = obj.get("format") if isinstance(obj, dict) else None
-        if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
-            return None, "no valid format number"
-        return obj, None
+        except OSError as e:
+            return None, files.why_unreadable(e)
+        except ValueError:
+            return None, "truncated or not JSON"
+        reason = validate_meta(obj)
+        return (None, reason) if reason else (obj, None)  # type: ignore[return-value]
 
     def log_path(self, sha: str) -> str:
         return os.path.join(self.path, "logs", sha + ".log")
 
     def done_stamps(self) -> List[str]:
+        if not self._subdir("done"):
+            return []
         try:
             return sorted(n for n in os.listdir(os.path.join(self.path, "done")) if n[0] != ".")
         except OSError:
             return []
 
     def has_done(self, digest: str) -> bool:
-        return os.path.isfile(os.path.join(self.path, "done", digest))
+        if not self._subdir("done"):
+            return False
+        try:
+            return stat.S_ISREG(os.lstat(os.path.join(self.path, "done", digest)).st_mode)
+        except OSError:
+            return False
 
     def lock_held_elsewhere(self) -> bool:
         """True when a runner holds the lock now. Never blocks and never writes (for status)."""
         try:
-            fd = os.open(os.path.join(self.path, "lock"), os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(os.path.join(self.path, "lock"), files.READ_FLAGS)
         except OSError:
             return False
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return False  # not a lock any runner could hold (run refuses it)
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
             return True
@@ -339,7 +499,10 @@ class State:
     # -- writing (lock held) ---------------------------------------------------------------
     def _error(self, what: str, e: OSError) -> StateError:
         hint = ""
-        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            hint = (" (the state dir's file system is full, even without the runner's logs: "
+                    "free space on it; the next run goes on where this one stopped)")
+        elif e.errno == errno.EFBIG:
             hint = " (file system full?)"
         elif e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
             hint = " (state dir not writable)"
@@ -348,40 +511,100 @@ class State:
 
     def lock(self, wait: float) -> None:
         """Take the exclusive runner lock, waiting up to `wait` seconds (LockBusy after that).
-        Creates the state dir if needed. The lock lives as long as this process (or `unlock`)."""
+        Creates the state dir if needed. The lock lives as long as this process (or `unlock`).
+
+        As root the lock must be a regular file of root's with mode 0600 (StateError otherwise):
+        flock(2) needs only a read fd, so a lock others can open is a lock they can hold. A
+        0644 lock of an older runner is replaced by a fresh 0600 one once it is held; whoever
+        then gets the old file's lock sees that the name no longer leads to it and tries
+        again, so two runners never hold different files."""
         try:
-            os.makedirs(self.path, exist_ok=True)
+            with _umask():
+                os.makedirs(self.path, 0o755, exist_ok=True)
         except OSError as e:
             raise self._error("create the state dir", e) from None
-        if not os.path.isdir(self.path):
-            raise StateError(f"state dir {self.path} is not a directory")
+        self.verify()
         lock = os.path.join(self.path, "lock")
-        try:
-            # O_RDONLY when it exists: flock works on it and a read-only state dir still allows
-            # a no-op run.
-            fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            try:
-                fd = os.open(lock, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            except OSError as e:
-                raise self._error("create the lock file", e) from None
-        except OSError as e:
-            raise self._error("open the lock file", e) from None
         deadline = time.monotonic() + max(wait, 0.0)
-        delay = 0.01
+        while True:
+            fd, legacy = self._open_lock(lock)
+            delay = 0.01
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        os.close(fd)
+                        raise LockBusy(
+                            f"another migration runner holds {lock} (waited {wait:g} s)"
+                        ) from None
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.2)
+            try:
+                same = os.path.samestat(os.fstat(fd), os.lstat(lock))
+            except FileNotFoundError:
+                same = False
+            if not same:  # replaced while we waited: the lock is the file at the name now
+                os.close(fd)
+                continue
+            self._lock_fd = self._replace_lock(fd, lock) if legacy else fd
+            return
+
+    def _open_lock(self, lock: str) -> Tuple[int, bool]:
+        """(fd of the lock file, opened or created without following a symlink or blocking;
+        whether it is an older runner's lock that others may open)."""
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                # O_RDONLY when it exists: flock works on it and a read-only state dir still
+                # allows a no-op run.
+                fd = os.open(lock, files.READ_FLAGS)
                 break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    os.close(fd)
-                    raise LockBusy(
-                        f"another migration runner holds {lock} (waited {wait:g} s)"
-                    ) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.2)
-        self._lock_fd = fd
+            except FileNotFoundError:
+                try:
+                    fd = os.open(lock, files.READ_FLAGS | os.O_CREAT | os.O_EXCL, 0o600)
+                    break
+                except FileExistsError:
+                    continue  # another runner created it just now
+                except OSError as e:
+                    raise self._error("create the lock file", e) from None
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise self._refusal(lock, "is a symlink") from None
+                raise self._error("open the lock file", e) from None
+        st = os.fstat(fd)
+        euid = os.geteuid()
+        problem = None
+        if not stat.S_ISREG(st.st_mode):
+            problem = f"is {files.kind_of(st.st_mode)}, not a regular file"
+        elif euid == 0 and st.st_uid != 0:
+            problem = files.owner_problem(st, euid)
+        if problem:
+            os.close(fd)
+            raise self._refusal(lock, problem)
+        return fd, files.owner_problem(st, euid, private=True) is not None
+
+    def _replace_lock(self, old: int, lock: str) -> int:
+        """Put a fresh 0600 lock in place of the held `old` one (see lock()); returns its fd,
+        locked. On a read-only state dir the old one stays: nothing can be written anyway."""
+        tmp = os.path.join(self.path, f".lock{_TMP_MARK}{os.getpid()}")
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            fd = os.open(tmp, files.READ_FLAGS | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError:
+            return old
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else can have it open
+            os.rename(tmp, lock)
+            _fsync_dir(self.path)
+        except OSError:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            return old
+        os.close(old)
+        return fd
 
     @property
     def lock_fd(self) -> Optional[int]:
@@ -416,9 +639,13 @@ class State:
     def has_state(self) -> bool:
         """state.json (even damaged) or any record (even damaged) exists: the device's data has
         been through a runner before. Logs, stamps and empty dirs do not count."""
+        if not self._top():
+            return False
         if os.path.lexists(os.path.join(self.path, "state.json")):
             return True
         for kind in KINDS:
+            if not self._subdir(kind):
+                continue
             try:
                 with os.scandir(os.path.join(self.path, kind)) as it:
                     if any(is_sha256(e.name) for e in it):
@@ -439,31 +666,26 @@ class State:
         return compat.state_facts(meta, self.every_record())
 
     def prepare(self) -> None:
-        """Create the subdirs (durably) and remove temporary files left by a killed runner."""
+        """Create the subdirs (durably; a symlink, file or anything else in the place of one is
+        moved to damaged/ first, never followed) and remove temporary files left by a killed
+        runner."""
         created = False
-        for sub in _SUBDIRS:
-            path = os.path.join(self.path, sub)
-            try:
-                os.mkdir(path, 0o755)
-                created = True
-            except FileExistsError:
-                if not os.path.isdir(path):
-                    self.move_aside("", sub)
+        try:
+            if os.path.lexists(os.path.join(self.path, DAMAGED)):
+                self._damaged_dir()
+            self._clean_tmp("")
+            for sub in _SUBDIRS:
+                path = os.path.join(self.path, sub)
+                if not self._subdir(sub):
+                    if os.path.lexists(path):
+                        self.move_aside("", sub)
                     os.mkdir(path, 0o755)
+                    self._trusted.add(sub)
                     created = True
-            except OSError as e:
-                raise self._error("create subdirectories", e) from None
-            if sub == "logs":
-                continue
-            try:
-                for name in os.listdir(path):
-                    if name.startswith(".") and _TMP_MARK in name:
-                        os.unlink(os.path.join(path, name))
-                    elif sub == "started" and os.path.exists(self._file("applied", name)):
-                        # cut between recording success and dropping the note: applied wins
-                        os.unlink(os.path.join(path, name))
-            except OSError as e:
-                raise self._error("clean up temporary files", e) from None
+                if sub != "logs":
+                    self._clean_tmp(sub)
+        except OSError as e:
+            raise self._error("prepare the subdirectories", e) from None
         if created:
             try:
                 for sub in _SUBDIRS:
@@ -472,13 +694,46 @@ class State:
             except OSError as e:
                 raise self._error("sync", e) from None
 
+    def _clean_tmp(self, sub: str) -> None:
+        """Remove what a killed runner left in <state>/<sub>: its temporary files and, in
+        started/, the notes of scripts whose success it recorded (applied wins)."""
+        path = os.path.join(self.path, sub)
+        for name in os.listdir(path):
+            leftover = name.startswith(".") and _TMP_MARK in name
+            if leftover or (sub == "started" and self._is_file("applied", name)):
+                os.unlink(os.path.join(path, name))
+
+    def _is_file(self, kind: str, name: str) -> bool:
+        try:
+            return stat.S_ISREG(os.lstat(self._file(kind, name)).st_mode)
+        except OSError:
+            return False
+
+    def _damaged_dir(self) -> str:
+        """<state>/damaged/, created when missing; whatever else has its name (a file, a
+        symlink) is moved into the new directory, never followed or deleted."""
+        path = os.path.join(self.path, DAMAGED)
+        if self._subdir(DAMAGED):
+            return path
+        if os.path.lexists(path):
+            tmp = os.path.join(self.path, f"{DAMAGED}.{time.time_ns()}")
+            os.rename(path, tmp)
+            with _umask():
+                os.mkdir(path, 0o755)
+            os.rename(tmp, os.path.join(path, os.path.basename(tmp)))
+        else:
+            with _umask():
+                os.mkdir(path, 0o755)
+        self._trusted.add(DAMAGED)
+        _fsync_dir(self.path)
+        return path
+
     def move_aside(self, kind: str, name: str) -> str:
         """Move an unreadable file to <state>/damaged/ (never delete it); returns its new path."""
         src = os.path.join(self.path, kind, name)
-        dst_dir = os.path.join(self.path, "damaged")
-        dst = os.path.join(dst_dir, f"{kind + '-' if kind else ''}{name}.{time.time_ns()}")
         try:
-            os.makedirs(dst_dir, exist_ok=True)
+            dst_dir = self._damaged_dir()
+            dst = os.path.join(dst_dir, f"{kind + '-' if kind else ''}{name}.{time.time_ns()}")
             os.rename(src, dst)
             _fsync_dir(dst_dir)
             _fsync_dir(os.path.dirname(src))
@@ -486,13 +741,44 @@ class State:
             raise self._error("move a damaged record aside", e) from None
         return dst
 
+    def _with_room(self, what: str, write: Callable[[], None]) -> None:
+        """write(); when the state fs is full, drop the runner's logs and try once more:
+        records win over logs (a log only helps to read a record; a lost record re-runs a
+        script or loses a success). StateError when it still fails."""
+        try:
+            write()
+            return
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT) or not self._drop_logs():
+                raise self._error(what, e) from None
+        try:
+            write()
+        except OSError as e:
+            raise self._error(what, e) from None
+
+    def _drop_logs(self) -> int:
+        """Remove every log in logs/ (regular files only); returns how many went."""
+        if not self._subdir("logs"):
+            return 0
+        directory = os.path.join(self.path, "logs")
+        dropped = 0
+        with contextlib.suppress(OSError):
+            for name in os.listdir(directory):
+                path = os.path.join(directory, name)
+                if stat.S_ISREG(os.lstat(path).st_mode):
+                    os.unlink(path)
+                    dropped += 1
+        if dropped:
+            self.say(f"state dir {self.path}: file system full: removed {dropped} script "
+                     "log(s) from logs/ so that the records can be written")
+        return dropped
+
     def _write(self, kind: str, sha: str, record: Dict[str, Any], sync_dir: bool = True,
                sync_all: bool = False) -> None:
-        try:
-            atomic_write(self._file(kind, sha), dump_json(record), sync_dir=sync_dir,
-                         sync_all=sync_all)
-        except OSError as e:
-            raise self._error(f"write the {kind} record of {record.get('name')}", e) from None
+        self._with_room(
+            f"write the {kind} record of {record.get('name')}",
+            lambda: atomic_write(self._file(kind, sha), dump_json(record), sync_dir=sync_dir,
+                                 sync_all=sync_all))
 
     def _remove(self, kind: str, sha: str) -> bool:
         try:
@@ -542,13 +828,25 @@ class State:
             record["oneway"] = oneway
         path = self._file("started", sha)
         tmp = os.path.join(os.path.dirname(path), f".{sha}{_TMP_MARK}{os.getpid()}")
-        try:
-            fd = os.open(tmp, _WRITE_FLAGS, 0o644)
+        data = dump_json(record)
+
+        def note() -> None:
             try:
-                os.write(fd, dump_json(record))
-            finally:
-                os.close(fd)
-            os.rename(tmp, path)  # whole or absent if only the runner dies
+                fd = os.open(tmp, _WRITE_FLAGS, 0o644)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                finally:
+                    os.close(fd)
+                os.rename(tmp, path)  # whole or absent if only the runner dies
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)  # no empty temp file left behind on a full fs
+                raise
+
+        self._with_room(f"write the started record of {name}", note)
+        try:
             self._sync_batched()  # the previous script's outcome, before this script starts
             self._sync_dir("started")
         except OSError as e:
@@ -577,7 +875,7 @@ class State:
         is left to the next mark_started() or to settle(), and the notes are dropped by
         settle(): the record is whole before it is renamed into place in any case, and durable
         before anything that depends on it happens (the next script, the done stamp)."""
-        record = {"format": FORMAT, "kind": kind, "runner_version": __version__, **outcome}
+        record = {**outcome, "format": FORMAT, "kind": kind, "runner_version": __version__}
         sha = record["sha256"]
         self._write(kind, sha, record, sync_dir=not batch, sync_all=True)
         stale = [("failed", sha)] if kind == "applied" else []
@@ -618,9 +916,10 @@ class State:
         """Make `done/<digest>` the only stamp (durably)."""
         directory = os.path.join(self.path, "done")
         others = [n for n in self.done_stamps() if n != digest]
+        if not self.has_done(digest):
+            self._with_room("write the done stamp",
+                            lambda: atomic_write(os.path.join(directory, digest), b""))
         try:
-            if not self.has_done(digest):
-                atomic_write(os.path.join(directory, digest), b"")
             _unlink_durably(directory, others)
         except OSError as e:
             raise self._error("write the done stamp", e) from None
@@ -647,8 +946,8 @@ class State:
             if state_sha is None:
                 return
             data = noop.key_text(manifest_sha, state_sha, image, digest, entries)
-            with contextlib.suppress(OSError), open(path, "rb") as f:
-                if f.read(len(data) + 1) == data:
+            with contextlib.suppress(OSError):
+                if files.read_bytes(path, files.KEY_MAX) == data:
                     return
             atomic_write(path, data)
         except OSError:
@@ -681,8 +980,7 @@ class State:
         if all(k in meta and meta[k] == v for k, v in want.items()):
             return meta
         meta.update(want, updated_at=now_iso())
-        try:
-            atomic_write(os.path.join(self.path, "state.json"), dump_json(meta))
-        except OSError as e:
-            raise self._error("write state.json", e) from None
+        data = dump_json(meta)
+        self._with_room("write state.json",
+                        lambda: atomic_write(os.path.join(self.path, "state.json"), data))
         return meta

@@ -24,19 +24,21 @@ def run(args: Any) -> int:
 
     from migration import manifest as manifest_mod
     from migration.errors import MigrationError
+    from migration.files import shown
     from migration.state import State
 
     manifest = manifest_mod.load(args.manifest)
     if manifest is None:
         raise MigrationError(f"no image manifest at {args.manifest}")
     state = State(args.state_dir)
+    state.verify()  # the gate trusts no state dir that run would refuse
     from migration import runner
     from migration.commands import options
 
     verdict, _facts, _meta = runner.verdict_of(options(args), state, manifest)
     if verdict.refused:
-        print(f"migration: package {args.package}: this image cannot use the device's data "
-              f"({verdict.kind}): {verdict.message}", file=sys.stderr)
+        print(shown(f"migration: package {args.package}: this image cannot use the device's "
+                    f"data ({verdict.kind}): {verdict.message}"), file=sys.stderr)
         return 1
     entries = [e for e in manifest.entries.values() if e.package == args.package]
     if state.has_done(manifest.digest):
@@ -44,8 +46,8 @@ def run(args: Any) -> int:
     missing = [e.name for e in entries if state.read_record("applied", e.sha256)[0] is None]
     if missing:
         print(
-            f"migration: package {args.package}: not applied: {', '.join(missing)} "
-            "(see `migration status`)",
+            shown(f"migration: package {args.package}: not applied: {', '.join(missing)} "
+                  "(see `migration status`)"),
             file=sys.stderr,
         )
         return 1

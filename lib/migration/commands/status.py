@@ -116,15 +116,39 @@ def run(args: Any) -> int:
     for item in items:
         log = state.log_path(item.sha256)
         rows.append(describe(item, log if os.path.exists(log) else "", running))
+    if verdict is not None and verdict.refused:
+        code = 3
+    elif verdict is None:
+        code = 1  # a newer runner's state: not this runner's to vouch for
+    else:
+        code = 0 if all(i.state == runner.APPLIED for i in items) else 1
+    try:
+        _report(args, rows, warnings, verdict, compat_lines, running)
+    except BrokenPipeError:
+        # `status | head`: the reader has what it wanted; the answer is still the exit code
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # also for the flush at exit
+        os.close(devnull)
+    return code
+
+
+def _report(args: Any, rows: "list[Dict[str, Any]]", warnings: "list[str]", verdict: Any,
+            compat_lines: "list[str]", running: bool) -> None:
+    import sys
+
+    from migration import runner
+    from migration.files import shown
+
     for w in warnings:
-        print(f"migration: {w}", file=sys.stderr)
+        print(f"migration: {shown(w)}", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=1))
         if verdict is not None and verdict.refused:
-            print(f"migration: refused ({verdict.kind}): {verdict.message}", file=sys.stderr)
+            print(f"migration: refused ({verdict.kind}): {shown(verdict.message)}",
+                  file=sys.stderr)
     else:
         for line in compat_lines:
-            print(line)
+            print(shown(line))
         if running:
             print("(a runner is working now)")
         for row in rows:
@@ -139,11 +163,6 @@ def run(args: Any) -> int:
                 details.append(f"finished {row['finished_at']} ({row['duration_s']} s)")
             if row.get("log") and row["state"] != runner.APPLIED:
                 details.append(f"log {row['log']}")
-            print(f"{row['state']:<12} {row['name']}  {', '.join(details)}".rstrip())
+            print(shown(f"{row['state']:<12} {row['name']}  {', '.join(details)}".rstrip()))
         if not rows:
-            print(f"no migration scripts in {args.scripts_dir}")
-    if verdict is not None and verdict.refused:
-        return 3
-    if verdict is None:
-        return 1  # a newer runner's state: not this runner's to vouch for
-    return 0 if all(i.state == runner.APPLIED for i in items) else 1
+            print(shown(f"no migration scripts in {args.scripts_dir}"))
