@@ -270,6 +270,52 @@ def test_install_refuses_bad_settings(
     assert not (root / "usr").exists()
 
 
+def pyc_files(root: Path) -> Dict[str, bytes]:
+    pkg = root / "usr/lib/migration/migration"
+    return {str(p.relative_to(pkg)): p.read_bytes() for p in sorted(pkg.rglob("*.pyc"))}
+
+
+def test_install_ships_reproducible_bytecode_the_target_never_checks(
+    tmp_path: Path, pkg_src: Path
+) -> None:
+    """Issue 9: with MIGRATION_COMPILE (the recipe: python3-native, the target's version) every
+    module gets bytecode of that version, hash-based and unchecked (PEP 552: flags 0b01), so the
+    target neither stats the sources nor compiles, even on a read-only root; the same sources
+    give the same bytes; tracebacks name the target's paths."""
+    import importlib.util
+    import marshal
+
+    first, second = tmp_path / "one", tmp_path / "two"
+    for root in (first, second):
+        res = install(root, pkg_src, MIGRATION_COMPILE=sys.executable)
+        assert res.returncode == 0, res.stderr
+    pycs = pyc_files(first)
+    tag = sys.implementation.cache_tag
+    sources = {p.relative_to(pkg_src) for p in pkg_src.rglob("*.py")}
+    assert set(pycs) == {str(s.parent / "__pycache__" / f"{s.stem}.{tag}.pyc") for s in sources}
+    assert pyc_files(second) == pycs  # reproducible
+    for rel, data in pycs.items():
+        assert data[:4] == importlib.util.MAGIC_NUMBER, rel
+        assert int.from_bytes(data[4:8], "little") == 0b01, f"{rel}: not unchecked-hash"
+        code = marshal.loads(data[16:])
+        assert code.co_filename.startswith("/usr/lib/migration/migration/"), code.co_filename
+    # The installed tree runs from its bytecode: with the sources made unreadable garbage of the
+    # same name, the package still imports (an unchecked pyc is never compared with its source).
+    for src in (first / "usr/lib/migration/migration").rglob("*.py"):
+        src.write_text("raise SystemExit('the source was compiled, not the shipped bytecode')\n")
+    res = subprocess.run([sys.executable, "-I", str(first / "usr/sbin/migration"), "--version"],
+                         capture_output=True, text=True, check=False)  # fmt: skip
+    assert res.returncode == 0 and res.stdout.startswith("migration "), res.stdout + res.stderr
+
+
+def test_install_without_a_compiler_ships_no_bytecode(tmp_path: Path, pkg_src: Path) -> None:
+    root = tmp_path / "root"
+    assert install(root, pkg_src).returncode == 0
+    assert pyc_files(root) == {}
+    res = install(root, pkg_src, MIGRATION_COMPILE="python3")
+    assert res.returncode == 2 and "MIGRATION_COMPILE=python3 is not an absolute path" in res.stderr
+
+
 def test_install_refuses_a_directory_that_is_not_the_package(tmp_path: Path) -> None:
     res = install(tmp_path / "root", tmp_path)
     assert res.returncode == 2

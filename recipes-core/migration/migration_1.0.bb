@@ -22,7 +22,9 @@ SRC_URI = "file://migration/ \
 # Styhead and later unpack into UNPACKDIR; scarthgap has no UNPACKDIR and unpacks into WORKDIR.
 S = "${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}"
 
-inherit allarch systemd update-rc.d
+# python3native: the package's bytecode is compiled at do_install by python3-native, which is
+# the target's Python version (bytecode of another version would be ignored on the target).
+inherit allarch systemd update-rc.d python3native
 
 MIGRATION_BOOT_POLICY ??= "continue"
 MIGRATION_BOOT_POLICY[doc] = "What a failed boot run does: continue (boot on, degraded and visible), rescue (rescue.target / sulogin), halt (stop the machine)."
@@ -66,6 +68,7 @@ do_install() {
     MIGRATION_PYTHON="${MIGRATION_PYTHON}" MIGRATION_INIT="${MIGRATION_INIT}" \
     MIGRATION_BOOT_POLICY="${MIGRATION_BOOT_POLICY}" \
     MIGRATION_BOOT_TIMEOUT="${MIGRATION_BOOT_TIMEOUT}" \
+    MIGRATION_COMPILE="${PYTHON}" \
         sh ${S}/files/migration-install.sh ${S}/migration ${S}/files
 }
 

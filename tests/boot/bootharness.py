@@ -382,11 +382,26 @@ def _hardlink_copy(src: Path, dst: Path) -> None:
     run(["cp", "-al", str(src), str(dst)])
 
 
+def guest_python(tree: Path) -> str:
+    """A host python3 of the guest's version, to compile the runner's bytecode as the recipe's
+    python3-native does for the target (bytecode of another version would be ignored)."""
+    versions = sorted(p.name for p in (tree / "usr/lib").glob("python3.*")
+                      if re.fullmatch(r"python3\.\d+", p.name))
+    if not versions:
+        raise HarnessError(f"no python3.X in {tree}/usr/lib")
+    host = shutil.which(versions[-1])
+    if host is None:
+        raise HarnessError(f"the guest has {versions[-1]}; the host needs the same version to "
+                           f"compile the runner's bytecode (apt-get install {versions[-1]})")
+    return host
+
+
 def install_runner(
     tree: Path, policy: str = "continue", init: str = "systemd", wipe_request: bool = False
 ) -> None:
-    """Install the runner into tree exactly as the recipe does: migration-install.sh; the
-    wipe-request example hook only with `wipe_request` (the opt-in migration-wipe-request)."""
+    """Install the runner into tree exactly as the recipe does: migration-install.sh, bytecode
+    included; the wipe-request example hook only with `wipe_request` (the opt-in
+    migration-wipe-request)."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
         "D": str(tree),
@@ -399,6 +414,7 @@ def install_runner(
         "MIGRATION_PYTHON": "/usr/bin/python3",
         "MIGRATION_BOOT_POLICY": policy,
         "MIGRATION_INIT": init,
+        "MIGRATION_COMPILE": guest_python(tree),
     }
     run(["sh", str(INSTALL), str(LIB / "migration"), str(FILES)], env=env)
     if not wipe_request:

@@ -145,6 +145,10 @@ def chain_a(base: h.Base, boot_root: Path) -> dict:
         out.setdefault("applied", []).append(h.list_dir(sysa.var_img, "/lib/migration/applied"))
         out.setdefault("done", []).append(h.list_dir(sysa.var_img, "/lib/migration/done"))
         h.clear_report(sysa)
+    # what the first boots left of the runner's bytecode on the root disk
+    pycache = "/usr/lib/migration/migration/__pycache__"
+    dumped = h.rdump(sysa.root_img, pycache, boot_root / "a-pycache")
+    out["pycache_after"] = {p.name: p.read_bytes() for p in sorted(dumped.iterdir())}
     out["root_after"] = {
         "passwd": h.read_file(sysa.root_img, "/etc/passwd") or "",
         "food": h.inode_owner(sysa.var_img, "/lib/food"),
@@ -220,6 +224,16 @@ def test_second_boot_starts_no_process(chain_a: dict) -> None:
     gate = unit(report, units.gate_unit("alpha"))
     assert (gate["ConditionResult"], gate["ExecMainPID"]) == ("no", "0")
     assert unit(report, "gated-alpha.service")["ActiveState"] == "active"
+
+
+def test_the_runner_runs_from_the_bytecode_it_ships(chain_a: dict) -> None:
+    """Issue 9: the package's bytecode (made by the guest's Python version, unchecked-hash) is
+    what the first boot's runner loaded: a missing, stale or foreign-version pyc would have been
+    rewritten (the root is writable) or joined by another version's file."""
+    tree = chain_a["system"].tree / "usr/lib/migration/migration/__pycache__"
+    shipped = {p.name: p.read_bytes() for p in sorted(tree.iterdir())}
+    assert any(n.startswith("runner.cpython-") for n in shipped), shipped
+    assert chain_a["pycache_after"] == shipped
 
 
 def test_image_update_runs_only_the_new_script(chain_a: dict) -> None:

@@ -18,6 +18,13 @@
 #   MIGRATION_INIT          "systemd", "sysvinit" or "systemd sysvinit" (default systemd)
 #   MIGRATION_BOOT_POLICY   continue | halt | rescue (default continue), what a failed boot run does
 #   MIGRATION_BOOT_TIMEOUT  seconds each script may take at boot; empty or 0: no limit (default)
+#   MIGRATION_COMPILE       absolute path of a python3 of the TARGET's version (the recipe:
+#                           python3-native's), to ship the package's bytecode: __pycache__/
+#                           *.cpython-XY.pyc made with --invalidation-mode unchecked-hash, so
+#                           the bytes are reproducible and the target never stats, hashes or
+#                           compiles the sources (a read-only root too); bytecode of another
+#                           Python version would be ignored silently. Empty: no bytecode (every
+#                           run compiles what it imports, in memory on a read-only root)
 # Besides the package, the wrapper and the units it installs (never placeholders in these):
 #   ${datadir}/migration/update-hooks/   update-time hooks for RAUC (rauc-hook.sh), SWUpdate
 #                           (swupdate-postinst.sh) and Mender (ArtifactInstall_Leave_50_migration),
@@ -58,6 +65,11 @@ timeout=${MIGRATION_BOOT_TIMEOUT:-0}
 case "$python" in
 /*) ;;
 *) die "MIGRATION_PYTHON=$python is not an absolute path" ;;
+esac
+compile=${MIGRATION_COMPILE:-}
+case "$compile" in
+'' | /*) ;;
+*) die "MIGRATION_COMPILE=$compile is not an absolute path" ;;
 esac
 case "$timeout" in
 '' | *[!0-9]*) die "MIGRATION_BOOT_TIMEOUT=$timeout is not a number of seconds" ;;
@@ -101,13 +113,18 @@ subst() {
 	chmod "$3" "$2"
 }
 
-# The package: every module, no caches, no tests.
+# The package: every module, no caches of the build host, no tests; then its bytecode, by the
+# target's Python version, with the paths the target sees in tracebacks (-s $D -p /).
 pkgdir="$D$libdir/migration/migration"
 rm -rf "$pkgdir"
 (cd "$src" && find . -name __pycache__ -prune -o -type f -name '*.py' -print) |
 	while IFS= read -r f; do
 		install -D -m 0644 "$src/$f" "$pkgdir/$f"
 	done
+if [ -n "$compile" ]; then
+	"$compile" -m compileall -q -f --invalidation-mode unchecked-hash -s "$D" -p / "$pkgdir" ||
+		die "MIGRATION_COMPILE=$compile could not compile $pkgdir"
+fi
 
 subst "$files/migration.wrapper" "$D$sbindir/migration" 0755
 install -d -m 0755 "$D$sysconfdir/migration.d" "$D$datadir/migration/packages"
