@@ -3,9 +3,11 @@
 
 - Two executions of migration scripts never overlap, whatever signal hits the runner: a
   catchable signal that would end it is handled like SIGTERM (the script's group stopped, the
-  run recorded as interrupted, exit 130); after a SIGKILL the script's processes keep the
-  runner's lock, so the next runner waits for them instead of starting the script again beside
-  them.
+  run recorded as interrupted, exit 130); after a SIGKILL the next runner stops what the
+  killed runner's scripts left running (found by the MIGRATION_RUNNER marker in their
+  environment) before it runs anything, and a leftover that cleared its environment still holds
+  the inherited lock, so the next runner waits for it; a live runner's scripts are never
+  touched.
 - The bytes that run are the bytes that were hashed (and checked against the manifest): a script
   rewritten after the runner read it (by an earlier script, a package upgrade) does not run in
   that run, and a record's sha256 is always the sha256 of what ran.
@@ -90,11 +92,16 @@ def assert_never_overlapped(lines):
         assert running <= 1, f"two executions at once: {lines}"
 
 
-def test_sigkill_of_the_runner_keeps_the_next_run_from_starting_the_script_again(tmp_path):
+def children(pid):
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(c) for c in f.read().split()]
+
+
+def test_sigkill_of_the_runner_the_next_run_stops_the_orphan_first(tmp_path):
     """SIGKILL of the runner alone (an updater's hook killed, an OOM kill): the orphaned script
-    goes on; a second runner started at once waits for it and then runs attempt 2."""
+    goes on; a second runner started at once stops it, then runs attempt 2."""
     dev = Device(tmp_path)
-    dev.add("10-slow", SLOW.format(events=dev.events, seconds=2))
+    dev.add("10-slow", SLOW.format(events=dev.events, seconds=3))
     first = dev.start()
     dev.wait_for("start 1")
     os.kill(first.pid, signal.SIGKILL)
@@ -102,15 +109,54 @@ def test_sigkill_of_the_runner_keeps_the_next_run_from_starting_the_script_again
     second = dev.start("--lock-wait", "30")
     out = second.communicate(timeout=60)[0].decode()
     assert second.returncode == 0, out
-    assert dev.lines() == ["start 1", "end 1", "start 2", "end 2"]
-    assert_never_overlapped(dev.lines())
+    assert "stopped 2 process(es) left running by the scripts of a killed runner" in out
+    time.sleep(3.5)  # the orphan would have ended by now
+    assert dev.lines() == ["start 1", "start 2", "end 2"]
     [record] = dev.records("applied").values()
     assert record["attempts"] == 2
 
 
-def test_a_runner_that_cannot_wait_for_the_orphan_gives_up_without_running_anything(tmp_path):
+WORKER = """#!/usr/bin/env python3
+import os, subprocess
+# the work is done by a child; Python closes every inherited fd >= 3 (close_fds), so the
+# worker holds no copy of the runner's lock
+subprocess.run(["/bin/sh", "-c", 'echo "start $MIGRATION_ATTEMPT" >> {events}; '
+                '[ "$MIGRATION_ATTEMPT" != 1 ] || sleep 3; '
+                'echo "end $MIGRATION_ATTEMPT" >> {events}'], check=True)
+"""
+
+
+def test_a_worker_that_dropped_the_lock_is_stopped_when_runner_and_script_are_killed(tmp_path):
+    """Found by an adversary: the runner and the script's top process killed (an OOM kill of
+    the Python processes), the worker without the lock goes on: the next runner must not start
+    the migration beside it."""
     dev = Device(tmp_path)
-    dev.add("10-slow", SLOW.format(events=dev.events, seconds=3))
+    dev.add("10-convert", WORKER.format(events=dev.events))
+    first = dev.start()
+    dev.wait_for("start 1")
+    [top] = children(first.pid)
+    os.kill(first.pid, signal.SIGKILL)
+    os.kill(top, signal.SIGKILL)
+    first.communicate(timeout=10)
+    second = dev.start("--lock-wait", "30")
+    out = second.communicate(timeout=60)[0].decode()
+    assert second.returncode == 0, out
+    time.sleep(3.5)  # the worker would have ended by now: it was stopped before attempt 2
+    assert dev.lines() == ["start 1", "start 2", "end 2"]
+
+
+HIDDEN = """#!/bin/sh
+# a leftover that clears its environment (no MIGRATION_RUNNER) but keeps its fds
+exec env -i PATH=/usr/bin:/bin MIGRATION_ATTEMPT="$MIGRATION_ATTEMPT" sh -c '
+echo "start $MIGRATION_ATTEMPT" >> {events}
+[ "$MIGRATION_ATTEMPT" != 1 ] || sleep 3
+echo "end $MIGRATION_ATTEMPT" >> {events}'
+"""
+
+
+def test_a_leftover_without_the_marker_still_holds_the_lock(tmp_path):
+    dev = Device(tmp_path)
+    dev.add("10-hidden", HIDDEN.format(events=dev.events))
     first = dev.start()
     dev.wait_for("start 1")
     os.kill(first.pid, signal.SIGKILL)
@@ -119,7 +165,22 @@ def test_a_runner_that_cannot_wait_for_the_orphan_gives_up_without_running_anyth
     out = second.communicate(timeout=30)[0].decode()
     assert second.returncode == 75, out
     assert "another migration runner holds" in out
-    dev.wait_for("end 1")
+    third = dev.start("--lock-wait", "30")
+    out = third.communicate(timeout=60)[0].decode()
+    assert third.returncode == 0, out
+    assert dev.lines() == ["start 1", "end 1", "start 2", "end 2"]
+
+
+def test_a_live_runners_script_is_never_stopped_by_another_runner(tmp_path):
+    dev = Device(tmp_path)
+    dev.add("10-slow", SLOW.format(events=dev.events, seconds=2))
+    first = dev.start()
+    dev.wait_for("start 1")
+    second = dev.start("--lock-wait", "0.2")
+    out = second.communicate(timeout=30)[0].decode()
+    assert second.returncode == 75, out
+    out = first.communicate(timeout=30)[0].decode()
+    assert first.returncode == 0, out
     assert dev.lines() == ["start 1", "end 1"]
 
 

@@ -32,7 +32,7 @@ import stat
 import sys
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
-from migration import compat, files
+from migration import compat, files, leftovers
 from migration import manifest as manifest_mod
 from migration.errors import Incompatible, MigrationError
 from migration.scripts import Script, discover, interpreter, is_ignored
@@ -236,6 +236,12 @@ def run(opts: Options, say: Callable[[str], None] = _stderr) -> int:
     verdict, _facts, _meta = verdict_of(opts, state, manifest)
     if verdict.refused:
         _refuse(opts, verdict, say)
+    if state.has_started():
+        # An interrupted run: what its scripts left running (the runner was SIGKILLed) is
+        # stopped before anything runs again (migration.leftovers); a live runner's are not.
+        stopped = leftovers.stop()
+        if stopped:
+            say(f"stopped {stopped} process(es) left running by the scripts of a killed runner")
     state.lock(opts.lock_wait)
     try:
         return _run_locked(opts, state, scripts, warnings, manifest, say)
@@ -522,6 +528,7 @@ def _execute(opts: Options, state: State, item: Item, image: Dict[str, str], exe
         MIGRATION_IMAGE_ROOT=image_root(opts),
         MIGRATION_PHASE=opts.phase,
         MIGRATION_ATTEMPT=str(attempt),
+        MIGRATION_RUNNER=leftovers.identity(),
     )
     started = state.mark_started(item.name, item.sha256, attempt, image, item.oneway)
     shown = files.shown(" ".join([*argv[:-1], path]))

@@ -636,6 +636,16 @@ class State:
         """Move a damaged state.json aside (lock held)."""
         self.move_aside("", "state.json")
 
+    def has_started(self) -> bool:
+        """A started note exists: a run was interrupted (or is running now)."""
+        if not self._subdir("started"):
+            return False
+        try:
+            with os.scandir(os.path.join(self.path, "started")) as it:
+                return any(is_sha256(e.name) for e in it)
+        except OSError:
+            return False
+
     def has_state(self) -> bool:
         """state.json (even damaged) or any record (even damaged) exists: the device's data has
         been through a runner before. Logs, stamps and empty dirs do not count."""
