@@ -217,11 +217,12 @@ def test_generate_writes_levels_floor_markers_and_oneway(image):
     assert result["upgrade_floor"] == "2.0"
     assert result["data_markers"] == ["/var/lib/foo", "/etc/foo.conf"]
     assert result["migrations"][0]["oneway"] == 3 and "oneway" not in result["migrations"][1]
-    # the digest covers the one-way level
-    assert result["digest"] == manifest.digest(result["migrations"])
+    # the digest covers the one-way level and the settings of the verdict
+    assert result["digest"] == manifest.digest_of(result)
     plain = [dict(result["migrations"][0]), result["migrations"][1]]
     del plain[0]["oneway"]
-    assert manifest.digest(plain) != result["digest"]
+    assert manifest.digest_of({**result, "migrations": plain}) != result["digest"]
+    assert manifest.digest(result["migrations"]) != result["digest"]
     loaded = manifest.load(str(image.root / manifest.MANIFEST_REL))
     assert loaded.compat_level == 3 and loaded.upgrade_floor == "2.0"
     assert loaded.data_markers == ("/var/lib/foo", "/etc/foo.conf")

@@ -220,7 +220,7 @@ def _refuse_by(image, change):
         for m in obj["migrations"]:
             m.pop("oneway", None)
         obj["compat_level"] = 0
-        obj["digest"] = manifest_mod.digest(obj["migrations"])
+        obj["digest"] = manifest_mod.digest_of(obj)
         image.manifest.write_text(json.dumps(obj))
     elif change == "downgrade: same manifest bytes, lower level in state.json's eyes":
         # the state's level raised behind the key's back (another image's run)
@@ -231,11 +231,13 @@ def _refuse_by(image, change):
         (image.root / "etc" / "os-release").write_text('VERSION_ID="3.0"\nBUILD_ID=b3\n')
         obj = json.loads(image.manifest.read_text())
         obj["upgrade_floor"] = "2.0"
+        obj["digest"] = manifest_mod.digest_of(obj)
         image.manifest.write_text(json.dumps(obj))
     elif change == "below floor: applied_image rewritten older":
         meta = json.loads((image.state / "state.json").read_text())
         obj = json.loads(image.manifest.read_text())
         obj["upgrade_floor"] = "1.0"
+        obj["digest"] = manifest_mod.digest_of(obj)
         image.manifest.write_text(json.dumps(obj))
         assert image.full_run() == 0  # the floor alone is fine: new key
         assert noop.fast_run(image.argv()) == 0
@@ -247,7 +249,7 @@ def _refuse_by(image, change):
         obj["compat_level"] = 0
         for m in obj["migrations"]:
             m.pop("oneway", None)
-        obj["digest"] = manifest_mod.digest(obj["migrations"])
+        obj["digest"] = manifest_mod.digest_of(obj)
         (image.state / "state.json").unlink()
         image.manifest.write_text(json.dumps(obj))
     elif change == "predates: state dir wiped, data left":
@@ -262,6 +264,7 @@ def _refuse_by(image, change):
         obj = json.loads(image.manifest.read_text())
         obj["upgrade_floor"] = "1.0"
         obj["data_markers"] = ["/var/lib/data"]
+        obj["digest"] = manifest_mod.digest_of(obj)
         image.manifest.write_text(json.dumps(obj))
 
 
@@ -283,7 +286,7 @@ def test_fast_path_never_answers_0_where_the_full_path_refuses(tmp_path, change)
         if m["name"] == "20-b":
             m["oneway"] = 1
     obj["compat_level"] = 1
-    obj["digest"] = manifest_mod.digest(obj["migrations"])
+    obj["digest"] = manifest_mod.digest_of(obj)
     img.manifest.write_text(json.dumps(obj))
     assert img.full_run() == 0
     assert noop.fast_run(img.argv()) == 0

@@ -373,8 +373,8 @@ class OneWayDevice(Device):
                 if p.name == oneway:
                     m["oneway"] = ONEWAY_LEVEL
                 migrations.append(m)
-            path.write_text(json.dumps({"format": 1, "digest": manifest_mod.digest(migrations),
-                                        "compat_level": level, "migrations": migrations}))
+            obj = {"format": 1, "compat_level": level, "migrations": migrations}
+            path.write_text(json.dumps({**obj, "digest": manifest_mod.digest_of(obj)}))
 
         write(self.manifest, self.scripts, self.oneway, ONEWAY_LEVEL)
         import shutil

@@ -293,12 +293,13 @@ def write_manifest5(env, oneway=None, compat_level=0, floor="", markers=()):
         if p.name in oneway:
             m["oneway"] = oneway[p.name]
         migrations.append(m)
-    obj = {"format": 1, "digest": manifest_mod.digest(migrations),
-           "compat_level": max([compat_level, *oneway.values()]), "migrations": migrations}
+    obj = {"format": 1, "compat_level": max([compat_level, *oneway.values()]),
+           "migrations": migrations}
     if floor:
         obj["upgrade_floor"] = floor
     if markers:
         obj["data_markers"] = list(markers)
+    obj["digest"] = manifest_mod.digest_of(obj)
     env.manifest.write_text(json.dumps(obj))
     return obj["digest"]
 

@@ -8,8 +8,9 @@ an entry of a one-way migration also carries `"oneway": LEVEL` (an integer >= 1)
 At rootfs time `migration manifest --root IMAGE` checks the fragments against the files really in
 IMAGE/etc/migration.d and writes `/usr/share/migration/manifest.json`:
 `{"format": 1, "digest": HEX, "compat_level": N, "migrations": [{"name", "sha256", "package",
-"version"}...]}` (sorted by name; digest = sha256 of the canonical JSON of the migrations list;
-one-way entries also carry "oneway", inside the digest; entries without it hash as before), with
+"version"}...]}` (sorted by name; digest = sha256 of the canonical JSON of the migrations list, and of the
+compatibility settings when they say more than the list: see digest(); one-way entries also
+carry "oneway", inside the digest; entries without it hash as before), with
 `"upgrade_floor": VERSION` and `"data_markers": [PATH...]` only when set (see migration.compat;
 additions keep format 1: a 0.1.0 runner ignores them), plus the symlink
 `/usr/share/migration/done -> /var/lib/migration/done/<digest>`, dangling until the runner has
@@ -78,10 +79,32 @@ def write_json_atomic(path: str, obj: Any) -> None:
     atomic_write(path, dump_json(obj, indent=1))  # read by people; written once per image
 
 
-def digest(migrations: List[Dict[str, Any]]) -> str:
-    """sha256 of the canonical JSON (sorted keys, no spaces) of a manifest's migrations list."""
-    canonical = json.dumps(migrations, sort_keys=True, separators=(",", ":"))
+def digest(migrations: List[Dict[str, Any]], compat_level: Optional[int] = None,
+           upgrade_floor: str = "", data_markers: Sequence[str] = ()) -> str:
+    """sha256 of the canonical JSON (sorted keys, no spaces) of what decides whether this image
+    may skip the runner: the migrations list and the settings of the compatibility verdict.
+
+    The done stamp is named by the digest, and a present stamp skips the runner, the verdict
+    included. So two images with the same migrations but another upgrade floor (or level, or
+    data markers) must not share a stamp: a release with a floor would otherwise boot, without
+    a check, on the data of an older release below it that left the stamp. A manifest that says
+    nothing beyond its migrations (no floor, no markers, the level its one-way entries imply)
+    hashes its list alone, as runner 0.1.0 and 0.2.0 did."""
+    implied = max([0] + [int(m.get("oneway", 0)) for m in migrations])
+    level = implied if compat_level is None else compat_level
+    if level == implied and not upgrade_floor and not data_markers:
+        material: Any = migrations
+    else:
+        material = {"compat_level": level, "data_markers": list(data_markers),
+                    "migrations": migrations, "upgrade_floor": upgrade_floor}
+    canonical = json.dumps(material, sort_keys=True, separators=(",", ":"))
     return sha256(canonical.encode()).hexdigest()
+
+
+def digest_of(document: Dict[str, Any]) -> str:
+    """The digest a manifest document must carry: digest() of its migrations and settings."""
+    return digest(document.get("migrations", []), document.get("compat_level"),
+                  document.get("upgrade_floor", ""), document.get("data_markers", ()))
 
 
 def _check_entry(where: str, name: Any, sha: Any) -> None:
@@ -278,7 +301,8 @@ def generate(
         migrations.append(m)
     level = max([compat_level] + [e.oneway for e in declared.values()])
     manifest: Dict[str, Any] = {
-        "format": FORMAT, "digest": digest(migrations), "compat_level": level,
+        "format": FORMAT, "digest": digest(migrations, level, upgrade_floor, markers),
+        "compat_level": level,
     }
     if upgrade_floor:
         manifest["upgrade_floor"] = upgrade_floor
@@ -337,12 +361,13 @@ def load(path: str) -> Optional[Manifest]:
             m["name"], m["sha256"], _text(path, "package", m.get("package", "")),
             _text(path, "version", m.get("version", "")), _check_oneway(path, m["name"], m),
         )
-    if obj.get("digest") != digest(migrations):
-        raise ManifestError(f"{path}: digest does not match its migrations (damaged or edited)")
     level, floor, markers = _check_top(
         f"{path}: ", obj.get("compat_level", 0), obj.get("upgrade_floor", ""),
         obj.get("data_markers", []),
     )
+    written_level = level if "compat_level" in obj else None
+    if obj.get("digest") != digest(migrations, written_level, floor, markers):
+        raise ManifestError(f"{path}: digest does not match its content (damaged or edited)")
     level = max([level] + [e.oneway for e in entries.values()])
     return Manifest(path, obj["digest"], entries, sha256(raw[0]).hexdigest(), level, floor,
                     markers)
