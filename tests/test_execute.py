@@ -1,14 +1,22 @@
 # SPDX-License-Identifier: MIT
 """Running one script: errexit, stdin, output to console and bounded log, process group, timeout."""
 
+import fcntl
 import io
+import json
 import os
+import signal
+import subprocess
+import sys
+import threading
 import time
 
 import pytest
 
 from migration import execute
 from migration.scripts import interpreter
+
+LIB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lib")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -196,3 +204,150 @@ def test_log_never_follows_a_planted_symlink(tmp_path):
                              echo=io.BytesIO())
     assert res.ok and "cannot write log" in res.log_error
     assert victim.read_text() == "precious\n"
+
+
+# --- A console that does not keep up (issue 10): a serial console stopped by XOFF under sysvinit,
+# a full pipe, a stuck journald. The runner must never wait for it.
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the runner's safety checks need root")
+
+
+class Runner:
+    """`python -m migration run` in a subprocess, its stderr wherever the test says."""
+
+    def __init__(self, base):
+        self.base = base
+        self.scripts = base / "migration.d"
+        self.scripts.mkdir()
+        self.scripts.chmod(0o755)
+        self.state = base / "state"
+
+    def add(self, name, text):
+        path = self.scripts / name
+        path.write_text(text)
+        path.chmod(0o644)
+
+    def start(self, *extra, stderr):
+        argv = [sys.executable, "-m", "migration", "--scripts-dir", str(self.scripts),
+                "--state-dir", str(self.state), "--manifest", str(self.base / "none.json"),
+                "run", *extra]
+        return subprocess.Popen(argv, env=dict(os.environ, PYTHONPATH=LIB),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=stderr, start_new_session=True)
+
+    def records(self, kind):
+        directory = self.state / kind
+        records = [json.loads((directory / sha).read_text())
+                   for sha in os.listdir(directory) if not sha.startswith(".")]
+        return {record["name"]: record for record in records}
+
+
+def _stop(proc):
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@needs_root
+def test_the_timeout_fires_on_time_while_nobody_reads_the_console(tmp_path):
+    """A script floods the console while the runner's stderr is a pipe nobody reads for 6 s:
+    it is killed at its 2 s timeout all the same, the later scripts run, its log has its
+    output, and once the console is read again it gets a note of what it missed and the
+    output of the script running then."""
+    dev = Runner(tmp_path)
+    dev.add("10-flood", "while :; do echo 'flood line, padded to fill a console quickly'; done\n")
+    for name in ("20-a", "30-b", "40-c", "50-d"):
+        dev.add(name, f"sleep 1.5\necho 'later output of {name}'\n")
+    t0 = time.monotonic()
+    proc = dev.start("--timeout", "2", stderr=subprocess.PIPE)
+    try:
+        time.sleep(6)  # the console is stuck: the pipe fills and nobody drains it
+        err = proc.communicate(timeout=30)[1].decode()
+    finally:
+        _stop(proc)
+    assert time.monotonic() - t0 < 20
+    assert proc.returncode == 1
+    flood = dev.records("failed")["10-flood"]
+    assert flood["duration_s"] < 4, flood
+    assert flood["reason"].startswith("timed out after 2 s")
+    assert sorted(dev.records("applied")) == ["20-a", "30-b", "40-c", "50-d"]
+    with open(dev.state / "logs" / f"{flood['sha256']}.log", "rb") as f:
+        log = f.read()
+    assert log.split(b"\n")[1] == b"flood line, padded to fill a console quickly"
+    assert log.endswith(b"[migration: timed out after 2 s: process group killed]\n")
+    assert "bytes of output not shown on the console" in err
+    assert "50-d: later output of 50-d" in err  # the console is back: it gets the later output
+    assert "5 run, 4 applied, 1 failed" in err
+
+
+@needs_root
+def test_the_runners_own_messages_never_hang_on_a_full_console(tmp_path):
+    """stderr is a pipe that is already full and never read: the runner's messages between
+    scripts ("running", "done") must not stop the boot."""
+    dev = Runner(tmp_path)
+    for i in range(30):
+        dev.add(f"{i:02d}-quiet", f": {i}\n")
+    r, w = os.pipe()
+    try:
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)
+        os.write(w, b"x" * fcntl.fcntl(w, fcntl.F_GETPIPE_SZ))  # full
+        t0 = time.monotonic()
+        proc = dev.start(stderr=w)
+        os.close(w)
+        w = -1
+        try:
+            proc.wait(timeout=15)
+        finally:
+            _stop(proc)
+        assert proc.returncode == 0
+        assert time.monotonic() - t0 < 10
+        assert len(dev.records("applied")) == 30
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+
+
+def test_a_console_that_stops_taking_bytes_never_blocks_a_write():
+    """migration.console itself: writes to a full pipe return at once; what did not fit is
+    dropped whole and counted in one note; a console that comes back gets what came later."""
+    from migration import console
+
+    r, w = os.pipe()
+    try:
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)
+        con = console.Console(w)
+        lines = [b"line %05d of the console test\n" % i for i in range(10000)]
+        t0 = time.monotonic()
+        for line in lines:
+            con.write(line)
+        assert time.monotonic() - t0 < 1
+        assert not con.drain(stall=0.2)  # gives up on a console that takes nothing
+        os.set_blocking(r, False)  # the test's own end of the pipe
+        got = b""
+        back = False
+        end = time.monotonic() + 10
+        while not got.endswith(b"back\n"):
+            assert time.monotonic() < end, got[-300:]
+            try:
+                got += os.read(r, 65536)
+            except BlockingIOError:
+                time.sleep(0.01)
+            if not back and b"not shown on the console" in got:
+                con.write(b"back\n")
+                back = True
+        assert con.drain()
+        end = time.monotonic() + 5
+        while any(t.name == "migration-console" for t in threading.enumerate()):
+            assert time.monotonic() < end, "an idle console keeps its thread"
+            time.sleep(0.01)
+        text = got.decode()
+        before, sep, rest = text.partition("migration: [")
+        assert sep and rest.endswith("`migration status`]\nback\n")  # the note, then the rest
+        assert rest.count("\n") == 2  # one note
+        assert before == b"".join(lines[: before.count("\n")]).decode()  # whole lines, in order
+        dropped = int(rest.split(" ", 1)[0])
+        assert dropped == sum(map(len, lines)) - len(before)
+    finally:
+        os.close(r)
+        os.close(w)

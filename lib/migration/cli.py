@@ -178,14 +178,12 @@ def install_signal_handlers() -> None:
 
 
 def _say_error(msg: str, what: str = "error") -> None:
-    # With no console left to tell (EPIPE), the exit code still says it. (No contextlib here:
-    # the fast path reports through this too and should not import it.)
+    # Through migration.console: a stopped console must not keep the runner from exiting, and
+    # with no console left to tell (EPIPE) the exit code still says it.
+    from migration import console
     from migration.files import shown
 
-    try:  # noqa: SIM105
-        print(f"migration: {what}: {shown(msg)}", file=sys.stderr, flush=True)
-    except (OSError, ValueError):
-        pass
+    console.say(f"migration: {what}: {shown(msg)}")
 
 
 #: OE-core packages of the modules the runner imports outside python3-core, for the message
@@ -210,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         import traceback  # only for bugs: it costs milliseconds at every start
 
-        traceback.print_exc()
+        from migration import console
+
+        console.stderr().write(traceback.format_exc().encode("utf-8", "backslashreplace"))
         _say_error("internal error (a bug: please report it with the traceback above)")
         return INTERNAL_ERROR
 

@@ -11,6 +11,9 @@ No knowledge of the state dir: the caller passes the log path and gets a Result.
   stderr prefixed with the script name (the journal under systemd), up to ECHO_CAP bytes, and
   into a bounded log: the first LOG_HEAD and the last LOG_TAIL bytes, with a note of what was
   dropped in between.
+- The console never slows this loop down: what goes to stderr is handed to migration.console,
+  which never waits for it (a stopped serial console, a full pipe: it drops, with a note). So
+  the timeout fires on time and the log gets everything, whatever the console does.
 - A timeout sends SIGTERM to the group, then SIGKILL after `kill_grace` seconds. When the script
   itself exits, whatever it left behind in its group is killed (like a systemd oneshot), and a
   leftover that escaped the group but keeps the pipe open is waited for at most LEFTOVER_GRACE.
@@ -28,10 +31,10 @@ import select
 import signal
 import stat
 import subprocess
-import sys
 import time
-from typing import BinaryIO, Dict, List, NamedTuple, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Protocol, Sequence
 
+from migration import console
 from migration.noop import sha256
 
 # Never follow a symlink planted where a record, temp file or log is created.
@@ -116,10 +119,17 @@ class Result(NamedTuple):
     log_error: str = ""  # the script's log could not be written (the outcome still counts)
 
 
+class Writer(Protocol):
+    """Where the script's lines are echoed: console.stderr() unless the caller says otherwise.
+    Its `write` must not block (this loop enforces the timeout)."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+
 class _Output:
     """Fans the script's output out to the console and to the bounded log."""
 
-    def __init__(self, name: str, log_path: Optional[str], echo: Optional[BinaryIO]) -> None:
+    def __init__(self, name: str, log_path: Optional[str], echo: Optional[Writer]) -> None:
         self.prefix = name.encode() + b": "
         self.echo = echo
         self.echoed = 0
@@ -157,9 +167,8 @@ class _Output:
             return
         try:
             self.echo.write(data)
-            self.echo.flush()
         except (OSError, ValueError):
-            self.echo = None  # console gone: the log still has it
+            self.echo = None  # a caller's writer that failed: the log still has it
 
     def feed(self, data: bytes) -> None:
         head_room = LOG_HEAD - self.total
@@ -230,14 +239,14 @@ def run_script(
     log_path: Optional[str] = None,
     timeout: Optional[float] = None,
     kill_grace: float = DEFAULT_KILL_GRACE,
-    echo: Optional[BinaryIO] = None,
+    echo: Optional[Writer] = None,
     header: str = "",
     keep_fds: Sequence[int] = (),
 ) -> Result:
     """Run `argv` as migration `name` and wait for it; see the module docstring. `header` is
     written as the log's first line; `keep_fds` stay open in the script."""
     if echo is None:
-        echo = getattr(sys.stderr, "buffer", None)
+        echo = console.stderr()
     out = _Output(name, log_path, echo)
     if header:
         out._note(header)

@@ -29,7 +29,6 @@ root) and MIGRATION_IMAGE_ROOT (the root of the image whose scripts run).
 import contextlib
 import os
 import stat
-import sys
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from migration import compat, files, leftovers
@@ -197,10 +196,12 @@ def inspect(opts: Options, state: State, repair: bool = False) -> Tuple[List[Ite
 
 
 def _stderr(msg: str) -> None:
-    """Report on stderr (the journal under systemd). A lost console (EPIPE after a journald
-    restart) must not abort a run between a script and its record."""
-    with contextlib.suppress(OSError, ValueError):
-        print(f"migration: {files.shown(msg)}", file=sys.stderr, flush=True)
+    """Report on stderr (the journal under systemd) through migration.console: never waits
+    for it (a stopped console must not stop the boot) and never raises (a lost console must
+    not abort a run between a script and its record)."""
+    from migration import console  # its thread is started only when there is something to say
+
+    console.say(f"migration: {files.shown(msg)}")
 
 
 def _nothing_to_do(
