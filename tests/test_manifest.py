@@ -229,6 +229,23 @@ def test_generate_writes_levels_floor_markers_and_oneway(image):
     assert loaded.entries["50-foo-a"].oneway == 3 and loaded.entries["50-foo-b"].oneway == 0
 
 
+def test_a_floor_gives_the_image_a_stamp_of_its_own(image):
+    """Two releases with the same migrations, the later one with an upgrade floor above the
+    earlier: the earlier release's done stamp must not let the later one skip the runner (and
+    with it the refusal of data below its floor)."""
+    image.ship("foo", {"50-m1": "echo m1\n"})
+    plain = manifest.generate(str(image.root))
+    floored = manifest.generate(str(image.root), upgrade_floor="2.0")
+    marked = manifest.generate(str(image.root), data_markers=["/var/lib/foo"])
+    leveled = manifest.generate(str(image.root), compat_level=2)
+    digests = {m["digest"] for m in (plain, floored, marked, leveled)}
+    assert len(digests) == 4
+    link = os.readlink(image.root / manifest.DONE_LINK_REL)
+    assert link.endswith("/" + leveled["digest"])
+    for result in (plain, floored, marked, leveled):
+        assert result["digest"] == manifest.digest_of(result)
+
+
 def test_generate_without_options_writes_level_zero_only(image):
     image.ship("foo", {"50-x": "echo 1\n"})
     result = manifest.generate(str(image.root))

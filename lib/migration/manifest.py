@@ -8,9 +8,9 @@ an entry of a one-way migration also carries `"oneway": LEVEL` (an integer >= 1)
 At rootfs time `migration manifest --root IMAGE` checks the fragments against the files really in
 IMAGE/etc/migration.d and writes `/usr/share/migration/manifest.json`:
 `{"format": 1, "digest": HEX, "compat_level": N, "migrations": [{"name", "sha256", "package",
-"version"}...]}` (sorted by name; digest = sha256 of the canonical JSON of the migrations list, and of the
-compatibility settings when they say more than the list: see digest(); one-way entries also
-carry "oneway", inside the digest; entries without it hash as before), with
+"version"}...]}` (sorted by name; digest: see digest(), the sha256 of the canonical JSON of the
+migrations list, and of the verdict's settings when they say more than the list; one-way
+entries also carry "oneway", inside the digest; entries without it hash as before), with
 `"upgrade_floor": VERSION` and `"data_markers": [PATH...]` only when set (see migration.compat;
 additions keep format 1: a 0.1.0 runner ignores them), plus the symlink
 `/usr/share/migration/done -> /var/lib/migration/done/<digest>`, dangling until the runner has
