@@ -249,8 +249,8 @@ def facts(meta, records=()):
     return compat.state_facts(meta, list(records))
 
 
-def rec(version=None, oneway=None):
-    r = {"format": 1, "name": "x"}
+def rec(version=None, oneway=None, kind="applied"):
+    r = {"format": 1, "kind": kind, "name": "x"}
     if version is not None:
         r["image"] = {"version_id": version}
     if oneway is not None:
@@ -282,7 +282,11 @@ def rec(version=None, oneway=None):
          [rec("2.0", 1), rec("2.0", 3)], (3, "2.0", "applied_image in state.json")),
         ({"format": 1, "compat_level": -1}, [], (0, "", "")),
         # state.json missing or damaged: records tell level and newest version
-        (None, [rec("1.0"), rec("1.10", 2), rec("1.9", 1), rec()], (2, "1.10", "records")),
+        (None, [rec("1.0"), rec("1.10", 2), rec("1.9", 1), rec()],
+         (2, "1.10", "applied records")),
+        # only successes name the release: a failed update (or a cut one) got nowhere
+        (None, [rec("2.1"), rec("3.0", kind="failed"), rec("3.0", 1, kind="started")],
+         (1, "2.1", "applied records")),
         (None, [rec(oneway=True), rec(oneway="2"), rec(oneway=-1)], (0, "", "")),
         (None, [{"image": "not a dict"}, {"image": {"version_id": 7}}], (0, "", "")),
         (None, [], (0, "", "")),

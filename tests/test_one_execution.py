@@ -271,3 +271,39 @@ def test_a_script_cannot_change_the_bytes_being_run(tmp_path):
     out = proc.communicate(timeout=30)[0].decode()
     assert proc.returncode == 0, out
     assert dev.lines() == ["sealed", str(dev.scripts / "10-self")]
+
+
+SIGNAL_IN_POPEN = """
+import os, signal, subprocess, sys
+sys.path.insert(0, {lib!r})
+from migration import cli, execute
+cli.install_signal_handlers()
+real = subprocess.Popen._execute_child
+def fork_then_signal(self, *args, **kw):
+    real(self, *args, **kw)  # the script runs now; Popen has not returned yet
+    print("script", self.pid, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)  # handled at the next bytecode: still inside Popen
+subprocess.Popen._execute_child = fork_then_signal
+try:
+    execute.run_script(["/bin/sh", "-c", "exec sleep 30"], "x", dict(os.environ), echo=None)
+except BaseException as e:
+    print(type(e).__name__, e)
+"""
+
+
+def test_a_signal_while_the_script_starts_still_stops_the_script(tmp_path):
+    """Found by an adversary: a signal handled inside subprocess.Popen (after the fork) lost the
+    script's pid, so the runner exited 130 and the script ran on with no one to stop it."""
+    code = SIGNAL_IN_POPEN.format(lib=LIB)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=30, check=True).stdout.splitlines()
+    assert out[1] == "Interrupted SIGTERM", out
+    pid = int(out[0].split()[1])
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        state = "gone"
+    if state not in ("gone", "Z"):
+        os.kill(pid, signal.SIGKILL)
+    assert state in ("gone", "Z"), f"the script still runs (state {state})"

@@ -279,7 +279,10 @@ def test_compat_facts_from_state_json_or_records(state):
     assert state.compat_facts(None) == (0, "", "")  # a record without oneway or version
     state.record_outcome("failed", {**rec, "sha256": SHA2, "name": "20-y", "oneway": 3,
                                     "image": {"version_id": "2.0"}, "reason": "exit 1"})
-    assert state.compat_facts(None) == (3, "2.0", "records")
+    assert state.compat_facts(None) == (3, "", "")  # a failure names no release
+    state.record_outcome("applied", {**rec, "sha256": SHA2, "name": "20-y", "oneway": 3,
+                                     "image": {"version_id": "2.0"}})
+    assert state.compat_facts(None) == (3, "2.0", "applied records")
     meta = {"format": 1, "runner_version": "0.1.0", "image": {"version_id": "2.1"}}
     assert state.compat_facts(meta) == (0, "2.1", "image in state.json")
     # this runner's state.json before any run completed: `image` proves nothing

@@ -142,39 +142,12 @@ def _resolve_paths(args: Any) -> None:
     args.manifest = os.path.abspath(args.manifest or os.path.join(args.root, MANIFEST))
 
 
-#: Signals handled like SIGTERM: every one whose default action ends the process, except the
-#: uncatchable SIGKILL and the synchronous faults (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP,
-#: SIGSYS), which a handler cannot survive (returning re-runs the faulting instruction); SIGABRT
-#: comes from abort() or a sanitizer and ends the process whatever a handler does. SIGPIPE and
-#: SIGXFSZ stay ignored as Python sets them: a lost console is an EPIPE and a file size limit an
-#: EFBIG, which the output and state code report, not an end.
-#: What a SIGKILL leaves behind is covered by the lock the script inherits (runner._run_one).
-_ENDING = ("SIGHUP", "SIGINT", "SIGQUIT", "SIGTERM", "SIGUSR1", "SIGUSR2", "SIGALRM",
-           "SIGVTALRM", "SIGPROF", "SIGIO", "SIGPWR", "SIGXCPU", "SIGSTKFLT")
-
-_interrupted_by: list[str] = []
-
-
-def _interrupt(signum: int, _frame: Any) -> None:
-    import signal
-
-    if _interrupted_by:
-        return  # the first signal is being handled: a second must not cut its cleanup short
-    _interrupted_by.append(signal.Signals(signum).name)
-    raise Interrupted(_interrupted_by[0])
-
-
 def install_signal_handlers() -> None:
-    """Every signal that would end the runner (see _ENDING, and the real-time signals) becomes
-    Interrupted, so the running script's group is stopped, its started note is kept (the run
-    reads as interrupted) and the runner exits 130. A hangup of an updater's or an ssh session
-    must not leave a script running with no runner to record it."""
-    import signal
+    """Every signal that would end the runner stops the running script and exits 130
+    (migration.interrupts)."""
+    from migration import interrupts
 
-    sigs = [getattr(signal, n) for n in _ENDING if hasattr(signal, n)]
-    sigs += range(signal.SIGRTMIN, signal.SIGRTMAX + 1)
-    for sig in sigs:
-        signal.signal(sig, _interrupt)
+    interrupts.install()
 
 
 def _say_error(msg: str, what: str = "error") -> None:

@@ -329,7 +329,9 @@ def state_facts(meta: Optional[Dict[str, Any]], records: Iterable[Dict[str, Any]
     without the key, only in state.json of runner 0.1.0 (LEGACY_RUNNERS), which never wrote it,
     image.version_id (the image that last ran: that runner's record of the last release); any
     other state.json without it records no version (the image that last ran may never have
-    completed); without a usable state.json, the newest image version found in the records.
+    completed); without a usable state.json, the newest image version of the applied records
+    (failed records and started notes name images that did not get through; applied records of
+    a run that failed later still count: without state.json nothing tells them apart).
     """
     level = _level_of(meta.get("compat_level", 0)) if meta is not None else None
     recs = None
@@ -344,5 +346,6 @@ def state_facts(meta: Optional[Dict[str, Any]], records: Iterable[Dict[str, Any]
         return StateFacts(level, v, "image in state.json" if v else "")
     if recs is None:
         recs = list(records)
-    v = newest([_version_of(r.get("image")) for r in recs]) or ""
-    return StateFacts(level, v, "records" if v else "")
+    # only successes: a failed record or a started note is an image that did not get through
+    v = newest([_version_of(r.get("image")) for r in recs if r.get("kind") == "applied"]) or ""
+    return StateFacts(level, v, "applied records" if v else "")

@@ -29,7 +29,7 @@ class ManifestError(MigrationError):
 
 
 class Interrupted(Exception):
-    """The runner got a signal that would end it (cli.install_signal_handlers); the running
+    """The runner got a signal that would end it (migration.interrupts); the running
     script was stopped (exit 130)."""
 
     exit_code = 130

@@ -34,7 +34,7 @@ import subprocess
 import time
 from typing import Dict, List, NamedTuple, Optional, Protocol, Sequence
 
-from migration import console
+from migration import console, interrupts
 from migration.noop import sha256
 
 # Never follow a symlink planted where a record, temp file or log is created.
@@ -251,34 +251,40 @@ def run_script(
     if header:
         out._note(header)
     start = time.monotonic()
-    try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=cwd,
-            close_fds=True,
-            pass_fds=tuple(keep_fds),
-            start_new_session=True,
-        )
-    except OSError as e:
-        code = 127 if isinstance(e, FileNotFoundError) else 126
-        what = "interpreter not found" if code == 127 else "cannot execute interpreter"
-        reason = f"{what}: {argv[0]} ({e.strerror})"
-        out.close(reason)
-        return Result(code, False, reason, time.monotonic() - start, 0, out.log_error or "")
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    poller = select.poll()
-    poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    proc: Optional[subprocess.Popen[bytes]] = None
     eof = exited = timed_out = False
     term_at: Optional[float] = None  # when the group got SIGTERM
     killed = False
     leftover_since: Optional[float] = None
     deadline = None if timeout is None else start + timeout
     try:
+        # A signal while the script starts waits until its pid is known: raised inside Popen,
+        # after the fork, it would lose the script (see migration.interrupts).
+        with interrupts.deferred():
+            try:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=cwd,
+                    close_fds=True,
+                    pass_fds=tuple(keep_fds),
+                    start_new_session=True,
+                )
+            except OSError as e:
+                code = 127 if isinstance(e, FileNotFoundError) else 126
+                what = "interpreter not found" if code == 127 else "cannot execute interpreter"
+                reason = f"{what}: {argv[0]} ({e.strerror})"
+                out.close(reason)
+                return Result(code, False, reason, time.monotonic() - start, 0,
+                              out.log_error or "")
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+        interrupts.raise_pending()
         while True:
             now = time.monotonic()
             if not exited:
@@ -320,7 +326,10 @@ def run_script(
                     eof = True
                     poller.unregister(fd)
     except BaseException:
-        # Interrupted (SIGINT/SIGTERM of the runner) or a bug: do not leave the script running.
+        # Interrupted (a signal of the runner's) or a bug: do not leave the script running.
+        if proc is None:  # Popen itself failed (a bug): nothing was started
+            out.close("the script could not be started")
+            raise
         _killpg(proc.pid, signal.SIGTERM)
         with contextlib.suppress(BaseException):
             proc.wait(timeout=min(kill_grace, 2.0))
@@ -330,6 +339,7 @@ def run_script(
         out.close("runner interrupted; script stopped")
         raise
     # Kill whatever the script left behind in its group while its zombie still holds the id.
+    assert proc is not None and proc.stdout is not None
     _killpg(proc.pid, signal.SIGKILL)
     status = proc.wait()
     proc.stdout.close()

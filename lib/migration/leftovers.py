@@ -2,7 +2,7 @@
 """What a killed runner's scripts left running: found and stopped by the next runner.
 
 Two executions of migration scripts must never overlap (issue 9). A runner that gets a signal
-stops its script's process group itself (cli.install_signal_handlers); a runner killed by
+stops its script's process group itself (migration.interrupts); a runner killed by
 SIGKILL runs no code, and its script goes on as an orphan. Two mechanisms keep the next runner
 from starting the script again beside it:
 
