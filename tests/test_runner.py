@@ -667,3 +667,37 @@ def test_a_run_without_image_manifest_says_how_to_get_one(env):
     env.write_manifest()
     assert env.run() == 0
     assert not any("no image manifest" in m for m in env.messages)
+
+
+# -- judged per manifest entry (issue 14: OpenBMC's /etc overlay keeps copies across updates) ---
+
+
+def test_a_stale_copy_of_an_applied_version_does_not_hide_the_images_changed_script(env):
+    """v1's script B ran; the device's /etc overlay keeps a copy of it (copy-up); v2 ships B'
+    under the same name. The dir shows v1's bytes, which have a record: B must not read as
+    applied, the done stamp must not be written, and status must say why."""
+    env.add("10-a")
+    env.add("20-b", "echo v1")
+    env.write_manifest()
+    assert env.run() == 0
+    v2_b = f"echo 20-b >> {env.ran}\necho v2\n"
+    v2_sha = hashlib.sha256(v2_b.encode()).hexdigest()
+    digest = env.write_manifest([("10-a", env.sha("10-a")), ("20-b", v2_sha)])
+    assert env.run() == 1
+    assert env.states() == {"10-a": "applied", "20-b": "refused"}
+    assert any("20-b: refused: content differs from the image manifest" in m
+               and "overlay's upper dir" in m for m in env.messages)
+    assert not (env.state / "done" / digest).exists()
+    assert env.executions() == ["10-a", "20-b"]  # v1's B did not run again either
+
+
+def test_a_deleted_applied_script_is_reported(env):
+    env.add("10-a")
+    env.add("20-b")
+    env.write_manifest()
+    assert env.run() == 0
+    (env.scripts / "20-b").unlink()  # deleted on the device (an overlay whiteout)
+    assert env.run() == 0
+    assert any(m.startswith("20-b: applied, but missing from") for m in env.messages)
+    items, _ = runner.inspect(env.opts(), State(str(env.state)))
+    assert {i.name: i.reason != "" for i in items} == {"10-a": False, "20-b": True}

@@ -122,7 +122,9 @@ def manifest_refusal(script: Script, manifest: Optional[manifest_mod.Manifest]) 
     if entry.sha256 != script.sha256:
         return (
             f"content differs from the image manifest (sha256 {script.sha256}, "
-            f"expected {entry.sha256} from package {entry.package}): tampered or edited"
+            f"expected {entry.sha256} from package {entry.package}): tampered, edited, or a "
+            "stale copy that an overlay's upper dir keeps over the image's file (remove it "
+            "there to get the image's version)"
         )
     return None
 
@@ -140,6 +142,14 @@ def plan(
     for s in scripts:
         entry = manifest.entries.get(s.name) if manifest else None
         pkg = (entry.package, entry.version, entry.oneway) if entry else ("", "", 0)
+        if entry is not None and entry.sha256 != s.sha256:
+            # Judged per manifest entry, never by what the dir happens to hold: other bytes
+            # under a listed name are refused even if they ran once (a copy of an old version in
+            # an /etc overlay's upper dir would otherwise hide the image's changed migration for
+            # good, as "applied").
+            reason = dir_reason or script_refusal(s, euid) or manifest_refusal(s, manifest)
+            items.append(Item(s.name, s.sha256, REFUSED, reason or "", s, None, *pkg))
+            continue
         if s.sha256 in snap.applied:
             items.append(Item(s.name, s.sha256, APPLIED, "", s, snap.applied[s.sha256], *pkg))
             continue
@@ -162,8 +172,10 @@ def plan(
             if e.name in present:
                 continue
             if e.sha256 in snap.applied:
-                items.append(Item(e.name, e.sha256, APPLIED, "", None, snap.applied[e.sha256],
-                                  e.package, e.version, e.oneway))
+                reason = (f"applied, but missing from {scripts_dir or 'the scripts dir'} "
+                          "(deleted on the device? an overlay whiteout hides the image's file)")
+                items.append(Item(e.name, e.sha256, APPLIED, reason, None,
+                                  snap.applied[e.sha256], e.package, e.version, e.oneway))
             else:
                 reason = (f"listed in the image manifest (package {e.package}) "
                           f"but missing from {scripts_dir or 'the scripts dir'}")
@@ -422,6 +434,8 @@ def _run_locked(
     for item in items:
         st = item.state
         if st == APPLIED:
+            if item.reason:
+                say(f"{item.name}: {item.reason}")
             final.append(APPLIED)
             continue
         if st == REFUSED:
