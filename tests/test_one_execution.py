@@ -69,6 +69,22 @@ class Device:
             assert time.monotonic() < end, f"{line!r} never came: {self.lines()}"
             time.sleep(0.01)
 
+    def kill_first_run(self, also_script=False):
+        """Start a run, SIGKILL the runner (and with `also_script` the script's top process)
+        once the script has started."""
+        first = self.start()
+        self.wait_for("start 1")
+        victims = [first.pid] + (children(first.pid) if also_script else [])
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        first.communicate(timeout=10)
+
+    def run(self, *extra):
+        """A run to its end: (exit code, output)."""
+        proc = self.start(*extra)
+        out = proc.communicate(timeout=60)[0].decode()
+        return proc.returncode, out
+
     def records(self, kind):
         out = {}
         directory = self.state / kind
@@ -102,13 +118,9 @@ def test_sigkill_of_the_runner_the_next_run_stops_the_orphan_first(tmp_path):
     goes on; a second runner started at once stops it, then runs attempt 2."""
     dev = Device(tmp_path)
     dev.add("10-slow", SLOW.format(events=dev.events, seconds=3))
-    first = dev.start()
-    dev.wait_for("start 1")
-    os.kill(first.pid, signal.SIGKILL)
-    first.communicate(timeout=10)
-    second = dev.start("--lock-wait", "30")
-    out = second.communicate(timeout=60)[0].decode()
-    assert second.returncode == 0, out
+    dev.kill_first_run()
+    rc, out = dev.run("--lock-wait", "30")
+    assert rc == 0, out
     assert "stopped 2 process(es) left running by the scripts of a killed runner" in out
     time.sleep(3.5)  # the orphan would have ended by now
     assert dev.lines() == ["start 1", "start 2", "end 2"]
@@ -132,15 +144,9 @@ def test_a_worker_that_dropped_the_lock_is_stopped_when_runner_and_script_are_ki
     the migration beside it."""
     dev = Device(tmp_path)
     dev.add("10-convert", WORKER.format(events=dev.events))
-    first = dev.start()
-    dev.wait_for("start 1")
-    [top] = children(first.pid)
-    os.kill(first.pid, signal.SIGKILL)
-    os.kill(top, signal.SIGKILL)
-    first.communicate(timeout=10)
-    second = dev.start("--lock-wait", "30")
-    out = second.communicate(timeout=60)[0].decode()
-    assert second.returncode == 0, out
+    dev.kill_first_run(also_script=True)
+    rc, out = dev.run("--lock-wait", "30")
+    assert rc == 0, out
     time.sleep(3.5)  # the worker would have ended by now: it was stopped before attempt 2
     assert dev.lines() == ["start 1", "start 2", "end 2"]
 
@@ -157,17 +163,12 @@ echo "end $MIGRATION_ATTEMPT" >> {events}'
 def test_a_leftover_without_the_marker_still_holds_the_lock(tmp_path):
     dev = Device(tmp_path)
     dev.add("10-hidden", HIDDEN.format(events=dev.events))
-    first = dev.start()
-    dev.wait_for("start 1")
-    os.kill(first.pid, signal.SIGKILL)
-    first.communicate(timeout=10)
-    second = dev.start("--lock-wait", "0.2")
-    out = second.communicate(timeout=30)[0].decode()
-    assert second.returncode == 75, out
+    dev.kill_first_run()
+    rc, out = dev.run("--lock-wait", "0.2")
+    assert rc == 75, out
     assert "another migration runner holds" in out
-    third = dev.start("--lock-wait", "30")
-    out = third.communicate(timeout=60)[0].decode()
-    assert third.returncode == 0, out
+    rc, out = dev.run("--lock-wait", "30")
+    assert rc == 0, out
     assert dev.lines() == ["start 1", "end 1", "start 2", "end 2"]
 
 
