@@ -517,8 +517,8 @@ def _run_one(opts: Options, state: State, item: Item, image: Dict[str, str], exe
                 f"{sealed.sha256}); the next run looks at it again")
             return PENDING
         # The script's processes hold the lock too: if the runner dies by SIGKILL (no handler
-        # runs), the next runner waits for them instead of starting the script again beside
-        # them. A leftover that escapes the script's group keeps the lock until it exits.
+        # runs), the next runner stops them (migration.leftovers), and one that hid from that
+        # but kept its fds makes the next runner wait instead of starting the script beside it.
         lock = execute.high_fd(state.lock_fd) if state.lock_fd is not None else None
         try:
             return _execute(opts, state, item, image, execute, say, path, sealed, lock)
