@@ -145,6 +145,55 @@ def test_legacy_0644_lock_is_replaced_by_a_private_one(root):
         os.close(r)
 
 
+def test_a_user_who_flocks_the_legacy_lock_first_does_not_block_the_runner(root):
+    """Found by an adversary: a user who takes the flock of runner 0.1.0's 0644 lock before any
+    new runner held it blocked every run (exit 75). A lock held only by other users' processes
+    is replaced at once; one held by root (a runner) is waited for."""
+    root.add("10-a", "true\n")
+    root.state.mkdir(parents=True, mode=0o755)
+    lock = root.state / "lock"
+    lock.touch(mode=0o644)
+    os.chmod(lock, 0o644)
+    old_ino = os.stat(lock).st_ino
+    r, w = os.pipe()
+    holder = subprocess.Popen(
+        ["python3", "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); os.write(1, b'x'); time.sleep(30)", str(lock)],
+        stdout=w, preexec_fn=lambda: (os.setgid(NOBODY), os.setuid(NOBODY)))
+    os.close(w)
+    try:
+        assert os.read(r, 1) == b"x"
+        proc = root("run", "--lock-wait", "5")
+        assert proc.returncode == 0, proc.stderr
+        assert os.stat(lock).st_ino != old_ino and _mode(lock) == 0o600
+    finally:
+        holder.kill()
+        holder.wait()
+        os.close(r)
+
+
+def test_a_legacy_lock_held_by_root_is_waited_for(root):
+    root.add("10-a", "true\n")
+    root.state.mkdir(parents=True, mode=0o755)
+    lock = root.state / "lock"
+    lock.touch(mode=0o644)
+    os.chmod(lock, 0o644)
+    r, w = os.pipe()
+    holder = subprocess.Popen(
+        ["python3", "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); os.write(1, b'x'); time.sleep(30)", str(lock)],
+        stdout=w)
+    os.close(w)
+    try:
+        assert os.read(r, 1) == b"x"
+        proc = root("run", "--lock-wait", "0.5")
+        assert proc.returncode == 75, proc.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+        os.close(r)
+
+
 @pytest.mark.parametrize("kind", ["fifo", "dangling", "symlink", "other-owner", "directory"])
 def test_a_lock_that_is_not_a_root_private_file_is_refused_not_followed(root, tmp_path, kind):
     root.add("10-a", "true\n")

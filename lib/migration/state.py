@@ -267,6 +267,34 @@ def validate_record(kind: str, sha: str, obj: Any) -> Optional[str]:
     return None
 
 
+def _held_by_users_only(st: os.stat_result, none_is_fine: bool = False) -> bool:
+    """Do only other users' processes (uid != 0) hold flock(2) locks on the file of `st`?
+    (/proc/locks; without it, or when a holder's owner cannot be told: no.) An older runner's
+    0644 lock held this way is a local user blocking the runners, not a runner: lock() replaces
+    it. With `none_is_fine`, no holder at all counts as yes."""
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    holders = []
+    try:
+        with open("/proc/locks", "rb") as f:
+            lines = f.read(1 << 20).decode("ascii", "replace").splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split()
+        if "->" in fields or len(fields) < 6 or fields[1] != "FLOCK" or fields[5] != dev:
+            continue  # a waiter, another kind of lock, another file
+        holders.append(fields[4])
+    if not holders:
+        return none_is_fine
+    for pid in holders:
+        try:
+            if os.stat(f"/proc/{pid}").st_uid == 0:
+                return False
+        except (OSError, ValueError):
+            return False  # gone: its fd may live on in a child, whose owner is unknown
+    return os.geteuid() == 0
+
+
 def validate_meta(obj: Any) -> Optional[str]:
     """Why `obj` is not a usable state.json, or None when it is (unknown keys are kept)."""
     if not isinstance(obj, dict):
@@ -515,9 +543,10 @@ class State:
 
         As root the lock must be a regular file of root's with mode 0600 (StateError otherwise):
         flock(2) needs only a read fd, so a lock others can open is a lock they can hold. A
-        0644 lock of an older runner is replaced by a fresh 0600 one once it is held; whoever
-        then gets the old file's lock sees that the name no longer leads to it and tries
-        again, so two runners never hold different files."""
+        0644 lock of an older runner is replaced by a fresh 0600 one once it is held, or at once
+        when only other users' processes hold it (a local user blocking the runners; see
+        _held_by_users_only); whoever then gets the old file's lock sees that the name no longer
+        leads to it and tries again, so two runners never hold different files."""
         try:
             with _umask():
                 os.makedirs(self.path, 0o755, exist_ok=True)
@@ -529,11 +558,15 @@ class State:
         while True:
             fd, legacy = self._open_lock(lock)
             delay = 0.01
+            held = False
             while True:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    held = True
                     break
                 except BlockingIOError:
+                    if legacy and _held_by_users_only(os.fstat(fd)):
+                        break  # a user's hold on an older runner's lock: replaced below
                     if time.monotonic() >= deadline:
                         os.close(fd)
                         raise LockBusy(
@@ -548,7 +581,21 @@ class State:
             if not same:  # replaced while we waited: the lock is the file at the name now
                 os.close(fd)
                 continue
-            self._lock_fd = self._replace_lock(fd, lock) if legacy else fd
+            if not legacy:
+                self._lock_fd = fd
+                return
+            old = os.fstat(fd)
+            new = self._replace_lock(fd, lock)
+            if new == fd and not held:  # could not be replaced (read-only state dir)
+                os.close(fd)
+                raise LockBusy(f"a local user holds {lock}, an older runner's lock, and it "
+                               "cannot be replaced (state dir read-only?)")
+            if new != fd and not held and not _held_by_users_only(old, none_is_fine=True):
+                # a runner got the old file's lock in the meantime (a user let it go just
+                # then): it goes first, and replaces the name itself
+                os.close(new)
+                continue
+            self._lock_fd = new
             return
 
     def _open_lock(self, lock: str) -> Tuple[int, bool]:
