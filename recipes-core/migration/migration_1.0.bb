@@ -27,12 +27,12 @@ S = "${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}"
 inherit allarch systemd update-rc.d python3native
 
 MIGRATION_BOOT_POLICY ??= "continue"
-MIGRATION_BOOT_POLICY[doc] = "What a failed boot run does: continue (boot on, degraded and visible), rescue (rescue.target / sulogin), halt (stop the machine)."
+MIGRATION_BOOT_POLICY[doc] = "What a failed boot run does: continue (boot on, degraded and visible), rescue (systemd: emergency.target isolated, the boot stops at a root shell and the migration is not retried in that boot; sysvinit: sulogin, then the boot goes on), halt (stop the machine)."
 MIGRATION_BOOT_POLICY[type] = "choice"
 MIGRATION_BOOT_POLICY[choices] = "continue rescue halt"
 
-MIGRATION_BOOT_TIMEOUT ??= "0"
-MIGRATION_BOOT_TIMEOUT[doc] = "Seconds each script may run at boot before it is stopped and recorded as failed; 0: no limit."
+MIGRATION_BOOT_TIMEOUT ??= "900"
+MIGRATION_BOOT_TIMEOUT[doc] = "Seconds each script may run at boot before it is stopped and recorded as failed (the boot then follows MIGRATION_BOOT_POLICY); 0: no limit, so one hung script blocks the boot for good. 900 (15 min) is far beyond a sane boot step yet leaves room for a large conversion on slow flash; raise it for such a migration rather than setting 0."
 
 MIGRATION_PYTHON ?= "${bindir}/python3"
 MIGRATION_PYTHON[doc] = "Interpreter in the shebang of the migration command."
