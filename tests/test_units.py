@@ -202,7 +202,8 @@ def test_install_places_every_file(tmp_path: Path, pkg_src: Path) -> None:
     ):
         assert not re.search(r"@[A-Z_]+@", installed_text(root, rel)), rel
     dropin = installed_text(root, f"{UNITDIR}/migration.service.d/50-boot-policy.conf")
-    assert 'Environment="MIGRATION_RUN_ARGS=--policy continue --timeout 90"' in dropin
+    assert ('Environment="MIGRATION_RUN_ARGS=--policy continue --timeout 90 --volatile-state warn"'
+            in dropin)
     assert "OnFailure" not in dropin
     init = installed_text(root, "/etc/init.d/migration")
     assert '[ -e "/usr/share/migration/done" ] && exit 0' in init
@@ -222,9 +223,9 @@ def test_install_places_every_file(tmp_path: Path, pkg_src: Path) -> None:
 @pytest.mark.parametrize(
     ("policy", "on_failure", "job_mode", "run_args"),
     [
-        ("continue", None, None, "--policy continue --timeout 900"),
-        ("rescue", "emergency.target", "isolate", "--policy continue --timeout 900"),
-        ("halt", "halt.target", "replace-irreversibly", "--policy stop --timeout 900"),
+        ("continue", None, None, "--policy continue"),
+        ("rescue", "emergency.target", "isolate", "--policy continue"),
+        ("halt", "halt.target", "replace-irreversibly", "--policy stop"),
     ],
 )
 def test_policy_dropin(
@@ -244,6 +245,7 @@ def test_policy_dropin(
     )
     assert settings.get("OnFailure") == on_failure
     assert settings.get("OnFailureJobMode") == job_mode
+    run_args += " --timeout 900 --volatile-state warn"
     assert settings["Environment"] == f'"MIGRATION_RUN_ARGS={run_args}"'
     assert f'policy="{policy}"' in installed_text(root, "/etc/init.d/migration")
     assert f'run_args="{run_args}"' in installed_text(root, "/etc/init.d/migration")
@@ -312,8 +314,29 @@ def test_boot_timeout_is_finite_by_default(
     res = install(root, stub_src, **env)
     assert res.returncode == 0, res.stderr
     text = installed_text(root, f"{UNITDIR}/migration.service.d/50-boot-policy.conf")
-    assert f'Environment="MIGRATION_RUN_ARGS={run_args}"' in text
-    assert f'run_args="{run_args}"' in installed_text(root, "/etc/init.d/migration")
+    assert f'Environment="MIGRATION_RUN_ARGS={run_args} --volatile-state warn"' in text
+    assert f'run_args="{run_args} --volatile-state warn"' in installed_text(
+        root, "/etc/init.d/migration")
+
+
+@pytest.mark.parametrize("setting", ["warn", "refuse"])
+def test_volatile_state_setting_reaches_both_inits(
+    tmp_path: Path, stub_src: Path, setting: str
+) -> None:
+    """Issue 14: MIGRATION_VOLATILE_STATE becomes the runner's --volatile-state at boot."""
+    root = tmp_path / "root"
+    res = install(root, stub_src, MIGRATION_INIT="sysvinit systemd",
+                  MIGRATION_VOLATILE_STATE=setting)
+    assert res.returncode == 0, res.stderr
+    args = f"--policy continue --timeout 900 --volatile-state {setting}"
+    text = installed_text(root, f"{UNITDIR}/migration.service.d/50-boot-policy.conf")
+    assert f'Environment="MIGRATION_RUN_ARGS={args}"' in text
+    assert f'run_args="{args}"' in installed_text(root, "/etc/init.d/migration")
+    # The fast path of a no-op boot reads these arguments as argparse would (noop.parse_run_argv).
+    from migration import noop
+
+    parsed = noop.parse_run_argv(["run", *args.split()])
+    assert parsed is not None and parsed[1]["--volatile-state"] == setting
 
 
 @pytest.mark.parametrize(
@@ -322,6 +345,7 @@ def test_boot_timeout_is_finite_by_default(
         ({"MIGRATION_BOOT_POLICY": "reboot"}, "MIGRATION_BOOT_POLICY=reboot"),
         ({"MIGRATION_INIT": "openrc"}, "unknown init manager 'openrc'"),
         ({"MIGRATION_BOOT_TIMEOUT": "5m"}, "MIGRATION_BOOT_TIMEOUT=5m"),
+        ({"MIGRATION_VOLATILE_STATE": "ignore"}, "MIGRATION_VOLATILE_STATE=ignore"),
         ({"sysconfdir": "/usr/etc"}, "sysconfdir=/usr/etc"),
         ({"MIGRATION_PYTHON": "python3"}, "MIGRATION_PYTHON=python3"),
         ({"D": ""}, "D (the destination root) is not set"),

@@ -14,6 +14,11 @@ with a floor and data markers is refused: nothing is written, every executable i
 (default ROOT/etc/migration/incompatible.d) runs with MIGRATION_VERDICT (downgrade, below-floor
 or predates), MIGRATION_MESSAGE, MIGRATION_STATE_DIR, MIGRATION_PHASE=boot, and the exit code
 is 3. Scripts see MIGRATION_PHASE=boot, MIGRATION_ROOT and MIGRATION_IMAGE_ROOT (both ROOT).
+
+A state dir on a volatile file system (tmpfs, an overlay whose upper dir is on tmpfs: a
+read-only root's volatile /var/lib) forgets every record at reboot, so every migration would run
+again at every boot: --volatile-state warn (default) runs with a warning first, refuse exits 2
+before anything runs or is written (update too).
 """
 
 from typing import Any

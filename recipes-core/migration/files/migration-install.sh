@@ -20,6 +20,8 @@
 #                           does (rescue isolates emergency.target: see the drop-in below)
 #   MIGRATION_BOOT_TIMEOUT  seconds each script may take at boot (unset or empty: 900); 0: no
 #                           limit
+#   MIGRATION_VOLATILE_STATE  warn | refuse (default warn): what a boot run does when the state
+#                           dir is on a volatile file system (--volatile-state of the runner)
 #   MIGRATION_COMPILE       absolute path of a python3 of the TARGET's version (the recipe:
 #                           python3-native's), to ship the package's bytecode: __pycache__/
 #                           *.cpython-XY.pyc made with --invalidation-mode unchecked-hash, so
@@ -60,6 +62,7 @@ python=${MIGRATION_PYTHON:-/usr/bin/python3}
 init=${MIGRATION_INIT:-systemd}
 policy=${MIGRATION_BOOT_POLICY:-continue}
 timeout=${MIGRATION_BOOT_TIMEOUT:-900}
+volatile=${MIGRATION_VOLATILE_STATE:-warn}
 
 [ "$sysconfdir" = /etc ] || die "sysconfdir=$sysconfdir: the runner reads /etc/migration.d"
 [ "$localstatedir" = /var ] || die "localstatedir=$localstatedir: the runner keeps /var/lib/migration"
@@ -88,6 +91,10 @@ esac
 if [ "$timeout" -gt 0 ]; then
 	run_args="$run_args --timeout $timeout"
 fi
+case "$volatile" in
+warn | refuse) run_args="$run_args --volatile-state $volatile" ;;
+*) die "MIGRATION_VOLATILE_STATE=$volatile: expected warn or refuse" ;;
+esac
 
 want_systemd=false
 want_sysvinit=false
