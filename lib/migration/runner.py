@@ -42,6 +42,9 @@ DEFAULT_LOCK_WAIT = 60.0
 PHASES = ("boot", "update")
 #: Refusal hooks, relative to the root (boot phase only).
 HOOKS_DIR = "etc/migration/incompatible.d"
+#: Where each script's private TMPDIR is made: a tmpfs from the first instant of the boot, when
+#: the runner may write there (else the state dir's tmp/).
+RUN_DIR = "/run"
 #: Not a state of the records: a one-way script (or one after it) that `update --defer-oneway`
 #: leaves pending for the first boot.
 DEFERRED = "deferred"
@@ -541,7 +544,12 @@ def _run_one(opts: Options, state: State, item: Item, image: Dict[str, str], exe
         # them. A leftover that escapes the script's group keeps the lock until it exits.
         lock = execute.high_fd(state.lock_fd) if state.lock_fd is not None else None
         try:
-            return _execute(opts, state, item, image, execute, say, path, sealed, lock)
+            tmpdir = private_tmpdir(state)
+            try:
+                return _execute(opts, state, item, image, execute, say, path, sealed, lock,
+                                tmpdir)
+            finally:
+                _remove_tmpdir(item.name, tmpdir, say)
         finally:
             if lock is not None:
                 os.close(lock)
@@ -549,8 +557,37 @@ def _run_one(opts: Options, state: State, item: Item, image: Dict[str, str], exe
         os.close(sealed.fd)
 
 
+def private_tmpdir(state: State) -> str:
+    """A new empty directory (mode 0700) for one script's TMPDIR: under RUN_DIR when the runner
+    may write there, else under the state dir. At boot the usual places may not exist yet: on
+    OE, /var/tmp and /var/log are links into /var/volatile, whose dirs systemd-tmpfiles or
+    populate-volatile create after the runner has run."""
+    base = RUN_DIR if os.access(RUN_DIR, os.W_OK) else state.scratch_dir()
+    while True:
+        path = os.path.join(base, f"migration-tmp.{os.urandom(8).hex()}")
+        try:
+            os.mkdir(path, 0o700)  # never follows a planted symlink: EEXIST
+            os.chmod(path, 0o700)  # whatever the umask
+            return path
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise MigrationError(f"cannot create a temporary dir for the scripts in {base}: "
+                                 f"{e.strerror}") from None
+
+
+def _remove_tmpdir(name: str, tmpdir: str, say: Callable[[str], None]) -> None:
+    import shutil
+
+    try:
+        shutil.rmtree(tmpdir)
+    except OSError as e:
+        say(f"{name}: cannot remove its TMPDIR {tmpdir}: {e.strerror}")
+
+
 def _execute(opts: Options, state: State, item: Item, image: Dict[str, str], execute: Any,
-             say: Callable[[str], None], path: str, sealed: Any, lock: Optional[int]) -> str:
+             say: Callable[[str], None], path: str, sealed: Any, lock: Optional[int],
+             tmpdir: str) -> str:
     prev = item.record or {}
     attempt = max(int(prev.get("attempts", 0) or 0), int(prev.get("attempt", 0) or 0)) + 1
     argv = interpreter(sealed.head).argv(sealed.path)
@@ -564,6 +601,7 @@ def _execute(opts: Options, state: State, item: Item, image: Dict[str, str], exe
         MIGRATION_PHASE=opts.phase,
         MIGRATION_ATTEMPT=str(attempt),
         MIGRATION_RUNNER=leftovers.identity(),
+        TMPDIR=tmpdir,  # whatever the boot's environment says: it may not exist yet
     )
     started = state.mark_started(item.name, item.sha256, attempt, image, item.oneway)
     shown = files.shown(" ".join([*argv[:-1], path]))
