@@ -179,6 +179,7 @@ def test_no_key_without_a_manifest_or_with_failures(tmp_path):
     ["--scripts-dir", "/d", "--manifest", "/m", "--root", "/a", "--root", "/b", "run",
      "--timeout", "2.5", "--lock-wait=0", "--kill-grace", "1", "--policy", "continue"],
     ["--root=", "run", "--timeout", "0"], ["--root=-x", "run"],
+    ["run", "--volatile-state", "refuse"], ["run", "--volatile-state=warn", "--timeout", "900"],
 ])
 def test_plain_run_lines_read_exactly_as_argparse_reads_them(argv):
     from migration import cli
@@ -193,6 +194,7 @@ def test_plain_run_lines_read_exactly_as_argparse_reads_them(argv):
 @pytest.mark.parametrize("argv", [
     ["--root", "-x", "run"], ["run", "--timeout", "-1"], ["run", "--lock-wait", "nan"],
     ["run", "--", "x"], ["-h"], ["run", "-h"], ["run", "--dry-run"], ["status"],
+    ["run", "--volatile-state", "ignore"], ["run", "--volatile-state"],
 ])
 def test_other_lines_are_left_to_argparse(argv):
     assert noop.parse_run_argv(argv) is None

@@ -202,7 +202,8 @@ def test_install_places_every_file(tmp_path: Path, pkg_src: Path) -> None:
     ):
         assert not re.search(r"@[A-Z_]+@", installed_text(root, rel)), rel
     dropin = installed_text(root, f"{UNITDIR}/migration.service.d/50-boot-policy.conf")
-    assert 'Environment="MIGRATION_RUN_ARGS=--policy continue --timeout 90"' in dropin
+    assert ('Environment="MIGRATION_RUN_ARGS=--policy continue --timeout 90 --volatile-state warn"'
+            in dropin)
     assert "OnFailure" not in dropin
     init = installed_text(root, "/etc/init.d/migration")
     assert '[ -e "/usr/share/migration/done" ] && exit 0' in init
@@ -223,7 +224,7 @@ def test_install_places_every_file(tmp_path: Path, pkg_src: Path) -> None:
     ("policy", "on_failure", "job_mode", "run_args"),
     [
         ("continue", None, None, "--policy continue"),
-        ("rescue", "rescue.target", "isolate", "--policy continue"),
+        ("rescue", "emergency.target", "isolate", "--policy continue"),
         ("halt", "halt.target", "replace-irreversibly", "--policy stop"),
     ],
 )
@@ -244,9 +245,98 @@ def test_policy_dropin(
     )
     assert settings.get("OnFailure") == on_failure
     assert settings.get("OnFailureJobMode") == job_mode
+    run_args += " --timeout 900 --volatile-state warn"
     assert settings["Environment"] == f'"MIGRATION_RUN_ARGS={run_args}"'
     assert f'policy="{policy}"' in installed_text(root, "/etc/init.d/migration")
     assert f'run_args="{run_args}"' in installed_text(root, "/etc/init.d/migration")
+
+
+def _unit_settings(path: Path) -> Dict[str, list]:
+    out: Dict[str, list] = {}
+    for ln in path.read_text().splitlines():
+        key, sep, value = ln.partition("=")
+        if sep and not ln.startswith("#"):
+            out.setdefault(key, []).append(value)
+    return out
+
+
+def pulled_in(root: Path, unit: str) -> set:
+    """What starting `unit` pulls in (Requires=, Wants=, .wants/ and .requires/ dirs, and
+    sysinit.target for a service with default dependencies), transitively, in root."""
+    unitdir = root / UNITDIR.lstrip("/")
+    pulled = {unit}
+    todo = [unit]
+    while todo:
+        name = todo.pop()
+        settings = _unit_settings(unitdir / name)
+        deps = [d for key in ("Requires", "Wants")
+                for v in settings.get(key, []) for d in v.split()]
+        for sub in (f"{name}.wants", f"{name}.requires"):
+            for where in (unitdir, root / "etc/systemd/system"):
+                if (where / sub).is_dir():
+                    deps += [p.name for p in (where / sub).iterdir()]
+        if name.endswith(".service") and settings.get("DefaultDependencies") != ["no"]:
+            deps.append("sysinit.target")
+        for dep in deps:
+            if dep not in pulled and (unitdir / dep).is_file():
+                pulled.add(dep)
+                todo.append(dep)
+    return pulled
+
+
+def test_rescue_policy_never_starts_the_failed_migration_again(
+    tmp_path: Path, stub_src: Path
+) -> None:
+    """Issue 14: the target isolated on failure must not pull in sysinit.target, which wants
+    migration.service (isolating rescue.target ran a failed migration 5 times in one boot).
+    emergency.target pulls in only emergency.service, which has no default dependencies."""
+    root = system_root(tmp_path / "root", stub_src, MIGRATION_BOOT_POLICY="rescue")
+    dropin = root / UNITDIR.lstrip("/") / "migration.service.d" / "50-boot-policy.conf"
+    target = _unit_settings(dropin)["OnFailure"][0]
+    assert pulled_in(root, target) == {"emergency.target", "emergency.service"}
+    # The check can fail: the old target pulls migration.service back in.
+    assert "migration.service" in pulled_in(root, "rescue.target")
+
+
+@pytest.mark.parametrize(
+    ("timeout", "run_args"),
+    [(None, "--policy continue --timeout 900"), ("", "--policy continue --timeout 900"),
+     ("0", "--policy continue"), ("3600", "--policy continue --timeout 3600")],
+)
+def test_boot_timeout_is_finite_by_default(
+    tmp_path: Path, stub_src: Path, timeout: Optional[str], run_args: str
+) -> None:
+    """Issue 14: a hung script must not block the boot for good; 0 still means no limit."""
+    root = tmp_path / "root"
+    env = {"MIGRATION_INIT": "sysvinit systemd"}
+    if timeout is not None:
+        env["MIGRATION_BOOT_TIMEOUT"] = timeout
+    res = install(root, stub_src, **env)
+    assert res.returncode == 0, res.stderr
+    text = installed_text(root, f"{UNITDIR}/migration.service.d/50-boot-policy.conf")
+    assert f'Environment="MIGRATION_RUN_ARGS={run_args} --volatile-state warn"' in text
+    assert f'run_args="{run_args} --volatile-state warn"' in installed_text(
+        root, "/etc/init.d/migration")
+
+
+@pytest.mark.parametrize("setting", ["warn", "refuse"])
+def test_volatile_state_setting_reaches_both_inits(
+    tmp_path: Path, stub_src: Path, setting: str
+) -> None:
+    """Issue 14: MIGRATION_VOLATILE_STATE becomes the runner's --volatile-state at boot."""
+    root = tmp_path / "root"
+    res = install(root, stub_src, MIGRATION_INIT="sysvinit systemd",
+                  MIGRATION_VOLATILE_STATE=setting)
+    assert res.returncode == 0, res.stderr
+    args = f"--policy continue --timeout 900 --volatile-state {setting}"
+    text = installed_text(root, f"{UNITDIR}/migration.service.d/50-boot-policy.conf")
+    assert f'Environment="MIGRATION_RUN_ARGS={args}"' in text
+    assert f'run_args="{args}"' in installed_text(root, "/etc/init.d/migration")
+    # The fast path of a no-op boot reads these arguments as argparse would (noop.parse_run_argv).
+    from migration import noop
+
+    parsed = noop.parse_run_argv(["run", *args.split()])
+    assert parsed is not None and parsed[1]["--volatile-state"] == setting
 
 
 @pytest.mark.parametrize(
@@ -255,6 +345,7 @@ def test_policy_dropin(
         ({"MIGRATION_BOOT_POLICY": "reboot"}, "MIGRATION_BOOT_POLICY=reboot"),
         ({"MIGRATION_INIT": "openrc"}, "unknown init manager 'openrc'"),
         ({"MIGRATION_BOOT_TIMEOUT": "5m"}, "MIGRATION_BOOT_TIMEOUT=5m"),
+        ({"MIGRATION_VOLATILE_STATE": "ignore"}, "MIGRATION_VOLATILE_STATE=ignore"),
         ({"sysconfdir": "/usr/etc"}, "sysconfdir=/usr/etc"),
         ({"MIGRATION_PYTHON": "python3"}, "MIGRATION_PYTHON=python3"),
         ({"D": ""}, "D (the destination root) is not set"),

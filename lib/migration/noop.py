@@ -40,6 +40,9 @@ state.json's bytes and the os-release values; it can only match while state.json
 records and the markers cannot decide then. So every way to a refusal changes a pinned input and
 this path steps aside (tests/test_noop.py goes through them).
 
+A state dir on a volatile file system (migration.volatile) never gets a key: every run there
+takes the full path, which says so.
+
 The key is a cache, not state: it may be missing, stale or damaged (anything unexpected means
 the full path), so it is written without fsync ordering concerns beyond atomic_write.
 """
@@ -70,6 +73,7 @@ _IGNORED_INFIXES = (".dpkg-", ".opkg-")
 
 _GLOBALS = ("--root", "--scripts-dir", "--state-dir", "--manifest")
 _RUN_SECONDS = ("--timeout", "--kill-grace", "--lock-wait")
+_RUN_CHOICES = {"--policy": ("continue", "stop"), "--volatile-state": ("warn", "refuse")}
 _READ_FLAGS = files.READ_FLAGS
 _CHUNK = 1 << 16
 
@@ -215,13 +219,13 @@ def parse_run_argv(argv: list[str]) -> tuple[dict[str, str], dict[str, object]] 
         return None  # no command
     for token in tokens:
         opt = token.partition("=")[0]
-        if opt != "--policy" and opt not in _RUN_SECONDS:
+        if opt not in _RUN_CHOICES and opt not in _RUN_SECONDS:
             return None
         value = value_of(token)
         if value is None:
             return None
-        if opt == "--policy":
-            if value not in ("continue", "stop"):
+        if opt in _RUN_CHOICES:
+            if value not in _RUN_CHOICES[opt]:
                 return None
             opts[opt] = value
             continue

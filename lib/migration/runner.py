@@ -31,7 +31,7 @@ import os
 import stat
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
-from migration import compat, files, leftovers
+from migration import compat, files, leftovers, volatile
 from migration import manifest as manifest_mod
 from migration.errors import Incompatible, MigrationError
 from migration.scripts import Script, discover, interpreter, is_ignored
@@ -42,6 +42,9 @@ DEFAULT_LOCK_WAIT = 60.0
 PHASES = ("boot", "update")
 #: Refusal hooks, relative to the root (boot phase only).
 HOOKS_DIR = "etc/migration/incompatible.d"
+#: Where each script's private TMPDIR is made: a tmpfs from the first instant of the boot, when
+#: the runner may write there (else the state dir's tmp/).
+RUN_DIR = "/run"
 #: Not a state of the records: a one-way script (or one after it) that `update --defer-oneway`
 #: leaves pending for the first boot.
 DEFERRED = "deferred"
@@ -68,6 +71,7 @@ class Options(NamedTuple):
     image_root: Optional[str] = None  # root of the image whose scripts run (None: `root`)
     hooks_dir: Optional[str] = None  # refusal hooks (boot phase; None: ROOT/HOOKS_DIR)
     defer_oneway: bool = False  # update phase: leave one-way scripts to the first boot
+    volatile_state: str = volatile.DEFAULT_POLICY  # a state dir on tmpfs: warn or refuse
 
 
 class Item(NamedTuple):
@@ -235,9 +239,22 @@ def _leave_noop_key(state: State, manifest: Optional[manifest_mod.Manifest],
         state.write_noop_key(manifest.file_sha256, image, manifest.digest, entries)
 
 
+def volatile_check(opts: Options, say: Callable[[str], None]) -> bool:
+    """Is the state dir on a volatile file system (migration.volatile)? Says so; under
+    --volatile-state refuse, a MigrationError (exit 2) instead, before anything is written."""
+    why = volatile.check(opts.state_dir)
+    if why is None:
+        return False
+    if opts.volatile_state == "refuse":
+        raise MigrationError(f"refusing to run (--volatile-state refuse): {why}")
+    say(f"WARNING: {why}")
+    return True
+
+
 def run(opts: Options, say: Callable[[str], None] = _stderr) -> int:
     """Run every pending script once, in order, under the lock; returns the exit code
     (0: everything applied; 1: something failed, was refused or is still pending)."""
+    is_volatile = volatile_check(opts, say)
     state = State(opts.state_dir, say)
     manifest = manifest_mod.load(opts.manifest_path) if opts.manifest_path else None
     # A missing scripts dir fails here, before the state dir is touched.
@@ -257,7 +274,7 @@ def run(opts: Options, say: Callable[[str], None] = _stderr) -> int:
             say(f"stopped {stopped} process(es) left running by the scripts of a killed runner")
     state.lock(opts.lock_wait)
     try:
-        return _run_locked(opts, state, scripts, warnings, manifest, say)
+        return _run_locked(opts, state, scripts, warnings, manifest, say, is_volatile)
     except BaseException:
         # Interrupted or failing: the outcomes recorded so far still become durable (the first
         # error is the one reported).
@@ -396,7 +413,11 @@ def _run_locked(
     warnings: List[str],
     manifest: Optional[manifest_mod.Manifest],
     say: Callable[[str], None],
+    is_volatile: bool = False,
 ) -> int:
+    # On a volatile state dir no key of the no-op fast path is written: that path stays
+    # silent, and every run must take the full path, which warns.
+    noop_key = not is_volatile
     meta, meta_reason = state.check_meta()
     image = read_os_release(image_root(opts))
     # The verdict comes before any write (no prepare, no stamp, no state.json, no record).
@@ -415,7 +436,8 @@ def _run_locked(
         say(f"damaged state.json ({meta_reason}) moved aside to {state.path}/damaged/")
     if _nothing_to_do(state, scripts, manifest):
         state.update_meta(image, meta, compat_level=level, applied=True)
-        _leave_noop_key(state, manifest, image)
+        if noop_key:
+            _leave_noop_key(state, manifest, image)
         return 0
     state.prepare()
     snap = state.snapshot(_shas(scripts, manifest), repair=True)
@@ -485,7 +507,8 @@ def _run_locked(
     state.update_meta(image, meta, compat_level=level, applied=everything)
     if manifest is not None and everything:
         state.write_done(manifest.digest)
-        _leave_noop_key(state, manifest, image)
+        if noop_key:
+            _leave_noop_key(state, manifest, image)
     counts = {s: final.count(s) for s in (APPLIED, FAILED, REFUSED, PENDING, DEFERRED)}
     ran = len(outcome)
     if ran or not everything:
@@ -521,7 +544,12 @@ def _run_one(opts: Options, state: State, item: Item, image: Dict[str, str], exe
         # but kept its fds makes the next runner wait instead of starting the script beside it.
         lock = execute.high_fd(state.lock_fd) if state.lock_fd is not None else None
         try:
-            return _execute(opts, state, item, image, execute, say, path, sealed, lock)
+            tmpdir = private_tmpdir(state)
+            try:
+                return _execute(opts, state, item, image, execute, say, path, sealed, lock,
+                                tmpdir)
+            finally:
+                _remove_tmpdir(item.name, tmpdir, say)
         finally:
             if lock is not None:
                 os.close(lock)
@@ -529,8 +557,37 @@ def _run_one(opts: Options, state: State, item: Item, image: Dict[str, str], exe
         os.close(sealed.fd)
 
 
+def private_tmpdir(state: State) -> str:
+    """A new empty directory (mode 0700) for one script's TMPDIR: under RUN_DIR when the runner
+    may write there, else under the state dir. At boot the usual places may not exist yet: on
+    OE, /var/tmp and /var/log are links into /var/volatile, whose dirs systemd-tmpfiles or
+    populate-volatile create after the runner has run."""
+    base = RUN_DIR if os.access(RUN_DIR, os.W_OK) else state.scratch_dir()
+    while True:
+        path = os.path.join(base, f"migration-tmp.{os.urandom(8).hex()}")
+        try:
+            os.mkdir(path, 0o700)  # never follows a planted symlink: EEXIST
+            os.chmod(path, 0o700)  # whatever the umask
+            return path
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise MigrationError(f"cannot create a temporary dir for the scripts in {base}: "
+                                 f"{e.strerror}") from None
+
+
+def _remove_tmpdir(name: str, tmpdir: str, say: Callable[[str], None]) -> None:
+    import shutil
+
+    try:
+        shutil.rmtree(tmpdir)
+    except OSError as e:
+        say(f"{name}: cannot remove its TMPDIR {tmpdir}: {e.strerror}")
+
+
 def _execute(opts: Options, state: State, item: Item, image: Dict[str, str], execute: Any,
-             say: Callable[[str], None], path: str, sealed: Any, lock: Optional[int]) -> str:
+             say: Callable[[str], None], path: str, sealed: Any, lock: Optional[int],
+             tmpdir: str) -> str:
     prev = item.record or {}
     attempt = max(int(prev.get("attempts", 0) or 0), int(prev.get("attempt", 0) or 0)) + 1
     argv = interpreter(sealed.head).argv(sealed.path)
@@ -544,6 +601,7 @@ def _execute(opts: Options, state: State, item: Item, image: Dict[str, str], exe
         MIGRATION_PHASE=opts.phase,
         MIGRATION_ATTEMPT=str(attempt),
         MIGRATION_RUNNER=leftovers.identity(),
+        TMPDIR=tmpdir,  # whatever the boot's environment says: it may not exist yet
     )
     started = state.mark_started(item.name, item.sha256, attempt, image, item.oneway)
     shown = files.shown(" ".join([*argv[:-1], path]))
@@ -605,6 +663,7 @@ def dry_run(opts: Options, out: Callable[[str], None]) -> int:
     def out(line: str) -> None:
         print_out(files.shown(line))
 
+    volatile_check(opts, _stderr)
     state = State(opts.state_dir)
     verdict, _facts, _meta = verdict_of(opts, state)
     if verdict.refused:

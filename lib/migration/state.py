@@ -24,6 +24,8 @@ Layout (the project's most durable contract; every JSON file carries a "format" 
     <state>/logs/<sha256>.log bounded output of the last attempt (head and tail kept)
     <state>/done/<digest>     the no-op stamp: every entry of manifest <digest> is applied
     <state>/damaged/          unreadable records moved aside (never deleted)
+    <state>/tmp/              the scripts' private TMPDIRs when /run is not writable (0700;
+                              what a killed runner left there is removed by prepare())
     <state>/noop-key          cache of the no-op fast path (migration/noop.py); may be removed
 
 A record is {"format": 1, "kind", "name", "sha256", "started_at", "finished_at", "duration_s",
@@ -111,6 +113,7 @@ STATE_FORMAT = 1
 KINDS = ("applied", "failed", "started")
 _SUBDIRS = ("applied", "failed", "started", "logs", "done")
 DAMAGED = "damaged"
+SCRATCH = "tmp"
 _TMP_MARK = ".tmp."
 
 
@@ -731,6 +734,8 @@ class State:
             if os.path.lexists(os.path.join(self.path, DAMAGED)):
                 self._damaged_dir()
             self._clean_tmp("")
+            if self._subdir(SCRATCH):
+                self._clean_scratch()
             for sub in _SUBDIRS:
                 path = os.path.join(self.path, sub)
                 if not self._subdir(sub):
@@ -750,6 +755,34 @@ class State:
                 _fsync_dir(self.path)
             except OSError as e:
                 raise self._error("sync", e) from None
+
+    def _clean_scratch(self) -> None:
+        """Remove the private TMPDIRs a killed runner's scripts left in <state>/tmp/ (the
+        lock is held and leftover processes were stopped: nobody uses them)."""
+        import shutil
+
+        path = os.path.join(self.path, SCRATCH)
+        for name in os.listdir(path):
+            entry = os.path.join(path, name)
+            if stat.S_ISDIR(os.lstat(entry).st_mode):
+                shutil.rmtree(entry)  # never follows a symlink inside
+            else:
+                os.unlink(entry)
+
+    def scratch_dir(self) -> str:
+        """<state>/tmp/ (mode 0700), created when missing; a symlink or file in its place is
+        moved to damaged/ first. For the scripts' TMPDIRs when /run cannot take them."""
+        path = os.path.join(self.path, SCRATCH)
+        try:
+            if not self._subdir(SCRATCH):
+                if os.path.lexists(path):
+                    self.move_aside("", SCRATCH)
+                os.mkdir(path, 0o700)
+                os.chmod(path, 0o700)
+                self._trusted.add(SCRATCH)
+        except OSError as e:
+            raise self._error("create the scripts' temporary dir", e) from None
+        return path
 
     def _clean_tmp(self, sub: str) -> None:
         """Remove what a killed runner left in <state>/<sub>: its temporary files and, in

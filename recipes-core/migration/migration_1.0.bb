@@ -27,12 +27,17 @@ S = "${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}"
 inherit allarch systemd update-rc.d python3native
 
 MIGRATION_BOOT_POLICY ??= "continue"
-MIGRATION_BOOT_POLICY[doc] = "What a failed boot run does: continue (boot on, degraded and visible), rescue (rescue.target / sulogin), halt (stop the machine)."
+MIGRATION_BOOT_POLICY[doc] = "What a failed boot run does: continue (boot on, degraded and visible), rescue (systemd: emergency.target isolated, the boot stops at a root shell and the migration is not retried in that boot; sysvinit: sulogin, then the boot goes on), halt (stop the machine)."
 MIGRATION_BOOT_POLICY[type] = "choice"
 MIGRATION_BOOT_POLICY[choices] = "continue rescue halt"
 
-MIGRATION_BOOT_TIMEOUT ??= "0"
-MIGRATION_BOOT_TIMEOUT[doc] = "Seconds each script may run at boot before it is stopped and recorded as failed; 0: no limit."
+MIGRATION_BOOT_TIMEOUT ??= "900"
+MIGRATION_BOOT_TIMEOUT[doc] = "Seconds each script may run at boot before it is stopped and recorded as failed (the boot then follows MIGRATION_BOOT_POLICY); 0: no limit, so one hung script blocks the boot for good. 900 (15 min) is far beyond a sane boot step yet leaves room for a large conversion on slow flash; raise it for such a migration rather than setting 0."
+
+MIGRATION_VOLATILE_STATE ??= "warn"
+MIGRATION_VOLATILE_STATE[doc] = "What a boot run does when /var/lib/migration is on a volatile file system (tmpfs, or an overlay with its upper dir on tmpfs: a read-only-rootfs image's volatile-binds or read-only-rootfs-hook), where every migration would run again at every boot: warn (run, with a warning at every run and in migration status) or refuse (fail the unit before anything runs or is written; the boot follows MIGRATION_BOOT_POLICY). warn by default: refusing would stop the migrations, and the services gated on them, of images that work today with idempotent scripts; set refuse once the state dir has a persistent home."
+MIGRATION_VOLATILE_STATE[type] = "choice"
+MIGRATION_VOLATILE_STATE[choices] = "warn refuse"
 
 MIGRATION_PYTHON ?= "${bindir}/python3"
 MIGRATION_PYTHON[doc] = "Interpreter in the shebang of the migration command."
@@ -42,10 +47,11 @@ MIGRATION_INIT ?= "${@' '.join(f for f in ('systemd', 'sysvinit') if bb.utils.co
 
 # nooelint: oelint.task.noanonpython
 python __anonymous() {
-    policy = d.getVar("MIGRATION_BOOT_POLICY")
-    choices = d.getVarFlag("MIGRATION_BOOT_POLICY", "choices").split()
-    if policy not in choices:
-        bb.fatal("%s: MIGRATION_BOOT_POLICY = %r: set one of %s" % (d.getVar("FILE", False), policy, ", ".join(choices)))
+    for var in ("MIGRATION_BOOT_POLICY", "MIGRATION_VOLATILE_STATE"):
+        value = d.getVar(var)
+        choices = d.getVarFlag(var, "choices").split()
+        if value not in choices:
+            bb.fatal("%s: %s = %r: set one of %s" % (d.getVar("FILE", False), var, value, ", ".join(choices)))
     timeout = d.getVar("MIGRATION_BOOT_TIMEOUT")
     if not timeout.isdigit():
         bb.fatal("%s: MIGRATION_BOOT_TIMEOUT = %r is not a whole number of seconds (0: no limit)" % (d.getVar("FILE", False), timeout))
@@ -68,6 +74,7 @@ do_install() {
     MIGRATION_PYTHON="${MIGRATION_PYTHON}" MIGRATION_INIT="${MIGRATION_INIT}" \
     MIGRATION_BOOT_POLICY="${MIGRATION_BOOT_POLICY}" \
     MIGRATION_BOOT_TIMEOUT="${MIGRATION_BOOT_TIMEOUT}" \
+    MIGRATION_VOLATILE_STATE="${MIGRATION_VOLATILE_STATE}" \
     MIGRATION_COMPILE="${PYTHON}" \
         sh ${S}/files/migration-install.sh ${S}/migration ${S}/files
 }

@@ -180,7 +180,7 @@ systemd-analyze time >"$out/analyze-time.txt" 2>&1
 t analyze
 # Only the units a test names: systemctl show costs about 50 ms per unit under TCG.
 ours='^(migration|gated-|harness-|mig-)'
-theirs='^((sysinit|basic|multi-user|rescue|local-fs)\.target|systemd-tmpfiles-setup\.service)$'
+theirs='^((sysinit|basic|multi-user|rescue|emergency|local-fs)\.target|systemd-tmpfiles-setup\.service)$'
 systemctl list-units --all --plain --no-legend --full | awk '{print $1}' |
     grep -E "$ours|$theirs" >"$out/units.txt"
 # shellcheck disable=SC2046

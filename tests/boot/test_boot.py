@@ -363,8 +363,10 @@ C_SCRIPTS = [
 ]
 
 
-def test_failing_script_under_rescue_stops_in_rescue_mode(base: h.Base, boot_root: Path) -> None:
-    """Scenario 3, policy rescue: rescue.target is isolated, no regular service starts."""
+def test_failing_script_under_rescue_stops_in_emergency_mode(base: h.Base, boot_root: Path) -> None:
+    """Scenario 3, policy rescue: emergency.target is isolated once, no regular service starts,
+    and the failed script ran exactly once (issue 14: isolating rescue.target pulled
+    sysinit.target and so migration.service again, 5 runs in one boot)."""
     extra = {"/etc/systemd/system/mig-probe.service": (PROBE_UNIT, 0o644)}
     sysc = h.new_system(base, boot_root / "rescue", C_SCRIPTS, policy="rescue", extra=extra,
                         enable=["mig-probe.service"])  # fmt: skip
@@ -372,13 +374,15 @@ def test_failing_script_under_rescue_stops_in_rescue_mode(base: h.Base, boot_roo
     report = h.read_report(sysc)
     assert report.state == "maintenance"
     assert unit(report, "migration.service")["Result"] == "exit-code"
-    assert unit(report, "rescue.target")["ActiveState"] == "active"
+    assert unit(report, "emergency.target")["ActiveState"] == "active"
+    assert unit(report, "rescue.target")["ActiveState"] == "inactive"
     assert unit(report, "multi-user.target")["ActiveState"] == "inactive"
     assert h.read_file(sysc.var_img, "/lib/mig-test/probe-saw") is None
     status = report.status_by_name()
     good, bad, late = (s.installed_name for s in C_SCRIPTS)
     assert [status[n]["state"] for n in (good, bad, late)] == ["applied", "failed", "applied"]
-    assert report.journal_lines(r"migration\.service: Triggering OnFailure= dependencies")
+    assert status[bad]["attempts"] == 1
+    assert len(report.journal_lines(r"migration\.service: Triggering OnFailure= dependencies")) == 1
 
 
 def test_failing_script_under_halt_halts_before_anything_else(

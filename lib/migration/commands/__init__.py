@@ -47,8 +47,8 @@ def seconds(text: str) -> float:
 
 
 def add_run_options(parser: Any) -> None:
-    """The options `run` and `update` share: --dry-run, --policy, --timeout, --kill-grace and
-    --lock-wait (read back with run_settings)."""
+    """The options `run` and `update` share: --dry-run, --policy, --timeout, --kill-grace,
+    --lock-wait and --volatile-state (read back with run_settings)."""
     parser.add_argument(
         "--dry-run", action="store_true", help="print what would run; change nothing"
     )
@@ -78,6 +78,14 @@ def add_run_options(parser: Any) -> None:
         metavar="SECONDS",
         help="wait this long for another runner's lock, then exit 75 (default 60)",
     )
+    parser.add_argument(
+        "--volatile-state",
+        choices=("warn", "refuse"),
+        default="warn",
+        help="when the state dir is on a volatile file system (tmpfs, an overlay with a tmpfs "
+        "upper dir), where every migration would run again at every boot: run with a warning "
+        "(warn, default) or exit 2 before anything runs or is written (refuse)",
+    )
 
 
 def run_settings(args: Any) -> Dict[str, Any]:
@@ -87,4 +95,5 @@ def run_settings(args: Any) -> Dict[str, Any]:
         "timeout": args.timeout or None,
         "lock_wait": args.lock_wait,
         "kill_grace": args.kill_grace,
+        "volatile_state": args.volatile_state,
     }

@@ -13,7 +13,14 @@ a release older than the image's upgrade floor, or data without migration state 
 with a floor and data markers is refused: nothing is written, every executable in --hooks-dir
 (default ROOT/etc/migration/incompatible.d) runs with MIGRATION_VERDICT (downgrade, below-floor
 or predates), MIGRATION_MESSAGE, MIGRATION_STATE_DIR, MIGRATION_PHASE=boot, and the exit code
-is 3. Scripts see MIGRATION_PHASE=boot, MIGRATION_ROOT and MIGRATION_IMAGE_ROOT (both ROOT).
+is 3. Scripts see MIGRATION_PHASE=boot, MIGRATION_ROOT and MIGRATION_IMAGE_ROOT (both ROOT), and
+TMPDIR: a new private dir (0700, under /run, else under STATE/tmp) removed when they end, since
+at early boot /var/tmp and the like may not exist yet.
+
+A state dir on a volatile file system (tmpfs, an overlay whose upper dir is on tmpfs: a
+read-only root's volatile /var/lib) forgets every record at reboot, so every migration would run
+again at every boot: --volatile-state warn (default) runs with a warning first, refuse exits 2
+before anything runs or is written (update too).
 """
 
 from typing import Any

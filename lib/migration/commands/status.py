@@ -11,7 +11,9 @@ The text output starts with what the state records (compatibility level, the ima
 the image whose migrations were last all applied) and what this image is (version, level, upgrade
 floor), and says so when this image would be refused (migration.compat). Exit 0 when everything
 is applied, 1 otherwise, 3 when this image would be refused (with --json the reason goes to
-stderr; the array is unchanged).
+stderr; the array is unchanged). A state dir on a volatile file system (tmpfs, an overlay with a
+tmpfs upper dir: migration.volatile), whose records every reboot loses, is reported the same
+way: a "WARNING: state dir ... volatile" line in the text, on stderr with --json.
 """
 
 import json
@@ -103,13 +105,15 @@ def run(args: Any) -> int:
     import sys
 
     from migration import manifest as manifest_mod
-    from migration import runner
+    from migration import runner, volatile
     from migration.state import State
 
     state = State(args.state_dir)
     opts = options(args)
     manifest = manifest_mod.load(opts.manifest_path) if opts.manifest_path else None
     verdict, compat_lines = describe_compat(opts, state, manifest)
+    why = volatile.check(args.state_dir)
+    volatile_line = f"WARNING: {why}" if why else ""
     items, warnings = runner.inspect(opts, state)
     running = state.lock_held_elsewhere()
     rows = []
@@ -123,7 +127,7 @@ def run(args: Any) -> int:
     else:
         code = 0 if all(i.state == runner.APPLIED for i in items) else 1
     try:
-        _report(args, rows, warnings, verdict, compat_lines, running)
+        _report(args, rows, warnings, verdict, compat_lines, running, volatile_line)
     except BrokenPipeError:
         # `status | head`: the reader has what it wanted; the answer is still the exit code
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -133,7 +137,7 @@ def run(args: Any) -> int:
 
 
 def _report(args: Any, rows: "list[Dict[str, Any]]", warnings: "list[str]", verdict: Any,
-            compat_lines: "list[str]", running: bool) -> None:
+            compat_lines: "list[str]", running: bool, volatile_line: str) -> None:
     import sys
 
     from migration import runner
@@ -143,11 +147,13 @@ def _report(args: Any, rows: "list[Dict[str, Any]]", warnings: "list[str]", verd
         print(f"migration: {shown(w)}", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=1))
+        if volatile_line:
+            print(f"migration: {shown(volatile_line)}", file=sys.stderr)
         if verdict is not None and verdict.refused:
             print(f"migration: refused ({verdict.kind}): {shown(verdict.message)}",
                   file=sys.stderr)
     else:
-        for line in compat_lines:
+        for line in [*compat_lines, volatile_line] if volatile_line else compat_lines:
             print(shown(line))
         if running:
             print("(a runner is working now)")

@@ -16,8 +16,12 @@
 #                           and localstatedir must be /etc and /var.
 #   MIGRATION_PYTHON        interpreter in the wrapper's shebang (default /usr/bin/python3)
 #   MIGRATION_INIT          "systemd", "sysvinit" or "systemd sysvinit" (default systemd)
-#   MIGRATION_BOOT_POLICY   continue | halt | rescue (default continue), what a failed boot run does
-#   MIGRATION_BOOT_TIMEOUT  seconds each script may take at boot; empty or 0: no limit (default)
+#   MIGRATION_BOOT_POLICY   continue | halt | rescue (default continue), what a failed boot run
+#                           does (rescue isolates emergency.target: see the drop-in below)
+#   MIGRATION_BOOT_TIMEOUT  seconds each script may take at boot (unset or empty: 900); 0: no
+#                           limit
+#   MIGRATION_VOLATILE_STATE  warn | refuse (default warn): what a boot run does when the state
+#                           dir is on a volatile file system (--volatile-state of the runner)
 #   MIGRATION_COMPILE       absolute path of a python3 of the TARGET's version (the recipe:
 #                           python3-native's), to ship the package's bytecode: __pycache__/
 #                           *.cpython-XY.pyc made with --invalidation-mode unchecked-hash, so
@@ -57,7 +61,8 @@ systemd_system_unitdir=${systemd_system_unitdir:-/lib/systemd/system}
 python=${MIGRATION_PYTHON:-/usr/bin/python3}
 init=${MIGRATION_INIT:-systemd}
 policy=${MIGRATION_BOOT_POLICY:-continue}
-timeout=${MIGRATION_BOOT_TIMEOUT:-0}
+timeout=${MIGRATION_BOOT_TIMEOUT:-900}
+volatile=${MIGRATION_VOLATILE_STATE:-warn}
 
 [ "$sysconfdir" = /etc ] || die "sysconfdir=$sysconfdir: the runner reads /etc/migration.d"
 [ "$localstatedir" = /var ] || die "localstatedir=$localstatedir: the runner keeps /var/lib/migration"
@@ -86,6 +91,10 @@ esac
 if [ "$timeout" -gt 0 ]; then
 	run_args="$run_args --timeout $timeout"
 fi
+case "$volatile" in
+warn | refuse) run_args="$run_args --volatile-state $volatile" ;;
+*) die "MIGRATION_VOLATILE_STATE=$volatile: expected warn or refuse" ;;
+esac
 
 want_systemd=false
 want_sysvinit=false
@@ -147,10 +156,15 @@ if $want_systemd; then
 		echo "# Written by migration-install.sh for MIGRATION_BOOT_POLICY=$policy."
 		case "$policy" in
 		rescue)
+			# Not rescue.target: it requires sysinit.target, which wants migration.service,
+			# so isolating it ran the failed migration again (5 times in one boot, until
+			# the start limit). emergency.target pulls in nothing but its shell, like a
+			# failed local-fs.target.
 			echo "[Unit]"
-			echo "# A failed run stops the boot in rescue mode: sysinit done, no regular"
-			echo "# service started, a root shell on the console."
-			echo "OnFailure=rescue.target"
+			echo "# A failed run stops the boot in emergency mode: the boot jobs are cancelled,"
+			echo "# no regular service starts, sulogin offers a root shell on the console."
+			echo "# The failed migration is not started again in this boot."
+			echo "OnFailure=emergency.target"
 			echo "OnFailureJobMode=isolate"
 			echo
 			;;
