@@ -262,8 +262,8 @@ print(json.dumps([rc, events]))
 def test_durable_order_of_the_state_writes(tmp_path):
     """Under POSIX rules (a rename or unlink is durable only after an fsync of its directory, a
     file's content only after an fsync of the file or a sync(2) after it was written, which on
-    Linux waits for the writes): every script starts only after its started note and every
-    earlier outcome are durable; everything a script wrote, on any file system, is durable
+    Linux waits for the writes): every script starts only after its started note is durable;
+    records become durable in their order; everything a script wrote, on any file system, is durable
     before its outcome is recorded (a sync after the script ends, before the record's rename);
     every record's content is durable before it is renamed into place; a started note is
     dropped only after its outcome is durable; the done stamp comes after every outcome is
@@ -295,8 +295,9 @@ def test_durable_order_of_the_state_writes(tmp_path):
     sha_of = {os.path.join(str(device.scripts), m["name"]): m["sha256"] for m in migrations}
 
     def synced_after(i, path, before):
-        """Is `path` fsynced after event i and before event index `before`?"""
-        return any(e == ("fsync", path) for e in events[i + 1:before])
+        """Is `path` (a directory) made durable after event i and before event index `before`,
+        by its fsync or by a sync(2)?"""
+        return any(e in (("fsync", path), ("sync",)) for e in events[i + 1:before])
 
     execs = [i for i, e in enumerate(events) if e[0] == "exec"]
     assert len(execs) == N_SCRIPTS
@@ -319,10 +320,10 @@ def test_durable_order_of_the_state_writes(tmp_path):
         note = [i for i, e in enumerate(events[:x])
                 if e[0] == "rename" and e[2] == f"{state}/started/{sha}"]
         assert note and synced_after(note[-1], f"{state}/started", x), "started note not durable"
-        for i, kind_dir, _ in outcomes:
-            if i < x:
-                assert synced_after(i, kind_dir, x), "a script started before an earlier outcome " \
-                    "was durable"
+    # records become durable in their order: each before the next one is renamed into place
+    for (i, kind_dir, _), (j, _, _) in zip(outcomes, outcomes[1:]):
+        assert synced_after(i, kind_dir, j), \
+            "a record renamed into place before the previous one was durable"
     for i, e in enumerate(events):
         if e[0] == "unlink" and os.path.dirname(e[1]) == f"{state}/started":
             sha = os.path.basename(e[1])

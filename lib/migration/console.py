@@ -57,6 +57,11 @@ def _note(dropped: int) -> bytes:
             ).encode()
 
 
+
+#: signal.valid_signals() builds an enum per signal at every call; the writer thread may start
+#: once per message, so the set is made once.
+_ALL_SIGNALS = signal.valid_signals()
+
 class Console:
     """A file descriptor written by a thread of its own; `write` never blocks."""
 
@@ -92,7 +97,7 @@ class Console:
         # The runner's signals (errors.Interrupted) must reach the main thread, where a
         # blocking wait is interrupted by them: the writer starts with all of them blocked.
         thread = threading.Thread(target=self._run, name="migration-console", daemon=True)
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
         try:
             thread.start()
         except RuntimeError:  # no thread to be had (limits): the next write tries again

@@ -62,28 +62,28 @@ started/ says nothing about applied/); rename within one file system is atomic. 
 3. outcome record: write a temporary file in applied/ (or failed/), sync(2), rename it into
    place: whole or absent, whatever happens next, and never durable before the script's own
    writes (the one sync covers the script's data on every file system and the record's
-   content; see record_outcome). The fsync of the directory is *batched*
-   (record_outcome(batch=True)): it is done by the next mark_started(), right before the
-   fsync of started/ (both before the next script starts), or by settle() at the end of the run
-   (before the done stamp is written, also when the run is interrupted). So every outcome is
-   durable before anything that depends on it happens, exactly as with an immediate fsync.
+   content; see record_outcome). The rename is made durable without a directory fsync of its
+   own (record_outcome(batch=True)): by the next record's sync(2), which comes before that
+   record's rename, or by settle() at the end of the run (before the done stamp is written,
+   also when the run is interrupted). So records become durable in their order, and every
+   outcome before anything that depends on it (a later record, the stamp). A power cut while
+   the next script runs may lose the rename: the script's note is still there, so it reads as
+   interrupted and runs again, which a script must allow anyway (idempotence); it never reads
+   as applied without its data.
 4. the started note (and, after a success, an older failed record) is removed by settle() at
    the end of the run, after its outcome is durable, never before; until then applied+started
    reads as applied and failed+started of the same attempt as failed (snapshot()), so a cut in
    between reports what really happened, and a run killed before settle() leaves notes that
    the next run's prepare()/settle() drop.
 
-That is one sync(2) and two directory fsyncs per script (note's dir, record's dir), the least
-these guarantees allow under POSIX: the script's writes must be durable before its record is,
-and nothing short of a sync reaches every file system it may have written; the note and the
-record live in different directories, so one directory fsync cannot cover both. What the
-batching buys is on ext4 (with its journal; XFS's log behaves alike, other file systems may
-charge every fsync in full): a directory fsync commits the running journal transaction, which
-holds *every* pending metadata change, so the fsync of applied/ also commits the started note
-created just before it, and the fsync of started/ that follows finds its transaction committed
-and costs only a cache flush, not a commit. Going lower would need a started note that is not
-durable before the script starts, a guarantee of issue 2; the benchmark prints run-parts plus a
-sync per script to show that floor.
+That is one sync(2) and one directory fsync (the note's) per script, the least these guarantees
+allow under POSIX: the script's writes must be durable before its record is, and nothing short
+of a sync reaches every file system it may have written; the note must be durable before the
+script starts. On ext4 (and XFS, whose log behaves alike) the fsync of started/ commits the
+running journal transaction, which holds every pending metadata change, the previous record's
+rename included, so there the record is durable before the next script starts as well. Going
+lower would need a started note that is not durable before the script starts, a guarantee of
+issue 2; the benchmarks print "script + sync" to show that floor (issue 9 asks for 2x of it).
 """
 
 import contextlib
@@ -899,9 +899,8 @@ class State:
         The note's existence is what matters (found later without an outcome = interrupted), so
         it costs no fsync of its own, only one of the started/ directory; its content (attempt,
         time) is renamed into place: whole if only the runner dies, possibly empty after a power
-        cut, which snapshot() accepts for started notes. The outcome renames batched by
-        record_outcome(batch=True) are made durable here first, in the same breath (see the
-        module docstring: on ext4 the two directory fsyncs cost one journal commit)."""
+        cut, which snapshot() accepts for started notes. (The previous outcome's rename is made
+        durable by the next record's sync(2) or by settle(); see the module docstring.)"""
         started = time.time()
         record = {
             "format": FORMAT,
@@ -937,7 +936,6 @@ class State:
 
         self._with_room(f"write the started record of {name}", note)
         try:
-            self._sync_batched()  # the previous script's outcome, before this script starts
             self._sync_dir("started")
         except OSError as e:
             raise self._error(f"write the started record of {name}", e) from None
@@ -961,13 +959,14 @@ class State:
         every file in the system", sync(2)). A narrower syncfs(2) of the data root would miss
         the other file systems a script may write.
 
-        With `batch` (a runner going on to its next script), the fsync of the record's directory
-        is left to the next mark_started() or to settle(), and the notes are dropped by
+        With `batch` (a runner going on to its next script), the record's rename is made
+        durable by the next record's sync(2) or by settle(), and the notes are dropped by
         settle(): the record is whole before it is renamed into place in any case, and durable
-        before anything that depends on it happens (the next script, the done stamp)."""
+        before anything that depends on it happens (a later record, the done stamp)."""
         record = {**outcome, "format": FORMAT, "kind": kind, "runner_version": __version__}
         sha = record["sha256"]
         self._write(kind, sha, record, sync_dir=not batch, sync_all=True)
+        self._unsynced.clear()  # the sync(2) before this rename made the earlier renames durable
         stale = [("failed", sha)] if kind == "applied" else []
         stale.append(("started", sha))
         if batch:
