@@ -337,7 +337,8 @@ def test_applied_image_is_written_with_the_done_stamp_only(env):
     assert os.listdir(env.state / "done") == []
 
 
-def test_below_floor_is_refused_before_anything_is_written(env):
+def release_1_0_applied_then_3_0_with_floor_2_0(env):
+    """A device whose last complete release is 1.0, now given image 3.0 with floor 2.0."""
     os_release(env, "1.0")
     env.add("10-a")
     write_manifest5(env)
@@ -345,6 +346,10 @@ def test_below_floor_is_refused_before_anything_is_written(env):
     os_release(env, "3.0")
     env.add("20-b")
     write_manifest5(env, floor="2.0")
+
+
+def test_below_floor_is_refused_before_anything_is_written(env):
+    release_1_0_applied_then_3_0_with_floor_2_0(env)
     before = tree(env.state)
     exc = refused(env)
     assert exc.verdict.kind == compat.BELOW_FLOOR
@@ -361,13 +366,7 @@ def test_below_floor_is_refused_before_anything_is_written(env):
 def test_a_busy_lock_does_not_hide_the_refusal(env):
     """The verdict comes before the wait for the lock: exit 3, not 75 (which the update hooks
     take for "the boot retries"); the state is left as it was."""
-    os_release(env, "1.0")
-    env.add("10-a")
-    write_manifest5(env)
-    assert env.run() == 0
-    os_release(env, "3.0")
-    env.add("20-b")
-    write_manifest5(env, floor="2.0")
+    release_1_0_applied_then_3_0_with_floor_2_0(env)
     other = State(str(env.state))
     other.lock(0)
     try:

@@ -3,6 +3,7 @@
 to the runner through the state dir (see SECURITY.md). Runs as root: the files of "another user"
 are made with os.chown, and that user's own attempts run in a child after os.setuid."""
 
+import contextlib
 import json
 import os
 import pathlib
@@ -118,80 +119,56 @@ def test_lock_is_0600_so_no_other_user_can_take_it(root):
     assert _as_nobody(take) == 0
 
 
-def test_legacy_0644_lock_is_replaced_by_a_private_one(root):
-    """A lock left by an older runner (0644: any user could open and flock it) is replaced, so a
-    user holding the old file's lock no longer blocks the runner."""
+@contextlib.contextmanager
+def legacy_lock_held(root, flock, as_user=True):
+    """Runner 0.1.0's 0644 lock in a fresh state dir, opened (and with `flock`, locked) by a
+    process of a local user (or of root); yields the lock's path."""
     root.add("10-a", "true\n")
     root.state.mkdir(parents=True, mode=0o755)
     lock = root.state / "lock"
     lock.touch(mode=0o644)
     os.chmod(lock, 0o644)
-    old_ino = os.stat(lock).st_ino
+    take = "fcntl.flock(fd, fcntl.LOCK_EX); " if flock else ""
     r, w = os.pipe()
-    # a local user opens the old lock and would hold its flock forever
     holder = subprocess.Popen(
-        ["python3", "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); "
-         "os.write(1, b'x'); import time; time.sleep(30)", str(lock)],
-        stdout=w, preexec_fn=lambda: (os.setgid(NOBODY), os.setuid(NOBODY)))
+        ["python3", "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); "
+         f"{take}os.write(1, b'x'); time.sleep(30)", str(lock)],
+        stdout=w, preexec_fn=(lambda: (os.setgid(NOBODY), os.setuid(NOBODY))) if as_user else None)
     os.close(w)
     try:
         assert os.read(r, 1) == b"x"
-        proc = root("run", "--lock-wait", "1")
-        assert proc.returncode == 0, proc.stderr
-        assert os.stat(lock).st_ino != old_ino and _mode(lock) == 0o600
+        yield lock
     finally:
         holder.kill()
         holder.wait()
         os.close(r)
+
+
+def test_legacy_0644_lock_is_replaced_by_a_private_one(root):
+    """A lock left by an older runner (0644: any user could open and flock it) is replaced, so a
+    user holding the old file's lock no longer blocks the runner."""
+    with legacy_lock_held(root, flock=False) as lock:
+        old_ino = os.stat(lock).st_ino
+        proc = root("run", "--lock-wait", "1")
+        assert proc.returncode == 0, proc.stderr
+        assert os.stat(lock).st_ino != old_ino and _mode(lock) == 0o600
 
 
 def test_a_user_who_flocks_the_legacy_lock_first_does_not_block_the_runner(root):
     """Found by an adversary: a user who takes the flock of runner 0.1.0's 0644 lock before any
     new runner held it blocked every run (exit 75). A lock held only by other users' processes
     is replaced at once; one held by root (a runner) is waited for."""
-    root.add("10-a", "true\n")
-    root.state.mkdir(parents=True, mode=0o755)
-    lock = root.state / "lock"
-    lock.touch(mode=0o644)
-    os.chmod(lock, 0o644)
-    old_ino = os.stat(lock).st_ino
-    r, w = os.pipe()
-    holder = subprocess.Popen(
-        ["python3", "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); "
-         "fcntl.flock(fd, fcntl.LOCK_EX); os.write(1, b'x'); time.sleep(30)", str(lock)],
-        stdout=w, preexec_fn=lambda: (os.setgid(NOBODY), os.setuid(NOBODY)))
-    os.close(w)
-    try:
-        assert os.read(r, 1) == b"x"
+    with legacy_lock_held(root, flock=True) as lock:
+        old_ino = os.stat(lock).st_ino
         proc = root("run", "--lock-wait", "5")
         assert proc.returncode == 0, proc.stderr
         assert os.stat(lock).st_ino != old_ino and _mode(lock) == 0o600
-    finally:
-        holder.kill()
-        holder.wait()
-        os.close(r)
 
 
 def test_a_legacy_lock_held_by_root_is_waited_for(root):
-    root.add("10-a", "true\n")
-    root.state.mkdir(parents=True, mode=0o755)
-    lock = root.state / "lock"
-    lock.touch(mode=0o644)
-    os.chmod(lock, 0o644)
-    r, w = os.pipe()
-    holder = subprocess.Popen(
-        ["python3", "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); "
-         "fcntl.flock(fd, fcntl.LOCK_EX); os.write(1, b'x'); time.sleep(30)", str(lock)],
-        stdout=w)
-    os.close(w)
-    try:
-        assert os.read(r, 1) == b"x"
+    with legacy_lock_held(root, flock=True, as_user=False):
         proc = root("run", "--lock-wait", "0.5")
         assert proc.returncode == 75, proc.stderr
-    finally:
-        holder.kill()
-        holder.wait()
-        os.close(r)
 
 
 @pytest.mark.parametrize("kind", ["fifo", "dangling", "symlink", "other-owner", "directory"])
