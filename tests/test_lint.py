@@ -85,6 +85,32 @@ def test_errexit_not_required_for_python() -> None:
     assert lint.lint_script("a.py", b"#!/usr/bin/python3\nimport os\n") == []
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"#!/usr/bin/env python3\nimport os\nif True\n    os.rename('a', 'b')\n",
+        b"#!/usr/bin/python3\nprint('unclosed)\n",
+        b"#!/bin/python\ndef f(:\n",
+    ],
+)
+def test_python_syntax_error_fails_with_the_line(data: bytes) -> None:
+    (syntax,) = [f for f in lint.lint_script("convert.py", data) if f.check == "syntax"]
+    version = "{}.{}".format(*sys.version_info[:2])
+    assert syntax.message.startswith(f"Python {version} cannot compile it (line ")
+    assert syntax.line in (2, 3)
+
+
+def test_python_is_compiled_not_run(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    data = f"#!/usr/bin/python3\nopen({str(marker)!r}, 'w').close()\n".encode()
+    assert lint.lint_script("touch.py", data) == []
+    assert not marker.exists()
+
+
+def test_python_warnings_are_not_findings() -> None:
+    assert lint.lint_script("w.py", b"#!/usr/bin/python3\nprint('\\d')\n") == []
+
+
 def test_sh_syntax_error_names_the_line() -> None:
     findings = [f for f in lint.lint_script("a.sh", b"#!/bin/sh\nset -e\nif true\n") if True]
     (syntax,) = [f for f in findings if f.check == "syntax"]
@@ -205,7 +231,9 @@ def test_every_check_is_an_error_by_default_in_the_class() -> None:
     # A QA name missing from ERROR_QA (and WARN_QA) is silently ignored by oe.qa.handle_error.
     bbclass = (Path(__file__).resolve().parent.parent / "classes/migration.bbclass").read_text()
     (line,) = [x for x in bbclass.splitlines() if x.startswith("ERROR_QA:append")]
-    assert set(line.split('"')[1].split()) == {f"migration-{c}" for c in lint.CHECKS}
+    # migration-package: not a check of the scripts but of the package split (do_package).
+    expected = {f"migration-{c}" for c in lint.CHECKS} | {"migration-package"}
+    assert set(line.split('"')[1].split()) == expected
 
 
 # `migration lint FILE...`: the command line authors run before building.

@@ -12,7 +12,8 @@ Checks (the ``check`` field of a :class:`Finding`, also the suffix of the QA nam
 ``errexit``     a shell script that does not turn on errexit (``set -e``, ``set -eu``,
                 ``set -o errexit``, ``#!/bin/sh -e``); the runner adds it, but a script that
                 relies on it misbehaves when run by hand or at update time by other tools
-``syntax``      ``sh -n`` (``bash -n`` for bash scripts) rejects the script
+``syntax``      ``sh -n`` (``bash -n`` for bash scripts) rejects the script, or the Python running
+                the lint cannot compile a Python script
 ``shellcheck``  a ShellCheck finding of severity warning or worse; only when the ``shellcheck``
                 binary is available (it is optional on a build host)
 ``crlf``        CRLF line endings (``/bin/sh^M: bad interpreter``)
@@ -30,6 +31,7 @@ The syntax and ShellCheck checks run external programs (``sh``, ``bash``, ``shel
 import re
 import shutil
 import subprocess
+import sys
 from typing import Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from . import compat, scripts
@@ -207,6 +209,32 @@ def check_syntax(name: str, data: bytes) -> List[Finding]:
     return [Finding("syntax", name, f"`{dialect} -n` fails: {text}", line)]
 
 
+def check_python(name: str, data: bytes) -> List[Finding]:
+    """Python scripts: compiled (not run) by the Python running the lint, BitBake's on a build
+    host, so syntax errors fail the build instead of the migration at boot. Syntax newer than
+    that Python (the target's may be newer) is reported too: the message names the version."""
+    import warnings
+
+    version = "{}.{}".format(*sys.version_info[:2])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # SyntaxWarning: advice, not an error
+            compile(data, name, "exec", dont_inherit=True)
+    except SyntaxError as e:
+        where = f" (line {e.lineno})" if e.lineno else ""
+        return [
+            Finding(
+                "syntax",
+                name,
+                f"Python {version} cannot compile it{where}: {e.msg}",
+                e.lineno or None,
+            )
+        ]
+    except ValueError as e:  # NUL bytes, before Python 3.12
+        return [Finding("syntax", name, f"Python {version} cannot compile it: {e}")]
+    return []
+
+
 def check_shellcheck(name: str, data: bytes, shellcheck: str) -> List[Finding]:
     """ShellCheck findings (severity :data:`SHELLCHECK_SEVERITY` or worse), one per finding."""
     argv = [
@@ -271,6 +299,8 @@ def lint_script(
             )
         )
         return findings
+    if interpreter_name(data).startswith("python"):
+        findings += check_python(name, data)
     if not is_shell(data):
         return findings
     if not has_errexit(data):
@@ -325,6 +355,12 @@ def lint_scripts(
 
 ONEWAY_VAR = "MIGRATION_ONEWAY"
 COMPAT_LEVEL_VAR = "MIGRATION_COMPAT_LEVEL"
+
+
+def takes_default_level(value: str) -> bool:
+    """True when a MIGRATION_ONEWAY value has an entry without a level of its own (NAME, not
+    NAME:LEVEL): its level is MIGRATION_COMPAT_LEVEL's."""
+    return any(":" not in word for word in value.split())
 
 
 def parse_level(text: str, minimum: int) -> Optional[int]:
