@@ -45,8 +45,8 @@ CRYPT = {"hashlib", "_sha2", "_sha256"}  # lib-dynload/_sha2 (3.12+), _sha256 (<
 JSON = {"json"}
 ALLOWED = CORE | CRYPT | JSON
 
-#: Modules that never run on the target: BitBake glue (imports bb and oe).
-HOST_ONLY = {"bitbake.py"}
+#: Modules that never run on the target: BitBake glue (imports bb and oe), not installed.
+HOST_ONLY = {"bitbake.py", "tasksources.py"}
 
 
 def _modules():

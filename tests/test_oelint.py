@@ -27,7 +27,7 @@ def metadata_files() -> list:
         for p in LAYER.glob(pattern)
     )
     assert "classes/migration.bbclass" in files
-    assert "recipes-core/migration/migration_1.0.bb" in files
+    assert "recipes-core/migration/migration_0.2.0.bb" in files
     return files
 
 

@@ -10,4 +10,4 @@ __version__ = "0.2.0"
 
 # BitBake's `addpylib ${LAYERDIR}/lib migration` (conf/layer.conf) imports these submodules and
 # scans their functions for d.getVar("LITERAL") dependencies of the tasks that call them.
-BBIMPORTS = ["bitbake"]
+BBIMPORTS = ["bitbake", "tasksources"]

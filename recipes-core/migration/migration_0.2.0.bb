@@ -106,8 +106,11 @@ INITSCRIPT_PARAMS = "start 30 S ."
 do_configure[noexec] = "1"
 do_compile[noexec] = "1"
 
+# The Python package goes to ${nonarch_libdir} (/usr/lib), not ${libdir}: with multilib,
+# migration and lib32-migration then install the same files (rpm shares identical files), so
+# a device has one runner whichever variant a package depends on.
 do_install() {
-    D="${D}" sbindir="${sbindir}" libdir="${libdir}" datadir="${datadir}" \
+    D="${D}" sbindir="${sbindir}" libdir="${nonarch_libdir}" datadir="${datadir}" \
     sysconfdir="${sysconfdir}" localstatedir="${localstatedir}" \
     systemd_system_unitdir="${systemd_system_unitdir}" \
     MIGRATION_PYTHON="${MIGRATION_PYTHON}" MIGRATION_INIT="${MIGRATION_INIT}" \
@@ -123,7 +126,7 @@ do_install() {
 PACKAGES =+ "${PN}-wipe-request"
 
 FILES:${PN}-wipe-request += "${sysconfdir}/migration/incompatible.d/50-request-wipe"
-FILES:${PN} += "${systemd_system_unitdir}"
+FILES:${PN} += "${nonarch_libdir}/migration ${systemd_system_unitdir}"
 
 # What lib/migration's on-target modules import (directly and through the standard library),
 # checked against OE-core's python3-manifest.json. Before Python 3.13 (scarthgap) fcntl, which

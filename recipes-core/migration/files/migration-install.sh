@@ -6,8 +6,9 @@
 #
 #   sh migration-install.sh PKG_SRC_DIR FILES_DIR
 #
-# PKG_SRC_DIR is the Python package (the layer's lib/migration), FILES_DIR the directory holding
-# this script's unit templates. Settings come from the environment, with BitBake's names:
+# PKG_SRC_DIR is the Python package (the layer's lib/migration; its build-only modules
+# bitbake.py and tasksources.py are left out), FILES_DIR the directory holding this script's
+# unit templates and hooks (the recipe's files/, unpacked). Settings come from the environment, with BitBake's names:
 #   D                       destination root (required; the recipe's ${D})
 #   sbindir libdir datadir sysconfdir localstatedir systemd_system_unitdir
 #                           paths as in BitBake; the defaults are OE's (/usr/sbin, /usr/lib,
@@ -122,12 +123,17 @@ subst() {
 	chmod "$3" "$2"
 }
 
-# The package: every module, no caches of the build host, no tests; then its bytecode, by the
-# target's Python version, with the paths the target sees in tracebacks (-s $D -p /).
+# The package: every module but the build-only ones (BitBake's glue), no caches of the build
+# host, no tests; then its bytecode, by the target's Python version, with the paths the target
+# sees in tracebacks (-s $D -p /).
+build_only="./bitbake.py ./tasksources.py"
 pkgdir="$D$libdir/migration/migration"
 rm -rf "$pkgdir"
 (cd "$src" && find . -name __pycache__ -prune -o -type f -name '*.py' -print) |
 	while IFS= read -r f; do
+		case " $build_only " in
+		*" $f "*) continue ;;
+		esac
 		install -D -m 0644 "$src/$f" "$pkgdir/$f"
 	done
 if [ -n "$compile" ]; then
