@@ -10,17 +10,20 @@
 #   MIGRATION_SCRIPTS = "move-foo-data.sh"
 #
 # With no other line the recipe gets:
-#   - do_migration_lint: every script checked at build time (after do_unpack, before
-#     do_install; it needs file:// sources only, so it runs offline). Each finding is an OE QA
-#     issue named migration-<check>, an error by default (see "QA issues" below);
+#   - do_migration_lint: every script checked at build time (after do_unpack and do_patch,
+#     before do_package_qa, so an image build runs it too; without patches it needs no native
+#     tool, so with file:// sources it runs offline).
+#     Each finding is an OE QA issue named migration-<check>, an error by default (see
+#     "QA issues" below);
 #   - the script installed as ${sysconfdir}/migration.d/<priority>-<package>-<script>, e.g.
 #     /etc/migration.d/50-foo-move-foo-data.sh, mode 0755. The runner applies scripts in
 #     byte-wise order of these names: by MIGRATION_PRIORITY, then package, then script name;
 #   - ${datadir}/migration/packages/<package>.json: the package's fragment of the image manifest
 #     (installed name and sha256 of each script, its one-way level if any, package version PV-PR);
 #   - FILES:<package> for all of these, and RDEPENDS:<package> on the runner (MIGRATION_RUNNER)
-#     and on the script's interpreter (bash for a bash script, python3 for a python one; see
-#     MIGRATION_INTERPRETER_RDEPENDS);
+#     and on the script's interpreter (bash for a bash script, python3-core for a python one;
+#     see MIGRATION_INTERPRETER_RDEPENDS), read from the packaged scripts, so scripts from a
+#     tarball or git get it too;
 #   - on a target install with a package manager (not at rootfs time), a postinst/postrm that
 #     refreshes the image manifest with `migration manifest`.
 #
@@ -76,8 +79,10 @@
 #   MIGRATION_INTERPRETER_RDEPENDS[<interpreter>]
 #                              Runtime dependency per interpreter base name (as the runner sees
 #                              it through env and busybox). Defaults: [bash] = "bash",
-#                              [python3] = "python3", [python] = "python3"; sh needs nothing.
-#                              Example: MIGRATION_INTERPRETER_RDEPENDS[python3] = "python3-core"
+#                              [python3] = "python3-core", [python] = "python3-core"; sh needs
+#                              nothing. A Python script that imports more than python3-core
+#                              holds adds those packages to RDEPENDS:<pkg> (python3-json...).
+#                              Example: MIGRATION_INTERPRETER_RDEPENDS[python3] = "python3"
 #
 # QA issues (ERROR_QA by default; move one to a warning with
 # ERROR_QA:remove = "migration-shellcheck" and WARN_QA:append = " migration-shellcheck", or skip
@@ -86,7 +91,8 @@
 #   migration-empty       empty script
 #   migration-shebang     no #! line
 #   migration-errexit     shell script without set -e / set -eu / set -o errexit / #!/bin/sh -e
-#   migration-syntax      sh -n (bash -n for bash scripts) fails
+#   migration-syntax      sh -n (bash -n for bash scripts) fails, or a Python script does not
+#                         compile (with the build host's Python: BitBake's)
 #   migration-shellcheck  ShellCheck warnings and errors (when ShellCheck is available)
 #   migration-crlf        CRLF line endings
 #   migration-name        an installed name the runner skips or refuses
@@ -94,6 +100,9 @@
 #   migration-oneway      a MIGRATION_ONEWAY entry names no script of MIGRATION_SCRIPTS, or
 #                         its level is not a whole number >= 1 (set MIGRATION_COMPAT_LEVEL in
 #                         the distro or pin NAME:LEVEL)
+#   migration-package     a file of a migration package went to another package listed before
+#                         it in PACKAGES (e.g. ${PN}, whose FILES take ${sysconfdir}): the
+#                         message names both and says how to order them
 #   migration-manifest    (image) the image manifest cannot be made, e.g. two packages ship one
 #                         name; the message names both
 # The same checks run on any host with `migration lint FILE...` (python3 -m migration from the
@@ -139,10 +148,10 @@ MIGRATION_SHELLCHECK[choices] = "auto no"
 
 MIGRATION_INTERPRETER_RDEPENDS[doc] = "Runtime dependency per script interpreter (varflag per interpreter base name)."
 MIGRATION_INTERPRETER_RDEPENDS[bash] ?= "bash"
-MIGRATION_INTERPRETER_RDEPENDS[python3] ?= "python3"
-MIGRATION_INTERPRETER_RDEPENDS[python] ?= "python3"
+MIGRATION_INTERPRETER_RDEPENDS[python3] ?= "python3-core"
+MIGRATION_INTERPRETER_RDEPENDS[python] ?= "python3-core"
 
-ERROR_QA:append = " migration-missing migration-empty migration-shebang migration-errexit migration-syntax migration-shellcheck migration-crlf migration-name migration-duplicate migration-oneway"
+ERROR_QA:append = " migration-missing migration-empty migration-shebang migration-errexit migration-syntax migration-shellcheck migration-crlf migration-name migration-duplicate migration-oneway migration-package"
 
 # Parse time, like systemd.bbclass: FILES and RDEPENDS depend on the scripts listed.
 # nooelint: oelint.task.noanonpython
@@ -150,13 +159,27 @@ python __anonymous() {
     migration.bitbake.setup(d)
 }
 
+# The host tools the lint runs and their versions: in its signature, so that one hash means one
+# QA verdict (another ShellCheck, or none, runs the lint again).
+MIGRATION_LINT_TOOLS = "${@migration.bitbake.lint_tools(d)}"
+MIGRATION_LINT_TOOLS[doc] = "The host tools do_migration_lint runs (sh, bash, shellcheck) and their versions; computed, part of the lint's signature."
+MIGRATION_LINT_TOOLS[vardepvalue] = "${MIGRATION_LINT_TOOLS}"
+
 python do_migration_lint() {
     migration.bitbake.lint_task(d)
 }
 do_migration_lint[doc] = "Checks the migration scripts (MIGRATION_SCRIPTS) and reports each problem as a migration-* QA issue."
-do_migration_lint[vardeps] += "MIGRATION_SCRIPTS MIGRATION_PRIORITY MIGRATION_BEFORE MIGRATION_ONEWAY MIGRATION_SHELLCHECK"
-do_migration_lint[file-checksums] += "${MIGRATION_LAYERDIR}/lib/migration/lint.py:True ${MIGRATION_LAYERDIR}/lib/migration/scripts.py:True"
-addtask migration_lint after do_unpack before do_install do_package
+do_migration_lint[vardeps] += "MIGRATION_SCRIPTS MIGRATION_PRIORITY MIGRATION_BEFORE MIGRATION_ONEWAY MIGRATION_SHELLCHECK MIGRATION_LINT_TOOLS"
+# BitBake scans only lib/migration/bitbake.py's functions: the modules they import (lint.py,
+# scripts.py, ...) enter the signatures of the tasks that run them as files.
+do_migration_lint[file-checksums] += "${@migration.tasksources.file_checksums('lint_task')}"
+# After do_unpack, and after do_patch in a recipe with patches (setup() adds it): the lint
+# reads the bytes that do_install installs, patched, and a recipe without patches keeps a lint
+# that needs no native tool (do_patch needs quilt-native). Before do_package_qa, like OE's own
+# package QA: an image build (do_build[rdeptask] do_package_qa) runs it and fails on its errors,
+# and no package's signature takes in the lint's, so builders with other host tools
+# (MIGRATION_LINT_TOOLS) still share the packages' sstate.
+addtask migration_lint after do_unpack before do_package_qa do_build
 
 python migration_install() {
     migration.bitbake.install(d)
@@ -164,6 +187,7 @@ python migration_install() {
 migration_install[doc] = "Installs the migration scripts, gating drop-ins and manifest fragments into D (a do_install postfunc)."
 migration_install[vardeps] += "MIGRATION_SCRIPTS MIGRATION_PRIORITY MIGRATION_BEFORE MIGRATION_ONEWAY"
 do_install[postfuncs] += "migration_install"
+do_install[file-checksums] += "${@migration.tasksources.file_checksums('install')}"
 
 # A package installed on a running target (package manager, not rootfs time) refreshes the image
 # manifest so the runner knows its scripts; at rootfs time migration_image.bbclass does it once.
@@ -180,3 +204,10 @@ python migration_populate_packages() {
 migration_populate_packages[doc] = "Adds the manifest refresh to the migration packages' postinst and postrm."
 migration_populate_packages[vardeps] += "migration_refresh_manifest"
 PACKAGESPLITFUNCS:prepend = "migration_populate_packages "
+
+# After the split (as gtk-icon-cache.bbclass does): each migration package holds its files
+# (QA issue migration-package otherwise) and depends on the interpreters of the scripts it holds.
+python populate_packages:append () {
+    migration.bitbake.check_packaging(d)
+}
+do_package[file-checksums] += "${@migration.tasksources.file_checksums('add_postinsts')} ${@migration.tasksources.file_checksums('check_packaging')}"

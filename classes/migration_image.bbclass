@@ -65,3 +65,5 @@ migration_image_manifest[doc] = "Writes the image's migration manifest from the 
 migration_image_manifest[vardeps] += "MIGRATION_COMPAT_LEVEL MIGRATION_UPGRADE_FLOOR MIGRATION_DATA_MARKERS"
 
 ROOTFS_POSTPROCESS_COMMAND += "migration_image_manifest"
+# The manifest code (lib/migration/manifest.py and what it imports) is in no signature otherwise.
+do_rootfs[file-checksums] += "${@migration.tasksources.file_checksums('image_manifest')}"

@@ -6,10 +6,12 @@ The only module that sees BitBake's datastore ``d``: it turns variables into pla
 OE QA issues. It imports ``bb`` and ``oe`` inside functions only, so ``python3 -m migration`` and
 the tests can import the package without BitBake. Nothing that runs on the target imports it.
 
-The package ``__init__`` lists this module in ``BBIMPORTS``: BitBake then scans these functions
-for ``d.getVar("LITERAL")`` and ``oe.qa.handle_error("LITERAL", ...)`` so task signatures follow
-them. Names built at run time (``MIGRATION_SCRIPTS:<pkg>``) are added to ``vardeps`` by
-:func:`setup` instead.
+The package ``__init__`` lists this module in ``BBIMPORTS``: BitBake then scans its public
+functions (``addpylib`` skips names that start with ``_``, so every function that reads ``d``
+here is public) for ``d.getVar("LITERAL")`` and ``oe.qa.handle_error("LITERAL", ...)`` so task
+signatures follow them. Names built at run time (``MIGRATION_SCRIPTS:<pkg>``,
+``INSANE_SKIP:<pkg>``) are added to ``vardeps`` by :func:`setup` instead. The other modules of
+the package reach the signatures through ``file-checksums`` (:mod:`migration.tasksources`).
 """
 
 import os
@@ -29,6 +31,9 @@ PER_PACKAGE_VARS = (
 )
 """Variables read per package (``VAR:<pkg>``, falling back to ``VAR``)."""
 
+LINT_TOOLS = ("sh", "bash", "shellcheck")
+"""Host tools whose verdict do_migration_lint reports (:func:`lint_tools`)."""
+
 UNIT_RE = re.compile(
     r"\A[A-Za-z0-9:_.\\@-]+\.(service|socket|target|mount|automount|swap|path|timer|slice|scope)\Z"
 )
@@ -41,10 +46,14 @@ class PackageConfig(typing.NamedTuple):
     priority: str
     scripts: typing.List[str]
     before: typing.List[str]
+    name: str
+    """The package's name on the device (installed names, fragment, gate instance): the package
+    without the multilib prefix, so that ``foo`` and ``lib32-foo`` ship the same files (one
+    migration, run once; rpm installs identical files of two packages side by side)."""
 
     def installed(self) -> typing.List[typing.Tuple[str, str]]:
         """``(script, installed_name)`` for each script of the package."""
-        return [(s, lint.installed_name(self.priority, self.package, s)) for s in self.scripts]
+        return [(s, lint.installed_name(self.priority, self.name, s)) for s in self.scripts]
 
 
 def get_package_var(d: typing.Any, var: str, pkg: str) -> str:
@@ -58,6 +67,7 @@ def get_package_var(d: typing.Any, var: str, pkg: str) -> str:
 def package_configs(d: typing.Any) -> typing.List[PackageConfig]:
     """One :class:`PackageConfig` per package in MIGRATION_PACKAGES that ships a script."""
     configs = []
+    mlprefix = d.getVar("MLPREFIX") or ""
     for pkg in (d.getVar("MIGRATION_PACKAGES") or "").split():
         scripts = get_package_var(d, "MIGRATION_SCRIPTS", pkg).split()
         if not scripts:
@@ -68,6 +78,7 @@ def package_configs(d: typing.Any) -> typing.List[PackageConfig]:
                 get_package_var(d, "MIGRATION_PRIORITY", pkg) or lint.DEFAULT_PRIORITY,
                 scripts,
                 get_package_var(d, "MIGRATION_BEFORE", pkg).split(),
+                pkg[len(mlprefix) :] if mlprefix and pkg.startswith(mlprefix) else pkg,
             )
         )
     return configs
@@ -89,7 +100,9 @@ def oneway_levels(
         {cfg.package: cfg.scripts for cfg in configs},
         d.getVar("MIGRATION_ONEWAY") or "",
         own,
-        d.getVar("MIGRATION_COMPAT_LEVEL") or "",
+        # Through a name, never a literal: BitBake's scanner would make every task that calls
+        # this depend on the distro's level; setup() adds it where a one-way script takes it.
+        d.getVar(lint.COMPAT_LEVEL_VAR) or "",
     )
 
 
@@ -100,7 +113,8 @@ def is_inert(d: typing.Any) -> bool:
     return bb.data.inherits_class("native", d) or bb.data.inherits_class("nativesdk", d)
 
 
-def _systemd(d: typing.Any) -> bool:
+def systemd_enabled(d: typing.Any) -> bool:
+    """True when DISTRO_FEATURES has systemd: the gating drop-ins are installed."""
     return "systemd" in (d.getVar("DISTRO_FEATURES") or "").split()
 
 
@@ -152,22 +166,30 @@ def setup(d: typing.Any) -> None:
         _fatal(d, f"MIGRATION_SHELLCHECK = {mode!r}: set it to one of {', '.join(choices)}")
     pkgs = (d.getVar("MIGRATION_PACKAGES") or "").split()
     runner = (d.getVar("MIGRATION_RUNNER") or "").split()
-    sysconfdir = d.getVar("sysconfdir")
-    datadir = d.getVar("datadir")
-    unitdir = d.getVar("systemd_system_unitdir")
     packages = (d.getVar("PACKAGES") or "").split()
     configs = package_configs(d)
-    oneway = bool((d.getVar("MIGRATION_ONEWAY") or "").strip())
+    unpinned = lint.takes_default_level(d.getVar("MIGRATION_ONEWAY") or "")
     for pkg in pkgs:
         names = " ".join(f"{var}:{pkg}" for var in PER_PACKAGE_VARS)
-        oneway = oneway or bool((d.getVar("MIGRATION_ONEWAY:" + pkg) or "").strip())
+        unpinned = unpinned or lint.takes_default_level(d.getVar("MIGRATION_ONEWAY:" + pkg) or "")
         for task in ("do_migration_lint", "migration_install"):
             d.appendVarFlag(task, "vardeps", " " + names)
-    if oneway:
-        # Only recipes with one-way scripts depend on the distro's level: raising it rebuilds
-        # them, not every recipe that ships a migration.
+        d.appendVarFlag("do_migration_lint", "vardeps", f" INSANE_SKIP:{pkg}")
+    if has_patches(d):
+        import bb.build
+
+        # The lint must read the patched bytes, which are the installed ones.
+        bb.build.addtask("do_migration_lint", None, "do_patch", d)
+    if not qa_names_in_signatures():
+        # Before wrynose, oe.qa.handle_error has no visitorcode: the QA names of report()
+        # reach no signature, so the lint depends on the whole QA lists.
+        d.appendVarFlag("do_migration_lint", "vardeps", " ERROR_QA WARN_QA")
+    if unpinned:
+        # Only recipes with a one-way script that takes the distro's level (NAME, not
+        # NAME:LEVEL) depend on it: raising it rebuilds them, not every recipe that ships a
+        # migration (oneway_levels() reads it through a name the scanner does not see).
         for task in ("do_migration_lint", "migration_install"):
-            d.appendVarFlag(task, "vardeps", " MIGRATION_COMPAT_LEVEL")
+            d.appendVarFlag(task, "vardeps", " " + lint.COMPAT_LEVEL_VAR)
     if not configs:
         import bb
 
@@ -199,19 +221,173 @@ def setup(d: typing.Any) -> None:
             # First, so that ${PN}'s default FILES (all of ${sysconfdir}) do not take the scripts.
             d.prependVar("PACKAGES", pkg + " ")
             packages.insert(0, pkg)
-        files = [f"{sysconfdir}/migration.d/{inst}" for _, inst in cfg.installed()]
-        files.append(f"{datadir}/migration/packages/{pkg}.json")
-        if _systemd(d):
-            from . import units
-
-            files += [f"{unitdir}/{unit}.d/{units.gate_dropin_name(pkg)}" for unit in cfg.before]
-        d.appendVar("FILES:" + pkg, " " + " ".join(files))
+        d.appendVar("FILES:" + pkg, " " + " ".join(package_paths(d, cfg)))
         rdepends = list(runner)
         for script in cfg.scripts:
             path = find_local(d, script)
             if path:
                 rdepends += [r for r in interpreter_rdepends(d, path) if r not in rdepends]
         d.appendVar("RDEPENDS:" + pkg, " " + " ".join(rdepends))
+
+
+PATCH_EXTENSIONS = (".diff", ".patch")
+COMPRESSED_EXTENSIONS = (".gz", ".bz2", ".xz", ".Z")
+
+
+def has_patches(d: typing.Any) -> bool:
+    """True when SRC_URI holds a patch do_patch applies: what oe.patch.patch_path() takes for
+    one (``apply=yes``, or a .diff/.patch name, compressed or not, without ``apply=no``), read
+    from the URLs alone so that parsing fetches and searches nothing."""
+    import bb.fetch2
+    import oe.types
+
+    for url in (d.getVar("SRC_URI") or "").split():
+        try:
+            _type, _host, path, _user, _pswd, parm = bb.fetch2.decodeurl(url)
+        except bb.fetch2.MalformedUrl:
+            continue
+        base, ext = os.path.splitext(os.path.basename(path))
+        if ext in COMPRESSED_EXTENSIONS:
+            ext = os.path.splitext(base)[1]
+        if "apply" in parm:
+            if oe.types.boolean(parm["apply"]):
+                return True
+        elif ext in PATCH_EXTENSIONS:
+            return True
+    return False
+
+
+def qa_names_in_signatures() -> bool:
+    """True when BitBake's scanner turns ``oe.qa.handle_error("NAME", ...)`` into a dependency on
+    whether NAME is in ERROR_QA or WARN_QA (OE-core's handle_error has a visitorcode)."""
+    import oe.qa
+
+    return hasattr(oe.qa.handle_error, "visitorcode")
+
+
+_TOOL_IDS: typing.Dict[typing.Tuple[str, int, int], str] = {}
+
+
+def tool_id(path: str) -> str:
+    """What identifies the lint verdict of the tool at ``path``: its real name and the first
+    line of ``--version`` (dash has none: its name). Memoised per file, size and mtime."""
+    import subprocess
+
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    key = (real, st.st_size, st.st_mtime_ns)
+    if key not in _TOOL_IDS:
+        name = os.path.basename(real)
+        try:
+            proc = subprocess.run(
+                [real, "--version"],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            lines = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
+            # ShellCheck prints "ShellCheck - shell script analysis tool" and "version: X".
+            version = next((line for line in lines if line.startswith("version:")), "")
+            version = version or (lines[0] if proc.returncode == 0 and lines else "")
+        except (OSError, subprocess.SubprocessError):
+            version = ""
+        _TOOL_IDS[key] = f"{name} {version}".strip()
+    return _TOOL_IDS[key]
+
+
+def lint_tools(d: typing.Any) -> str:
+    """MIGRATION_LINT_TOOLS: the host tools do_migration_lint runs (``sh -n``, ``bash -n``,
+    ShellCheck unless MIGRATION_SHELLCHECK is "no") and their versions, or "none" for a tool
+    the task PATH lacks. In the lint's signature, so that a build gives the same QA verdict for
+    the same hash: another ShellCheck (or none) re-runs the lint.
+
+    Every HOSTTOOLS_DIR path looked at becomes a parse dependency, so installing, removing or
+    upgrading a tool invalidates the parse cache that holds this value.
+    """
+    import shutil
+
+    import bb.parse
+
+    names = [t for t in LINT_TOOLS if t != "shellcheck" or d.getVar("MIGRATION_SHELLCHECK") != "no"]
+    hosttools = d.getVar("HOSTTOOLS_DIR") or ""
+    ids = []
+    for name in names:
+        if hosttools:
+            bb.parse.mark_dependency(d, os.path.join(hosttools, name))
+        found = shutil.which(name, path=d.getVar("PATH"))
+        ids.append(f"{name}={tool_id(found) if found else 'none'}")
+    return "; ".join(ids)
+
+
+def package_paths(d: typing.Any, cfg: PackageConfig) -> typing.List[str]:
+    """The paths (relative to the image root) that package ``cfg.package`` must hold: its
+    scripts, its fragment and its gating drop-ins."""
+    from . import units
+
+    paths = [f"{d.getVar('sysconfdir')}/migration.d/{inst}" for _, inst in cfg.installed()]
+    paths.append(f"{d.getVar('datadir')}/migration/packages/{cfg.name}.json")
+    if systemd_enabled(d):
+        unitdir = d.getVar("systemd_system_unitdir")
+        paths += [f"{unitdir}/{unit}.d/{units.gate_dropin_name(cfg.name)}" for unit in cfg.before]
+    return paths
+
+
+def check_packaging(d: typing.Any) -> None:
+    """populate_packages:append: after the split, each migration package holds its files, and
+    its RDEPENDS name the interpreter of each script it holds.
+
+    A package earlier in PACKAGES whose FILES match (``${PN}``'s ``${sysconfdir}``, when
+    ``PACKAGES += "${PN}-tools"`` puts the migration package after it) takes the files first:
+    the QA issue migration-package names both packages and the fix. Interpreters are read from
+    the packaged scripts, so scripts from a tarball, git or ``subdir=`` get their dependency too
+    (setup() can find only file:// ones at parse time, and those already have it then).
+    """
+    import bb
+    import bb.utils
+    import oe.qa
+
+    from . import scripts
+
+    if is_inert(d):
+        return
+    pkgdest = d.getVar("PKGDEST")
+    packages = (d.getVar("PACKAGES") or "").split()
+    mlprefix = d.getVar("MLPREFIX") or ""
+    for cfg in package_configs(d):
+        pkg = cfg.package
+        for path in package_paths(d, cfg):
+            if os.path.lexists(os.path.join(pkgdest, pkg) + path):
+                continue
+            owner = next(
+                (p for p in packages if os.path.lexists(os.path.join(pkgdest, p) + path)), None
+            )
+            if owner is None:
+                continue  # not installed at all: do_install failed on it already
+            oe.qa.handle_error(
+                "migration-package",
+                f"{d.getVar('PN')}: {path} of package {pkg} went to package {owner}, which "
+                f"comes before it in PACKAGES and whose FILES ({d.getVar('FILES:' + owner)}) "
+                f"take it: list {pkg} first (PACKAGE_BEFORE_PN += \"{pkg}\", or "
+                f"PACKAGES =+ \"{pkg}\" instead of +=)",
+                d,
+            )
+        rdepends = bb.utils.explode_deps(d.getVar("RDEPENDS:" + pkg) or "")
+        added = []
+        for _, inst in cfg.installed():
+            script = os.path.join(pkgdest, pkg) + f"{d.getVar('sysconfdir')}/migration.d/{inst}"
+            if not os.path.isfile(script):
+                continue
+            name = scripts.interpreter(script).name
+            for dep in (d.getVarFlag("MIGRATION_INTERPRETER_RDEPENDS", name) or "").split():
+                dep = dep if dep.startswith(mlprefix) else mlprefix + dep
+                if dep not in rdepends and dep not in added:
+                    added.append(dep)
+        if added:
+            bb.note(f"migration: adding {' '.join(added)} to RDEPENDS:{pkg} (script interpreters)")
+            d.appendVar("RDEPENDS:" + pkg, " " + " ".join(added))
+    oe.qa.exit_if_errors(d)
 
 
 def add_postinsts(d: typing.Any) -> None:
@@ -226,18 +402,18 @@ def add_postinsts(d: typing.Any) -> None:
             d.setVar(key, (d.getVar(key) or "#!/bin/sh\n") + refresh)
 
 
-def _skipped(d: typing.Any, qa_name: str, pkg: str) -> bool:
+def qa_skipped(d: typing.Any, qa_name: str, pkg: str) -> bool:
     """True when INSANE_SKIP or INSANE_SKIP:<pkg> lists the QA name."""
     skip = (d.getVar("INSANE_SKIP") or "").split()
     skip += (d.getVar("INSANE_SKIP:" + pkg) or "").split()
     return qa_name in skip
 
 
-def _report(d: typing.Any, finding: lint.Finding, pkg: str) -> None:
+def report(d: typing.Any, finding: lint.Finding, pkg: str) -> None:
     """One QA issue per finding, routed by ERROR_QA/WARN_QA; the QA names stay literal."""
     import oe.qa
 
-    if _skipped(d, finding.qa_name, pkg):
+    if qa_skipped(d, finding.qa_name, pkg):
         return
     msg = "{}: {}".format(d.getVar("PN"), finding.describe())
     # Literal names: on wrynose, oe.qa.handle_error's visitorcode then makes the signature
@@ -286,13 +462,13 @@ def lint_task(d: typing.Any) -> None:
     origins: typing.List[typing.Tuple[str, str]] = []
     configs = package_configs(d)
     for pkg, finding in oneway_levels(d, configs)[1]:
-        _report(d, finding, pkg)
+        report(d, finding, pkg)
     for cfg in configs:
         for script, inst in cfg.installed():
             origins.append((inst, f"package {cfg.package} script {script}"))
             path = os.path.join(srcdir, script)
             if not os.path.isfile(path):
-                _report(
+                report(
                     d,
                     lint.Finding(
                         "missing",
@@ -306,9 +482,9 @@ def lint_task(d: typing.Any) -> None:
             with open(path, "rb") as f:
                 data = f.read()
             for finding in lint.lint_script(script, data, inst, shellcheck):
-                _report(d, finding, cfg.package)
+                report(d, finding, cfg.package)
     for finding in lint.check_duplicates(origins):
-        _report(d, finding, d.getVar("PN"))
+        report(d, finding, d.getVar("PN"))
     oe.qa.exit_if_errors(d)
 
 
@@ -353,22 +529,22 @@ def install(d: typing.Any) -> None:
             if level:
                 entry["oneway"] = level
             entries.append(entry)
-        if cfg.before and _systemd(d):
+        if cfg.before and systemd_enabled(d):
             for unit in cfg.before:
                 dropin = os.path.join(
                     dest + d.getVar("systemd_system_unitdir"),
                     unit + ".d",
-                    units.gate_dropin_name(cfg.package),
+                    units.gate_dropin_name(cfg.name),
                 )
                 os.makedirs(os.path.dirname(dropin), exist_ok=True)
                 with open(dropin, "w") as f:
-                    f.write(units.gate_dropin(cfg.package))
+                    f.write(units.gate_dropin(cfg.name))
                 os.chmod(dropin, 0o644)
         fragment = os.path.join(
-            dest + d.getVar("datadir"), "migration", "packages", cfg.package + ".json"
+            dest + d.getVar("datadir"), "migration", "packages", cfg.name + ".json"
         )
         os.makedirs(os.path.dirname(fragment), exist_ok=True)
-        manifest.write_json_atomic(fragment, manifest.fragment(cfg.package, version, entries))
+        manifest.write_json_atomic(fragment, manifest.fragment(cfg.name, version, entries))
         os.chmod(fragment, 0o644)
 
 

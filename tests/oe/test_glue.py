@@ -90,7 +90,7 @@ def datastore(bb: Any, tmp_path: Path, pn: str, **values: str) -> Any:
         "MIGRATION_SHELLCHECK": "no",
         "ERROR_QA": "migration-missing migration-empty migration-shebang migration-errexit "
         "migration-syntax migration-shellcheck migration-crlf migration-name "
-        "migration-duplicate migration-oneway migration-manifest",
+        "migration-duplicate migration-oneway migration-manifest migration-package",
         "WARN_QA": "",
     }
     defaults.update(values)
@@ -391,6 +391,13 @@ def test_setup_makes_oneway_recipes_depend_on_the_compat_level(bbmods: Any, tmp_
     glue.setup(oneway)
     for task in ("do_migration_lint", "migration_install"):
         assert "MIGRATION_COMPAT_LEVEL" in oneway.getVarFlag(task, "vardeps").split()
+    # A pinned level (NAME:LEVEL) does not take the distro's.
+    pinned = datastore(
+        bbmods, tmp_path, "baz", PACKAGES="baz", MIGRATION_SCRIPTS="a.sh", MIGRATION_ONEWAY="a.sh:2"
+    )
+    glue.setup(pinned)
+    for task in ("do_migration_lint", "migration_install"):
+        assert "MIGRATION_COMPAT_LEVEL" not in pinned.getVarFlag(task, "vardeps").split()
 
 
 def install_into(bbmods: Any, tmp_path: Path, rootfs: Path, pn: str, **values: str) -> None:
@@ -512,3 +519,131 @@ def test_image_marker_must_be_absolute(bbmods: Any, tmp_path: Path, messages: Me
     assert issue.startswith("QA Issue: demo-image: image manifest: ")
     assert "var/x" in issue
     assert issue.endswith("[migration-manifest]")
+
+
+@pytest.mark.parametrize(
+    ("src_uri", "patched"),
+    [
+        ("file://a.sh", False),
+        ("file://a.sh file://0001-fix.patch", True),
+        ("file://fix.diff.gz", True),
+        ("file://notes.patch;apply=no", False),
+        ("file://fix.txt;apply=yes", True),
+        ("https://example.com/foo-1.0.tar.gz file://a.sh", False),
+    ],
+)
+def test_the_lint_waits_for_do_patch_only_when_there_are_patches(
+    bbmods: Any, tmp_path: Path, src_uri: str, patched: bool
+) -> None:
+    from migration import bitbake as glue
+
+    d = datastore(bbmods, tmp_path, "foo", PACKAGES="foo", MIGRATION_SCRIPTS="a.sh", SRC_URI=src_uri)
+    d.setVarFlag("do_migration_lint", "deps", ["do_unpack"])
+    glue.setup(d)
+    assert ("do_patch" in d.getVarFlag("do_migration_lint", "deps")) == patched
+
+
+def split_into(pkgdest: Path, package: str, path: str, data: bytes) -> None:
+    """A file as populate_packages leaves it: PKGDEST/<package>/<path>."""
+    target = pkgdest / package / path.lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+
+
+def test_packaging_takes_interpreters_from_the_packaged_scripts(
+    bbmods: Any, tmp_path: Path, messages: Messages
+) -> None:
+    """Scripts from a tarball (not in FILESPATH at parse time) still get their interpreter."""
+    from migration import bitbake as glue
+
+    pkgdest = tmp_path / "packages-split"
+    d = datastore(
+        bbmods,
+        tmp_path,
+        "foo",
+        PACKAGES="foo",
+        PKGDEST=str(pkgdest),
+        FILESPATH=str(tmp_path / "nowhere"),
+        MIGRATION_SCRIPTS="foo-1.0/a.bash foo-1.0/b.py foo-1.0/c.sh",
+        MIGRATION_RUNNER="migration",
+    )
+    d.setVarFlag("MIGRATION_INTERPRETER_RDEPENDS", "bash", "bash")
+    d.setVarFlag("MIGRATION_INTERPRETER_RDEPENDS", "python3", "python3-core")
+    glue.setup(d)
+    assert d.getVar("RDEPENDS:foo").split() == ["migration"]  # nothing found at parse time
+    split_into(pkgdest, "foo", "/etc/migration.d/50-foo-a.bash", b"#!/bin/bash\nset -e\n")
+    split_into(pkgdest, "foo", "/etc/migration.d/50-foo-b.py", b"#!/usr/bin/env python3\n")
+    split_into(pkgdest, "foo", "/etc/migration.d/50-foo-c.sh", b"#!/bin/sh\nset -e\n")
+    split_into(pkgdest, "foo", "/usr/share/migration/packages/foo.json", b"{}")
+    glue.check_packaging(d)
+    assert d.getVar("RDEPENDS:foo").split() == ["migration", "bash", "python3-core"]
+    glue.check_packaging(d)  # idempotent: nothing added twice
+    assert d.getVar("RDEPENDS:foo").split() == ["migration", "bash", "python3-core"]
+    assert not [m for m in messages.lines if "QA Issue" in m]
+
+
+def test_packaging_fails_when_an_earlier_package_takes_the_scripts(
+    bbmods: Any, tmp_path: Path, messages: Messages
+) -> None:
+    """PACKAGES += "${PN}-tools" with the scripts in -tools: ${PN}'s FILES take them first."""
+    from migration import bitbake as glue
+
+    pkgdest = tmp_path / "packages-split"
+    d = datastore(
+        bbmods,
+        tmp_path,
+        "foo",
+        PACKAGES="foo foo-tools",
+        PKGDEST=str(pkgdest),
+        **{"FILES:foo": "/usr/bin/* /etc"},
+        MIGRATION_PACKAGES="foo-tools",
+        MIGRATION_SCRIPTS="a.sh",
+    )
+    glue.setup(d)
+    assert d.getVar("PACKAGES").split() == ["foo", "foo-tools"]
+    split_into(pkgdest, "foo", "/etc/migration.d/50-foo-tools-a.sh", GOOD)
+    split_into(pkgdest, "foo-tools", "/usr/share/migration/packages/foo-tools.json", b"{}")
+    with pytest.raises(bbmods.BBHandledException):
+        glue.check_packaging(d)
+    (issue,) = [m for m in messages.lines if "QA Issue" in m]
+    assert issue == (
+        "QA Issue: foo: /etc/migration.d/50-foo-tools-a.sh of package foo-tools went to package "
+        "foo, which comes before it in PACKAGES and whose FILES (/usr/bin/* /etc) take it: list "
+        'foo-tools first (PACKAGE_BEFORE_PN += "foo-tools", or PACKAGES =+ "foo-tools" instead '
+        "of +=) [migration-package]"
+    )
+
+
+def test_multilib_variant_ships_the_same_files_as_the_base_package(
+    bbmods: Any, tmp_path: Path
+) -> None:
+    """foo and lib32-foo: one migration (installed once, run once), not 50-foo-x and
+    50-lib32-foo-x; the files are byte for byte the same, so rpm installs both variants."""
+    from migration import bitbake as glue
+
+    trees = {}
+    for pn, mlprefix in (("foo", ""), ("lib32-foo", "lib32-")):
+        d = datastore(
+            bbmods,
+            tmp_path / pn,
+            pn,
+            MLPREFIX=mlprefix,
+            PACKAGES=pn,
+            MIGRATION_SCRIPTS="a.sh",
+            MIGRATION_BEFORE="foo.service",
+        )
+        glue.setup(d)
+        assert d.getVar("FILES:" + pn).split() == [
+            "/etc/migration.d/50-foo-a.sh",
+            "/usr/share/migration/packages/foo.json",
+            "/usr/lib/systemd/system/foo.service.d/50-migration-foo.conf",
+        ]
+        unpack(d, "a.sh", GOOD)
+        glue.install(d)
+        image = Path(d.getVar("D"))
+        trees[pn] = {
+            str(p.relative_to(image)): p.read_bytes() for p in image.rglob("*") if p.is_file()
+        }
+    assert trees["lib32-foo"] == trees["foo"]
+    fragment = json.loads(trees["foo"]["usr/share/migration/packages/foo.json"])
+    assert fragment["package"] == "foo"

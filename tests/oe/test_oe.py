@@ -69,17 +69,21 @@ def test_example_recipe_files_rdepends_and_install_step(oe: OEBuild) -> None:
     flags = oe.run(
         "bitbake-getvar -r exampled --value -f postfuncs do_install; echo ==; "
         "bitbake-getvar -r exampled --value -f deps do_migration_lint; echo ==; "
-        "bitbake-getvar -r exampled --value -f deps do_install"
+        "bitbake-getvar -r exampled --value -f deps do_install; echo ==; "
+        "bitbake-getvar -r exampled --value -f deps do_package_qa"
     )
     assert flags.returncode == 0, flags.stdout
     # [deps] is a Python list (addtask), [postfuncs] a string.
-    postfuncs, lint_deps, install_deps = [
-        re.findall(r"[\w.-]+", part) for part in flags.stdout.strip().split("==")[-3:]
+    postfuncs, lint_deps, install_deps, qa_deps = [
+        re.findall(r"[\w.-]+", part) for part in flags.stdout.strip().split("==")[-4:]
     ]
     assert "migration_install" in postfuncs
-    # The lint task needs only do_unpack (file:// sources: offline) and gates do_install.
+    # Without patches the lint needs only do_unpack (file:// sources: offline, no native tool);
+    # it gates the package QA (so image builds), not do_install (its signature stays out of
+    # the packages').
     assert lint_deps == ["do_unpack"]
-    assert "do_migration_lint" in install_deps
+    assert "do_migration_lint" not in install_deps
+    assert "do_migration_lint" in qa_deps
     vardeps = oe.run("bitbake-getvar -r exampled --value -f vardeps migration_install")
     assert vardeps.returncode == 0, vardeps.stdout
     # A recipe with one-way scripts is rebuilt when the distro's level changes.
@@ -137,6 +141,13 @@ def test_interpreters_become_rdepends(oe: OEBuild) -> None:
         "/etc/migration.d/20-migration-interp-migration-rename.bash",
         "/etc/migration.d/20-migration-interp-migration-convert.py",
     ]
+
+
+def test_the_lint_of_a_patched_recipe_reads_the_patched_script(oe: OEBuild) -> None:
+    builddir = oe.extra_builddir("build-test-layer", [oe.test_layer])
+    proc = oe.run("bitbake-getvar -r migration-patched --value -f deps do_migration_lint", builddir)
+    assert proc.returncode == 0, proc.stdout
+    assert {"do_unpack", "do_patch"} <= set(re.findall(r"do_\w+", proc.stdout)), proc.stdout
 
 
 def test_broken_recipe_fails_lint_naming_recipe_and_script(oe: OEBuild) -> None:
