@@ -31,7 +31,7 @@ import os
 import stat
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
-from migration import compat, files, leftovers, volatile
+from migration import compat, files, leftovers, overlay, volatile
 from migration import manifest as manifest_mod
 from migration.errors import Incompatible, MigrationError
 from migration.scripts import Script, discover, interpreter, is_ignored
@@ -118,18 +118,46 @@ def script_refusal(script: Script, euid: int) -> Optional[str]:
 
 
 def manifest_refusal(script: Script, manifest: Optional[manifest_mod.Manifest]) -> Optional[str]:
-    if manifest is None:
+    """Why a script the image manifest does not list is refused, or None."""
+    if manifest is None or script.name in manifest.entries:
         return None
-    entry = manifest.entries.get(script.name)
-    if entry is None:
-        return f"not listed in the image manifest {manifest.path}"
-    if entry.sha256 != script.sha256:
-        return (
-            f"content differs from the image manifest (sha256 {script.sha256}, "
-            f"expected {entry.sha256} from package {entry.package}): tampered, edited, or a "
-            "stale copy that an overlay's upper dir keeps over the image's file (remove it "
-            "there to get the image's version)"
-        )
+    return f"not listed in the image manifest {manifest.path}"
+
+
+def changed_refusal(
+    script: Script, entry: manifest_mod.Entry, copy: Optional[overlay.UpperEntry]
+) -> str:
+    """Why other bytes than the manifest's under a listed name are refused; `copy`: what an
+    overlay's upper dir holds under that name (migration.overlay), if anything."""
+    head = (f"content differs from the image manifest (sha256 {script.sha256}, expected "
+            f"{entry.sha256} from package {entry.package})")
+    if copy is not None and not copy.whiteout:
+        return (f"{head}: {copy.path}, a copy that the overlay's upper dir keeps (the file was "
+                f"changed on the device), hides the image's file; remove {copy.path} to run "
+                "the image's version from the next boot")
+    return (f"{head}: tampered, edited, or a stale copy that an overlay's upper dir keeps over "
+            "the image's file (remove it there to get the image's version)")
+
+
+def missing_reason(entry: manifest_mod.Entry, applied: bool, scripts_dir: str,
+                   hidden: Optional[overlay.UpperEntry]) -> str:
+    """Why a manifest entry missing from the scripts dir is reported; `hidden`: what an
+    overlay's upper dir holds under its name (a whiteout: deleted on the device)."""
+    where = scripts_dir or "the scripts dir"
+    if applied:
+        head = f"applied, but missing from {where}"
+    else:
+        head = f"listed in the image manifest (package {entry.package}) but missing from {where}"
+    if hidden is not None and hidden.whiteout:
+        return (f"{head}: {hidden.path}, a whiteout in the overlay's upper dir (the script was "
+                f"deleted on the device), hides the image's file; remove {hidden.path} to show "
+                "it again from the next boot")
+    if applied:
+        return f"{head} (deleted on the device? an overlay whiteout hides the image's file)"
+    return head
+
+
+def _no_upper(name: str) -> Optional[overlay.UpperEntry]:
     return None
 
 
@@ -140,8 +168,11 @@ def plan(
     euid: int,
     dir_reason: Optional[str],
     scripts_dir: str = "",
+    upper: Callable[[str], Optional[overlay.UpperEntry]] = _no_upper,
 ) -> List[Item]:
-    """The state of every script (and of manifest entries missing from the dir), by name."""
+    """The state of every script (and of manifest entries missing from the dir), by name.
+    `upper`: what an overlay's upper dir holds under a name (migration.overlay.finder), asked
+    only for a changed or missing entry, to name it in the reason."""
     items: List[Item] = []
     for s in scripts:
         entry = manifest.entries.get(s.name) if manifest else None
@@ -151,8 +182,9 @@ def plan(
             # under a listed name are refused even if they ran once (a copy of an old version in
             # an /etc overlay's upper dir would otherwise hide the image's changed migration for
             # good, as "applied").
-            reason = dir_reason or script_refusal(s, euid) or manifest_refusal(s, manifest)
-            items.append(Item(s.name, s.sha256, REFUSED, reason or "", s, None, *pkg))
+            reason = (dir_reason or script_refusal(s, euid)
+                      or changed_refusal(s, entry, upper(s.name)))
+            items.append(Item(s.name, s.sha256, REFUSED, reason, s, None, *pkg))
             continue
         if s.sha256 in snap.applied:
             items.append(Item(s.name, s.sha256, APPLIED, "", s, snap.applied[s.sha256], *pkg))
@@ -175,14 +207,12 @@ def plan(
         for e in manifest.entries.values():
             if e.name in present:
                 continue
-            if e.sha256 in snap.applied:
-                reason = (f"applied, but missing from {scripts_dir or 'the scripts dir'} "
-                          "(deleted on the device? an overlay whiteout hides the image's file)")
+            applied = e.sha256 in snap.applied
+            reason = missing_reason(e, applied, scripts_dir, upper(e.name))
+            if applied:
                 items.append(Item(e.name, e.sha256, APPLIED, reason, None,
                                   snap.applied[e.sha256], e.package, e.version, e.oneway))
             else:
-                reason = (f"listed in the image manifest (package {e.package}) "
-                          f"but missing from {scripts_dir or 'the scripts dir'}")
                 items.append(Item(e.name, e.sha256, REFUSED, reason, None, None,
                                   e.package, e.version, e.oneway))
         items.sort(key=lambda i: os.fsencode(i.name))
@@ -207,7 +237,7 @@ def inspect(opts: Options, state: State, repair: bool = False) -> Tuple[List[Ite
         warnings.append(f"damaged state record {verb} {d.path}: {d.reason}")
     euid = os.geteuid()
     items = plan(scripts, snap, manifest, euid, dir_refusal(opts.scripts_dir, euid),
-                 opts.scripts_dir)
+                 opts.scripts_dir, overlay.finder(opts.scripts_dir))
     return items, warnings
 
 
@@ -445,7 +475,7 @@ def _run_locked(
         say(f"damaged state record moved aside to {d.path}: {d.reason}")
     euid = os.geteuid()
     items = plan(scripts, snap, manifest, euid, dir_refusal(opts.scripts_dir, euid),
-                 opts.scripts_dir)
+                 opts.scripts_dir, overlay.finder(opts.scripts_dir))
     deferred = _deferrals(items, opts)
     if verdict.kind == compat.FRESH and any(i.state != APPLIED for i in items):
         say(verdict.message)
