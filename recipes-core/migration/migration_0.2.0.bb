@@ -41,6 +41,7 @@ SRC_URI = "file://migration/__init__.py \
            file://migration/lint.py \
            file://migration/manifest.py \
            file://migration/noop.py \
+           file://migration/overlay.py \
            file://migration/runner.py \
            file://migration/scripts.py \
            file://migration/state.py \
