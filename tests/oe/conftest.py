@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
-from oebuild import OEBuild, _env, ensure_user
+from oebuild import OEBuild, _env, ensure_user, unreadable_for
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +34,16 @@ def oe() -> OEBuild:
     if os.getuid() == 0:
         user = _env("MIGRATION_OE_USER") or "oeuser"
         ensure_user(user)
+        hidden = unreadable_for(
+            user, [oecore_p / "oe-init-build-env", bitbake_p / "bin" / "bitbake"]
+        )
+        if hidden:
+            pytest.fail(
+                f"BitBake runs as the unprivileged user {user}, who cannot read "
+                f"{', '.join(map(str, hidden))}: give it read and search access (chmod o+rx on "
+                "the checkout and every directory above it), or move the checkouts out of a "
+                "private home or 0700 temp dir"
+            )
     workdir = Path(_env("MIGRATION_OE_WORKDIR") or "/tmp/migration-oe")
     build = OEBuild(oecore_p, bitbake_p, user, workdir)
     build.prepare()

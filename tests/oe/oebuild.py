@@ -254,7 +254,22 @@ def user_git(user: str, *args: str, check: bool = False) -> subprocess.Completed
         capture_output=True,
         text=True,
         check=check,
+        # Not the caller's directory: in a private home or a 0700 temp dir the user cannot
+        # enter it, and git stops with an opaque exit 128 ("Unable to read current directory").
+        cwd=home if os.path.isdir(home) else "/",
     )
+
+
+def unreadable_for(user: str, paths: List[Path]) -> List[Path]:
+    """Those of ``paths`` that ``user`` cannot read (BitBake runs as that user)."""
+    return [
+        path
+        for path in paths
+        if subprocess.run(
+            ["runuser", "-u", user, "--", "test", "-r", str(path)], cwd="/", check=False
+        ).returncode
+        != 0
+    ]
 
 
 def ensure_user(user: str) -> None:

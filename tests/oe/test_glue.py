@@ -537,7 +537,9 @@ def test_the_lint_waits_for_do_patch_only_when_there_are_patches(
 ) -> None:
     from migration import bitbake as glue
 
-    d = datastore(bbmods, tmp_path, "foo", PACKAGES="foo", MIGRATION_SCRIPTS="a.sh", SRC_URI=src_uri)
+    d = datastore(
+        bbmods, tmp_path, "foo", PACKAGES="foo", MIGRATION_SCRIPTS="a.sh", SRC_URI=src_uri
+    )
     d.setVarFlag("do_migration_lint", "deps", ["do_unpack"])
     glue.setup(d)
     assert ("do_patch" in d.getVarFlag("do_migration_lint", "deps")) == patched
