@@ -11,7 +11,8 @@ Environment:
   MIGRATION_OE_WORKDIR   where the layer copy and build directories live; kept between runs so
                          that the parse cache makes reruns fast. Default: /tmp/migration-oe
   MIGRATION_KAS_FILE     kas file of the layer to test. Default: kas.yml for wrynose (and any
-                         other release), kas/scarthgap.yml for scarthgap.
+                         other release), kas/<release>.yml for a release that has one
+                         (scarthgap, whinlatter).
   MIGRATION_OE_SLOW=1    also run yocto-check-layer (12 to 25 minutes on 2 cores, fresh build dir)
 
 How: the layer is copied (its git-tracked and untracked-but-not-ignored files) into the work
@@ -79,7 +80,8 @@ class OEBuild:
         self.test_layer = self.layer / TEST_LAYER_REL
         kasfile = _env("MIGRATION_KAS_FILE")
         if kasfile is None:
-            kasfile = "kas/scarthgap.yml" if self.release == "scarthgap" else "kas.yml"
+            release_file = f"kas/{self.release}.yml"
+            kasfile = release_file if (LAYER / release_file).is_file() else "kas.yml"
         self.kasfile = kasfile
         self.timings: Dict[str, float] = {}
         self._configured: Set[str] = set()
