@@ -24,8 +24,9 @@
 #     and on the script's interpreter (bash for a bash script, python3-core for a python one;
 #     see MIGRATION_INTERPRETER_RDEPENDS), read from the packaged scripts, so scripts from a
 #     tarball or git get it too;
-#   - on a target install with a package manager (not at rootfs time), a postinst/postrm that
-#     refreshes the image manifest with `migration manifest`.
+#   - on a target install with a package manager (not at rootfs time), a postinst that applies
+#     the package's migrations before its services restart (`migration postinst`: see
+#     migration_postinst below) and a postrm that refreshes the image manifest.
 #
 # The image manifest (/usr/share/migration/manifest.json) is written at rootfs time by
 # migration_image.bbclass: add it with IMAGE_CLASSES += "migration_image" (local.conf or distro)
@@ -189,20 +190,36 @@ migration_install[vardeps] += "MIGRATION_SCRIPTS MIGRATION_PRIORITY MIGRATION_BE
 do_install[postfuncs] += "migration_install"
 do_install[file-checksums] += "${@migration.tasksources.file_checksums('install')}"
 
-# A package installed on a running target (package manager, not rootfs time) refreshes the image
-# manifest so the runner knows its scripts; at rootfs time migration_image.bbclass does it once.
+# On a running target (a package manager, $D empty; at rootfs time migration_image.bbclass does
+# the manifest): a migration package's postinst refreshes the image manifest, stops the services
+# gated on pending migrations, applies the pending migrations in order and starts those
+# services again (`migration postinst`, lib/migration/commands/postinst.py). It comes first in
+# the postinst, before systemd.bbclass's restart of the package's services, which it skips by
+# exiting non-zero when a migration of the package is not applied: the package is then not
+# configured (retry: dpkg --configure -a, opkg configure) and its gated services stay stopped.
+migration_postinst() {
+    if [ -z "$D" ] && [ -x ${sbindir}/migration ]; then
+        ${sbindir}/migration postinst --package ${MIGRATION_POSTINST_PACKAGE} || exit $?
+    fi
+}
+migration_postinst[doc] = "Shell fragment prepended to the postinst of migration packages (MIGRATION_POSTINST_PACKAGE: the package)."
+
+# Removal on a running target: the manifest forgets the package's migrations.
 migration_refresh_manifest() {
     if [ -z "$D" ] && [ -x ${sbindir}/migration ]; then
         ${sbindir}/migration manifest
     fi
 }
-migration_refresh_manifest[doc] = "Shell fragment appended to pkg_postinst/pkg_postrm of migration packages."
+migration_refresh_manifest[doc] = "Shell fragment appended to pkg_postrm of migration packages."
 
 python migration_populate_packages() {
     migration.bitbake.add_postinsts(d)
 }
-migration_populate_packages[doc] = "Adds the manifest refresh to the migration packages' postinst and postrm."
-migration_populate_packages[vardeps] += "migration_refresh_manifest"
+migration_populate_packages[doc] = "Adds `migration postinst` to the migration packages' postinst and the manifest refresh to their postrm."
+migration_populate_packages[vardeps] += "migration_postinst migration_refresh_manifest"
+# :prepend, applied after every `PACKAGESPLITFUNCS =+` of other classes (systemd.bbclass's
+# systemd_populate_packages among them), whatever the inherit order: this snippet comes before
+# systemd's in the postinst.
 PACKAGESPLITFUNCS:prepend = "migration_populate_packages "
 
 # After the split (as gtk-icon-cache.bbclass does): each migration package holds its files

@@ -124,6 +124,9 @@ def system_root(root: Path, src: Path, **env: str) -> Path:
     shutil.copytree(UNITDIR, unitdir, symlinks=True)
     res = install(root, src, **env)
     assert res.returncode == 0, res.stderr
+    # migration.service's ExecCondition runs /bin/sh (verify checks that it exists in root).
+    (root / "bin").mkdir()
+    shutil.copy2("/bin/sh", root / "bin/sh")
     service = unitdir / "foo.service"
     service.write_text(
         "[Service]\nType=oneshot\nExecStart=/usr/sbin/migration status\n"

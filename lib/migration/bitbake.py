@@ -391,15 +391,26 @@ def check_packaging(d: typing.Any) -> None:
 
 
 def add_postinsts(d: typing.Any) -> None:
-    """PACKAGESPLITFUNCS: each migration package's pkg_postinst/pkg_postrm refresh the image
-    manifest when the package manager runs on the target (not at rootfs time)."""
+    """PACKAGESPLITFUNCS: each migration package's pkg_postinst gets migration_postinst
+    (``migration postinst --package PKG``) and its pkg_postrm the manifest refresh; both act
+    only when the package manager runs on the target (not at rootfs time).
+
+    Like systemd.bbclass, the text is appended to what the recipe set; PACKAGESPLITFUNCS
+    :prepend runs this before systemd_populate_packages, so the migrations are applied before
+    systemd's part of the postinst restarts the package's services.
+    """
+    import shlex
+
     if is_inert(d):
         return
     refresh = d.getVar("migration_refresh_manifest")
     for cfg in package_configs(d):
-        for var in ("pkg_postinst", "pkg_postrm"):
+        localdata = d.createCopy()
+        localdata.setVar("MIGRATION_POSTINST_PACKAGE", shlex.quote(cfg.package))
+        for var, text in (("pkg_postinst", localdata.getVar("migration_postinst")),
+                          ("pkg_postrm", refresh)):  # fmt: skip
             key = f"{var}:{cfg.package}"
-            d.setVar(key, (d.getVar(key) or "#!/bin/sh\n") + refresh)
+            d.setVar(key, (d.getVar(key) or "#!/bin/sh\n") + text)
 
 
 def qa_skipped(d: typing.Any, qa_name: str, pkg: str) -> bool:

@@ -20,10 +20,13 @@ may use the device's data at all (upgrade floor, one-way levels): once before ta
 (a busy lock must not hide a refusal) and again under it; a refusal writes nothing, runs the
 hooks of the incompatible.d dir in the boot phase, and exits 3 (errors.Incompatible).
 
-Phases: `boot` (`migration run`: the image's own scripts, root /) and `update` (`migration
+Phases: `boot` (`migration run`: the image's own scripts, root /), `update` (`migration
 update NEWROOT`: the new image's scripts and manifest, run by an updater while the old system
-runs, on the live state dir and data). Scripts see MIGRATION_PHASE, MIGRATION_ROOT (the data
-root) and MIGRATION_IMAGE_ROOT (the root of the image whose scripts run).
+runs, on the live state dir and data) and `package` (`migration postinst`: a package manager
+installed a migration package on the running system; the services gated on pending migrations
+are stopped, the others run; refusal hooks are for the boot only). Scripts see
+MIGRATION_PHASE, MIGRATION_ROOT (the data root) and MIGRATION_IMAGE_ROOT (the root of the image
+whose scripts run).
 """
 
 import contextlib
@@ -39,7 +42,7 @@ from migration.state import Snapshot, State, now_iso, read_os_release
 
 POLICIES = ("continue", "stop")
 DEFAULT_LOCK_WAIT = 60.0
-PHASES = ("boot", "update")
+PHASES = ("boot", "update", "package")
 #: Refusal hooks, relative to the root (boot phase only).
 HOOKS_DIR = "etc/migration/incompatible.d"
 #: Where each script's private TMPDIR is made: a tmpfs from the first instant of the boot, when

@@ -61,6 +61,7 @@ HOST_TOOLS = {
     "e2fsck": "e2fsprogs",
     "busybox": "busybox-static",
     "systemctl": "systemd",
+    "dpkg-deb": "dpkg",  # test_boot_package_upgrade builds .deb packages
 }
 APT_PACKAGES = sorted(set(HOST_TOOLS.values()))
 

@@ -9,7 +9,7 @@ an incompatible downgrade, below the upgrade floor, data older than the framewor
 services do not start on data they cannot read.
 """
 
-from typing import Any
+from typing import Any, Dict, List
 
 name = "check"
 helpmsg = "exit 0 iff every migration of a package is applied"
@@ -17,6 +17,19 @@ helpmsg = "exit 0 iff every migration of a package is applied"
 
 def setup_parser(parser: Any) -> None:
     parser.add_argument("--package", required=True, metavar="PKG", help="package name")
+
+
+def not_applied(manifest: Any, state: Any) -> Dict[str, List[str]]:
+    """Package -> names of its manifest entries without an applied record (in name order);
+    packages with everything applied are left out. Reads no record when the done stamp of the
+    manifest's digest exists."""
+    if state.has_done(manifest.digest):
+        return {}
+    out: Dict[str, List[str]] = {}
+    for e in manifest.entries.values():
+        if state.read_record("applied", e.sha256)[0] is None:
+            out.setdefault(e.package, []).append(e.name)
+    return out
 
 
 def run(args: Any) -> int:
@@ -40,10 +53,7 @@ def run(args: Any) -> int:
         print(shown(f"migration: package {args.package}: this image cannot use the device's "
                     f"data ({verdict.kind}): {verdict.message}"), file=sys.stderr)
         return 1
-    entries = [e for e in manifest.entries.values() if e.package == args.package]
-    if state.has_done(manifest.digest):
-        return 0
-    missing = [e.name for e in entries if state.read_record("applied", e.sha256)[0] is None]
+    missing = not_applied(manifest, state).get(args.package)
     if missing:
         print(
             shown(f"migration: package {args.package}: not applied: {', '.join(missing)} "

@@ -60,12 +60,20 @@ def setup_parser(parser: Any) -> None:
 def run(args: Any) -> int:
     import os
 
+    root = os.path.abspath(args.manifest_root) if args.manifest_root else args.root
+    print(refresh(root, args.compat_level, args.upgrade_floor, args.data_markers))
+    return 0
+
+
+def refresh(root: str, level: Any = None, floor: Any = None, markers: Any = None) -> str:
+    """Write ROOT's manifest; a setting that is None keeps the current manifest's. Returns the
+    line that says what was written."""
+    import os
+
     from migration import manifest as manifest_mod
     from migration.errors import ManifestError
 
-    root = os.path.abspath(args.manifest_root) if args.manifest_root else args.root
     path = os.path.join(root, manifest_mod.MANIFEST_REL)
-    level, floor, markers = args.compat_level, args.upgrade_floor, args.data_markers
     if level is None or floor is None or markers is None:
         try:
             current = manifest_mod.load(path)
@@ -83,5 +91,4 @@ def run(args: Any) -> int:
     extra = f", compatibility level {result['compat_level']}"
     if result.get("upgrade_floor"):
         extra += f", upgrades from {result['upgrade_floor']} or newer"
-    print(f"{path}: {len(result['migrations'])} migrations, digest {result['digest']}{extra}")
-    return 0
+    return f"{path}: {len(result['migrations'])} migrations, digest {result['digest']}{extra}"
