@@ -406,7 +406,8 @@ def add_postinsts(d: typing.Any) -> None:
     refresh = d.getVar("migration_refresh_manifest")
     for cfg in package_configs(d):
         localdata = d.createCopy()
-        localdata.setVar("MIGRATION_POSTINST_PACKAGE", shlex.quote(cfg.package))
+        # The name the manifest and the gates know (without a multilib prefix).
+        localdata.setVar("MIGRATION_POSTINST_PACKAGE", shlex.quote(cfg.name))
         for var, text in (("pkg_postinst", localdata.getVar("migration_postinst")),
                           ("pkg_postrm", refresh)):  # fmt: skip
             key = f"{var}:{cfg.package}"

@@ -28,6 +28,7 @@ SRC_URI = "file://migration/__init__.py \
            file://migration/commands/forget.py \
            file://migration/commands/lint.py \
            file://migration/commands/manifest.py \
+           file://migration/commands/postinst.py \
            file://migration/commands/run.py \
            file://migration/commands/status.py \
            file://migration/commands/update.py \
@@ -44,6 +45,7 @@ SRC_URI = "file://migration/__init__.py \
            file://migration/overlay.py \
            file://migration/runner.py \
            file://migration/scripts.py \
+           file://migration/services.py \
            file://migration/state.py \
            file://migration/units.py \
            file://migration/volatile.py \
