@@ -28,10 +28,11 @@
 #     the package's migrations before its services restart (`migration postinst`: see
 #     migration_postinst below) and a postrm that refreshes the image manifest.
 #
-# The image manifest (/usr/share/migration/manifest.json) is written at rootfs time by
-# migration_image.bbclass: add it with IMAGE_CLASSES += "migration_image" (local.conf or distro)
-# or `inherit migration_image` in the image recipe. Images without migrations do not pull in the
-# runner: only packages of recipes that inherit this class depend on it.
+# The image manifest (/usr/share/migration/manifest.json) is written at rootfs time by the
+# migration packages' own postinsts (migration_rootfs_manifest): every image that installs one
+# gets it with no extra line; migration_image.bbclass adds per-image settings. Images without
+# migrations do not pull in the runner and are unchanged: only packages of recipes that inherit
+# this class depend on it.
 #
 # Variables (set in the recipe; "<pkg>" is a package in MIGRATION_PACKAGES):
 #
@@ -190,8 +191,8 @@ migration_install[vardeps] += "MIGRATION_SCRIPTS MIGRATION_PRIORITY MIGRATION_BE
 do_install[postfuncs] += "migration_install"
 do_install[file-checksums] += "${@migration.tasksources.file_checksums('install')}"
 
-# On a running target (a package manager, $D empty; at rootfs time migration_image.bbclass does
-# the manifest): a migration package's postinst refreshes the image manifest, stops the services
+# On a running target (a package manager, $D empty; at rootfs time migration_rootfs_manifest
+# below does the manifest): a migration package's postinst refreshes the image manifest, stops the services
 # gated on pending migrations, applies the pending migrations in order and starts those
 # services again (`migration postinst`, lib/migration/commands/postinst.py). It comes first in
 # the postinst, before systemd.bbclass's restart of the package's services, which it skips by
@@ -203,6 +204,22 @@ migration_postinst() {
     fi
 }
 migration_postinst[doc] = "Shell fragment prepended to the postinst of migration packages (MIGRATION_POSTINST_PACKAGE: the package)."
+
+# At rootfs time ($D set) every migration package's postinst (and postrm) writes the image
+# manifest anew from the fragments installed so far, with the build host's python3 running the
+# runner package already in $D (a dependency, so installed before): the last one leaves the
+# manifest of the whole image, with no IMAGE_CLASSES line, while an image without migration
+# packages runs none of this and keeps its signatures. The image settings come from the runner
+# package (the distro's MIGRATION_COMPAT_LEVEL, MIGRATION_UPGRADE_FLOOR, MIGRATION_DATA_MARKERS)
+# or, per image, from migration_image.bbclass, which writes the manifest once more after all
+# postinsts. A failure (two packages ship one name) fails the postinst and so the image build.
+migration_rootfs_manifest() {
+    if [ -n "$D" ]; then
+        PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$D${nonarch_libdir}/migration" \
+            python3 -m migration manifest --root "$D" || exit $?
+    fi
+}
+migration_rootfs_manifest[doc] = "Shell fragment appended to the postinst and postrm of migration packages: the image manifest at rootfs time."
 
 # Removal on a running target: the manifest forgets the package's migrations.
 migration_refresh_manifest() {
@@ -216,7 +233,7 @@ python migration_populate_packages() {
     migration.bitbake.add_postinsts(d)
 }
 migration_populate_packages[doc] = "Adds `migration postinst` to the migration packages' postinst and the manifest refresh to their postrm."
-migration_populate_packages[vardeps] += "migration_postinst migration_refresh_manifest"
+migration_populate_packages[vardeps] += "migration_postinst migration_refresh_manifest migration_rootfs_manifest"
 # :prepend, applied after every `PACKAGESPLITFUNCS =+` of other classes (systemd.bbclass's
 # systemd_populate_packages among them), whatever the inherit order: this snippet comes before
 # systemd's in the postinst.

@@ -1,9 +1,16 @@
 # SPDX-License-Identifier: MIT
 #
-# migration_image.bbclass: the image manifest of the migrations an image really contains.
+# migration_image.bbclass: the image manifest of the migrations an image really contains, with
+# the image's own settings.
 #
-# Usage: IMAGE_CLASSES += "migration_image" (local.conf or distro), or `inherit migration_image`
-# in an image recipe.
+# Optional: every image that installs a migration package gets its manifest from the packages'
+# rootfs-time postinst (migration.bbclass, migration_rootfs_manifest), with the distro's settings
+# that the runner package carries. This class is for settings per image (an image recipe's
+# MIGRATION_UPGRADE_FLOOR, or :pn-<image>) and the build-time check of a floor against the
+# image's VERSION_ID: it writes the manifest once more after all postinsts.
+#
+# Usage: `inherit migration_image` in an image recipe, or IMAGE_CLASSES += "migration_image"
+# (local.conf or distro).
 #
 # At rootfs time (ROOTFS_POSTPROCESS_COMMAND, after every package and postinst) it runs
 # migration.manifest.generate() on IMAGE_ROOTFS: from the package fragments in

@@ -655,12 +655,14 @@ def test_status_and_check_report_the_refusal(env, capsys):
 
 
 def test_a_run_without_image_manifest_says_how_to_get_one(env):
-    """Without migration_image the scripts are not checked against the image and no boot is
-    free: every run says so, naming the fix; with a manifest it is not said."""
+    """Without a manifest (scripts installed by hand, not by migration packages) the scripts are
+    not checked against the image and no boot is free: every run says so, naming the fix; with
+    a manifest it is not said."""
     env.add("50-a")
     assert env.run() == 0
     hint = [m for m in env.messages if "no image manifest" in m]
-    assert len(hint) == 1 and 'IMAGE_CLASSES += "migration_image"' in hint[0]
+    assert len(hint) == 1 and "inherit migration (their postinst writes it)" in hint[0]
+    assert "`migration manifest --root IMAGE_ROOT`" in hint[0]
     assert env.run() == 0  # nothing to do, still no manifest: still said
     assert any("no image manifest" in m for m in env.messages)
     env.write_manifest()

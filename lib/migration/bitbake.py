@@ -392,8 +392,9 @@ def check_packaging(d: typing.Any) -> None:
 
 def add_postinsts(d: typing.Any) -> None:
     """PACKAGESPLITFUNCS: each migration package's pkg_postinst gets migration_postinst
-    (``migration postinst --package PKG``) and its pkg_postrm the manifest refresh; both act
-    only when the package manager runs on the target (not at rootfs time).
+    (``migration postinst --package PKG``) and its pkg_postrm the manifest refresh, both for the
+    package manager on the target; both get migration_rootfs_manifest, the image manifest at
+    rootfs time.
 
     Like systemd.bbclass, the text is appended to what the recipe set; PACKAGESPLITFUNCS
     :prepend runs this before systemd_populate_packages, so the migrations are applied before
@@ -404,12 +405,13 @@ def add_postinsts(d: typing.Any) -> None:
     if is_inert(d):
         return
     refresh = d.getVar("migration_refresh_manifest")
+    rootfs = d.getVar("migration_rootfs_manifest")
     for cfg in package_configs(d):
         localdata = d.createCopy()
         # The name the manifest and the gates know (without a multilib prefix).
         localdata.setVar("MIGRATION_POSTINST_PACKAGE", shlex.quote(cfg.name))
-        for var, text in (("pkg_postinst", localdata.getVar("migration_postinst")),
-                          ("pkg_postrm", refresh)):  # fmt: skip
+        for var, text in (("pkg_postinst", localdata.getVar("migration_postinst") + rootfs),
+                          ("pkg_postrm", refresh + rootfs)):  # fmt: skip
             key = f"{var}:{cfg.package}"
             d.setVar(key, (d.getVar(key) or "#!/bin/sh\n") + text)
 

@@ -36,6 +36,10 @@ DEFAULT_PATH = "/usr/share/migration/manifest.json"
 #: Relative to the image root.
 FRAGMENTS_DIR = "usr/share/migration/packages"
 MANIFEST_REL = "usr/share/migration/manifest.json"
+SETTINGS_REL = "usr/share/migration/image-settings.json"
+"""The distro's image settings (compat_level, upgrade_floor, data_markers), written by the runner
+recipe: the defaults of a manifest generated without them and without a manifest to keep them
+from (the migration packages' postinst at rootfs time)."""
 SCRIPTS_REL = "etc/migration.d"
 DONE_LINK_REL = "usr/share/migration/done"
 #: Absolute target of the done symlink (the default state dir on the target).
@@ -336,6 +340,23 @@ def _replace_symlink(link: str, target: str) -> None:
         os.unlink(tmp)
     os.symlink(target, tmp)
     os.rename(tmp, link)
+
+
+def load_settings(root: str) -> Tuple[int, str, Tuple[str, ...]]:
+    """The image settings ROOT's runner package carries (:data:`SETTINGS_REL`), validated; the
+    built-in defaults (level 0, no floor, no markers) when there is no such file."""
+    path = os.path.join(root, SETTINGS_REL)
+    if not os.path.lexists(path):
+        return 0, "", ()
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path}: not a JSON object")
+    return _check_top(
+        f"{path}: ",
+        data.get("compat_level", 0),
+        data.get("upgrade_floor", ""),
+        data.get("data_markers", []),
+    )
 
 
 def load(path: str) -> Optional[Manifest]:

@@ -462,8 +462,9 @@ def _run_locked(
         say(w)
     if manifest is None and scripts:
         say(f"no image manifest at {opts.manifest_path or manifest_mod.DEFAULT_PATH}: scripts are "
-            "not checked against the image and every boot starts the runner; build the image "
-            'with IMAGE_CLASSES += "migration_image"')
+            "not checked against the image and every boot starts the runner; install the scripts "
+            "with packages of recipes that inherit migration (their postinst writes it) or write "
+            "it with `migration manifest --root IMAGE_ROOT`")
     if meta_reason is not None:
         state.repair_meta()
         say(f"damaged state.json ({meta_reason}) moved aside to {state.path}/damaged/")

@@ -81,6 +81,16 @@ MIGRATION_VOLATILE_STATE[doc] = "What a boot run does when /var/lib/migration is
 MIGRATION_VOLATILE_STATE[type] = "choice"
 MIGRATION_VOLATILE_STATE[choices] = "warn refuse"
 
+# The distro's image settings (migration_image.bbclass documents them): the runner package
+# carries them in ${datadir}/migration/image-settings.json, so every image that installs a
+# migration package gets them in its manifest, with or without migration_image.
+MIGRATION_COMPAT_LEVEL ??= "0"
+MIGRATION_COMPAT_LEVEL[doc] = "Compatibility level of the distro (whole number): the lowest level of every image manifest."
+MIGRATION_UPGRADE_FLOOR ??= ""
+MIGRATION_UPGRADE_FLOOR[doc] = "Oldest release (os-release VERSION_ID) the distro's images upgrade from. Empty: no floor."
+MIGRATION_DATA_MARKERS ??= ""
+MIGRATION_DATA_MARKERS[doc] = "Absolute paths that show a device holds data written before meta-migration."
+
 MIGRATION_PYTHON ?= "${bindir}/python3"
 MIGRATION_PYTHON[doc] = "Interpreter in the shebang of the migration command."
 
@@ -120,6 +130,9 @@ do_install() {
     MIGRATION_BOOT_POLICY="${MIGRATION_BOOT_POLICY}" \
     MIGRATION_BOOT_TIMEOUT="${MIGRATION_BOOT_TIMEOUT}" \
     MIGRATION_VOLATILE_STATE="${MIGRATION_VOLATILE_STATE}" \
+    MIGRATION_COMPAT_LEVEL="${MIGRATION_COMPAT_LEVEL}" \
+    MIGRATION_UPGRADE_FLOOR="${MIGRATION_UPGRADE_FLOOR}" \
+    MIGRATION_DATA_MARKERS="${MIGRATION_DATA_MARKERS}" \
     MIGRATION_COMPILE="${PYTHON}" \
         sh ${S}/migration-install.sh ${S}/migration ${S}
 }

@@ -494,13 +494,29 @@ def add_scripts(tree: Path, scripts: Iterable[Script], manifest_args: Sequence[s
 
 
 def generate_manifest(tree: Path, manifest_args: Sequence[str] = ()) -> None:
-    """The image build's step: python3 -m migration manifest --root TREE [options]."""
+    """The image build's step. Without settings, what an image without migration_image gets:
+    the migration packages' rootfs-time postinst, the class's migration_rootfs_manifest run
+    with $D = TREE (its runner package, the distro's settings in image-settings.json). With
+    settings (per image: e.g. --upgrade-floor 2.0), what migration_image.bbclass does after
+    the postinsts: python3 -m migration manifest --root TREE [options]."""
     for p in (tree / "usr/share/migration/manifest.json", tree / "usr/share/migration/done"):
         if p.exists() or p.is_symlink():
             p.unlink()
+    if not manifest_args:
+        path = f"{Path(sys.executable).parent}:/usr/bin:/bin"
+        run(["sh", "-c", rootfs_manifest_snippet()], env={"D": str(tree), "PATH": path})
+        return
     env = dict(os.environ, PYTHONPATH=str(LIB))
     run([sys.executable, "-m", "migration", "manifest", "--root", str(tree), *manifest_args],
         env=env)  # fmt: skip
+
+
+def rootfs_manifest_snippet() -> str:
+    """The shell function migration_rootfs_manifest of classes/migration.bbclass, expanded."""
+    text = (REPO / "classes" / "migration.bbclass").read_text()
+    match = re.search(r"^migration_rootfs_manifest\(\) \{\n(.*?)^\}$", text, re.M | re.S)
+    assert match, "no migration_rootfs_manifest in classes/migration.bbclass"
+    return match.group(1).replace("${nonarch_libdir}", "/usr/lib")
 
 
 def set_version(tree: Path, version_id: str) -> None:

@@ -237,8 +237,8 @@ def test_runner_install_step_runs_offline(oe: OEBuild) -> None:
     root = str(dest)
     for path in (
         v["sbindir"] + "/migration",
-        v["libdir"] + "/migration/migration/__init__.py",
-        v["libdir"] + "/migration/migration/runner.py",
+        v["nonarch_libdir"] + "/migration/migration/__init__.py",
+        v["nonarch_libdir"] + "/migration/migration/runner.py",
         v["systemd_system_unitdir"] + "/migration.service",
         v["systemd_system_unitdir"] + "/migration-gate@.service",
         v["sysconfdir"] + "/migration.d",
@@ -247,12 +247,36 @@ def test_runner_install_step_runs_offline(oe: OEBuild) -> None:
         assert os.path.exists(root + path), path
     wrapper = Path(root + v["sbindir"] + "/migration").read_text()
     assert wrapper.startswith("#!" + v["bindir"] + "/python3")
-    pycache = Path(root + v["libdir"]) / "migration/migration/__pycache__"
+    pycache = Path(root + v["nonarch_libdir"]) / "migration/migration/__pycache__"
     assert list(pycache.glob("runner.cpython-*.pyc")), "no bytecode installed"
     expected = ["python3-core", "python3-crypt", "python3-json"]
     if oe.release == "scarthgap":
         expected.append("python3-fcntl")  # Python 3.12: fcntl is not in python3-core yet
     assert v["RDEPENDS:migration"].split() == expected
+    settings = json.loads(Path(root + v["datadir"] + "/migration/image-settings.json").read_text())
+    assert settings == {"compat_level": 0, "upgrade_floor": "", "data_markers": []}
+
+    # The image manifest without migration_image: a migration package's rootfs-time postinst
+    # (exampled's, as BitBake expands it) on this image root, which holds the runner.
+    example = oe.run("bitbake -e exampled")
+    assert example.returncode == 0, example.stdout
+    snippet = shell_function(example.stdout, "migration_rootfs_manifest")
+    script = Path(root + v["sysconfdir"] + "/migration.d/50-exampled-x.sh")
+    script.write_text("#!/bin/sh\nset -e\n")
+    fragment = {
+        "format": 1,
+        "package": "exampled",
+        "version": "2.0-r0",
+        "migrations": [
+            {"name": script.name, "sha256": hashlib.sha256(script.read_bytes()).hexdigest()}
+        ],
+    }
+    Path(root + v["datadir"] + "/migration/packages/exampled.json").write_text(json.dumps(fragment))
+    proc = oe.run(f"D={shlex.quote(root)} sh -c {shlex.quote(snippet)}")
+    assert proc.returncode == 0, proc.stdout
+    written = json.loads(Path(root + v["datadir"] + "/migration/manifest.json").read_text())
+    assert [m["name"] for m in written["migrations"]] == [script.name]
+    assert os.path.islink(root + v["datadir"] + "/migration/done")
 
 
 def test_demo_image_pulls_in_runner_and_example(oe: OEBuild) -> None:

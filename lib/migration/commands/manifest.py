@@ -15,7 +15,10 @@ that is not a version or a marker that is not absolute: exit 2.
 A setting not given keeps the value of the manifest being replaced (when there is a readable
 one): a package installed or removed on a running device refreshes the manifest with a plain
 `migration manifest` (the class's postinst), which must not drop the image's level, floor and
-markers. `--upgrade-floor ""` removes a floor.
+markers. Without a manifest (the first migration package installed at rootfs time) the settings
+come from ROOT/usr/share/migration/image-settings.json, the distro's (MIGRATION_COMPAT_LEVEL,
+MIGRATION_UPGRADE_FLOOR, MIGRATION_DATA_MARKERS) that the runner recipe writes, else level 0,
+no floor, no markers. `--upgrade-floor ""` removes a floor.
 """
 
 from typing import Any
@@ -66,8 +69,9 @@ def run(args: Any) -> int:
 
 
 def refresh(root: str, level: Any = None, floor: Any = None, markers: Any = None) -> str:
-    """Write ROOT's manifest; a setting that is None keeps the current manifest's. Returns the
-    line that says what was written."""
+    """Write ROOT's manifest; a setting that is None keeps the current manifest's, or, without
+    one, takes the image settings the runner package carries (the distro's, written by the
+    runner recipe). Returns the line that says what was written."""
     import os
 
     from migration import manifest as manifest_mod
@@ -79,12 +83,16 @@ def refresh(root: str, level: Any = None, floor: Any = None, markers: Any = None
             current = manifest_mod.load(path)
         except ManifestError:
             current = None  # a damaged manifest is replaced; its settings are lost
+        if current is not None:
+            defaults = (current.compat_level, current.upgrade_floor, current.data_markers)
+        else:
+            defaults = manifest_mod.load_settings(root)
         if level is None:
-            level = current.compat_level if current else 0
+            level = defaults[0]
         if floor is None:
-            floor = current.upgrade_floor if current else ""
+            floor = defaults[1]
         if markers is None:
-            markers = list(current.data_markers) if current else []
+            markers = list(defaults[2])
     result = manifest_mod.generate(
         root, compat_level=level, upgrade_floor=floor, data_markers=markers
     )

@@ -23,6 +23,11 @@
 #                           limit
 #   MIGRATION_VOLATILE_STATE  warn | refuse (default warn): what a boot run does when the state
 #                           dir is on a volatile file system (--volatile-state of the runner)
+#   MIGRATION_COMPAT_LEVEL  the distro's image settings, written to
+#   MIGRATION_UPGRADE_FLOOR ${datadir}/migration/image-settings.json: what a manifest made at
+#   MIGRATION_DATA_MARKERS  rootfs time by the migration packages' postinsts carries (a whole
+#                           number >= 0, default 0; a version or empty; absolute paths separated
+#                           by blanks, without " or \)
 #   MIGRATION_COMPILE       absolute path of a python3 of the TARGET's version (the recipe:
 #                           python3-native's), to ship the package's bytecode: __pycache__/
 #                           *.cpython-XY.pyc made with --invalidation-mode unchecked-hash, so
@@ -80,6 +85,31 @@ esac
 case "$timeout" in
 '' | *[!0-9]*) die "MIGRATION_BOOT_TIMEOUT=$timeout is not a number of seconds" ;;
 esac
+level=${MIGRATION_COMPAT_LEVEL:-0}
+floor=${MIGRATION_UPGRADE_FLOOR:-}
+markers=${MIGRATION_DATA_MARKERS:-}
+case "$level" in
+'' | *[!0-9]*) die "MIGRATION_COMPAT_LEVEL=$level is not a whole number >= 0" ;;
+esac
+level=$(echo "$level" | sed 's/^0*\([0-9]\)/\1/') # JSON numbers have no leading zeros
+case "$floor" in
+'') ;;
+[0-9]*) case "$floor" in *[!A-Za-z0-9.+~_:-]*) die "MIGRATION_UPGRADE_FLOOR=$floor is not a version" ;; esac ;;
+*) die "MIGRATION_UPGRADE_FLOOR=$floor is not a version (a digit first)" ;;
+esac
+markers_json=
+set -f # markers are paths, not patterns
+for marker in $markers; do
+	case "$marker" in
+	/*) ;;
+	*) die "MIGRATION_DATA_MARKERS: $marker is not an absolute path" ;;
+	esac
+	case "$marker" in
+	*[\\\"]*) die "MIGRATION_DATA_MARKERS: $marker holds \" or \\" ;;
+	esac
+	markers_json="$markers_json${markers_json:+, }\"$marker\""
+done
+set +f
 
 # What the runner does after a failed script, per boot policy: halt stops at the first failure
 # (the system is going down anyway and later scripts may build on the failed one); continue and
@@ -143,6 +173,9 @@ fi
 
 subst "$files/migration.wrapper" "$D$sbindir/migration" 0755
 install -d -m 0755 "$D$sysconfdir/migration.d" "$D$datadir/migration/packages"
+printf '{"compat_level": %s, "upgrade_floor": "%s", "data_markers": [%s]}\n' \
+	"$level" "$floor" "$markers_json" >"$D$datadir/migration/image-settings.json"
+chmod 0644 "$D$datadir/migration/image-settings.json"
 install -D -m 0644 "$files/boot.md" "$D$datadir/doc/migration/boot.md"
 
 # Update-time hooks (copied into update bundles) and the refusal hooks dir with the example.
