@@ -19,7 +19,7 @@ from oebuild import OEBuild
 
 pytestmark = pytest.mark.oe
 
-TARGETS = ("exampled", "migration-interp", "migration-oneway", "migration")
+TARGETS = ("exampled", "migration-interp", "migration-oneway", "migration-patched", "migration")
 Hashes = Dict[Tuple[str, str], str]
 
 
@@ -167,9 +167,17 @@ def test_the_lint_signature_names_the_host_tools_and_their_versions(
     )
 
 
-def test_the_lint_runs_after_do_patch(oe: OEBuild, builddir: Path, base: Hashes) -> None:
-    signatures(oe, builddir, "base")
-    text = dumpsig(oe, builddir, sigdata(builddir, "exampled", "do_migration_lint"))
+def lint_dependencies(oe: OEBuild, builddir: Path, pn: str) -> str:
+    text = dumpsig(oe, builddir, sigdata(builddir, pn, "do_migration_lint"))
     match = re.search(r"^Tasks this task depends on: (.*)$", text, re.MULTILINE)
     assert match, text
-    assert ":do_patch" in match.group(1), match.group(1)
+    return match.group(1)
+
+
+def test_the_lint_runs_after_do_patch_when_there_are_patches(
+    oe: OEBuild, builddir: Path, base: Hashes
+) -> None:
+    signatures(oe, builddir, "base")
+    assert ":do_patch" in lint_dependencies(oe, builddir, "migration-patched")
+    # Without patches, no native tool (quilt-native) stands between the sources and the lint.
+    assert lint_dependencies(oe, builddir, "exampled") == "['exampled:do_unpack']"
