@@ -342,6 +342,27 @@ def test_volatile_state_setting_reaches_both_inits(
     assert parsed is not None and parsed[1]["--volatile-state"] == setting
 
 
+def test_state_dir_home_is_mounted_after_volatile_binds(tmp_path: Path, stub_src: Path) -> None:
+    """Issue 14: a mount at /var/lib/migration (README's persistent home on a read-only root) is
+    ordered after volatile-binds' /var/lib service; mounted first, the overlay or bind over
+    /var/lib hid it (tests/boot/test_boot_readonly.py boots it)."""
+    root = tmp_path / "root"
+    assert install(root, stub_src).returncode == 0
+    mount = subprocess.run(
+        ["systemd-escape", "--path", "--suffix=mount", "/var/lib/migration"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    # volatile-binds.bb names a VOLATILE_BINDS line's unit after its source: /var/volatile/lib.
+    binds = "/var/volatile/lib"[1:].replace("/", "-") + ".service"
+    dropin = root / UNITDIR.lstrip("/") / f"{mount}.d" / "50-after-volatile-binds.conf"
+    assert _unit_settings(dropin) == {"After": [binds]}
+    assert dropin.stat().st_mode & 0o777 == 0o644
+    assert not list((root / UNITDIR.lstrip("/")).glob("*.mount"))  # a drop-in only
+    sysv = tmp_path / "sysv"
+    assert install(sysv, stub_src, MIGRATION_INIT="sysvinit").returncode == 0
+    assert not (sysv / UNITDIR.lstrip("/")).exists()
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [

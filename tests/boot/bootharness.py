@@ -437,11 +437,15 @@ def guest_python(tree: Path) -> str:
 
 
 def install_runner(
-    tree: Path, policy: str = "continue", init: str = "systemd", wipe_request: bool = False
+    tree: Path,
+    policy: str = "continue",
+    init: str = "systemd",
+    wipe_request: bool = False,
+    volatile_state: str = "warn",
 ) -> None:
     """Install the runner into tree exactly as the recipe does: migration-install.sh, bytecode
     included; the wipe-request example hook only with `wipe_request` (the opt-in
-    migration-wipe-request)."""
+    migration-wipe-request); `volatile_state`: MIGRATION_VOLATILE_STATE."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
         "D": str(tree),
@@ -453,6 +457,7 @@ def install_runner(
         "systemd_system_unitdir": "/lib/systemd/system",
         "MIGRATION_PYTHON": "/usr/bin/python3",
         "MIGRATION_BOOT_POLICY": policy,
+        "MIGRATION_VOLATILE_STATE": volatile_state,
         "MIGRATION_INIT": init,
         "MIGRATION_COMPILE": guest_python(tree),
     }

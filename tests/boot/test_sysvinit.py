@@ -14,12 +14,18 @@ import pytest
 pytestmark = pytest.mark.boot
 
 
-def sysv_tree(base: h.Base, dest: Path, scripts: List[h.Script], policy: str = "continue") -> Path:
+def sysv_tree(
+    base: h.Base,
+    dest: Path,
+    scripts: List[h.Script],
+    policy: str = "continue",
+    volatile_state: str = "warn",
+) -> Path:
     tree = dest / "root"
     subprocess.run(["cp", "-al", str(base.tree), str(tree)], check=True)
     subprocess.run(["rm", "-rf", str(tree / "var")], check=True)
     subprocess.run(["cp", "-al", str(base.var), str(tree / "var")], check=True)
-    h.install_runner(tree, policy=policy, init="sysvinit")
+    h.install_runner(tree, policy=policy, init="sysvinit", volatile_state=volatile_state)
     assert not (tree / "lib/systemd/system/migration.service").exists()
     if scripts:
         h.add_scripts(tree, scripts)

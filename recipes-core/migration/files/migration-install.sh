@@ -36,6 +36,9 @@
 #                           Python version would be ignored silently. Empty: no bytecode (every
 #                           run compiles what it imports, in memory on a read-only root)
 # Besides the package, the wrapper and the units it installs (never placeholders in these):
+#   ${systemd_system_unitdir}/var-lib-migration.mount.d/50-after-volatile-binds.conf
+#                           orders a mount at /var/lib/migration (the state dir's persistent
+#                           home on a read-only root) after volatile-binds' /var/lib
 #   ${datadir}/migration/update-hooks/   update-time hooks for RAUC (rauc-hook.sh), SWUpdate
 #                           (swupdate-postinst.sh) and Mender (ArtifactInstall_Leave_50_migration),
 #                           for bundle/artifact recipes to copy; never run on this image itself
@@ -220,6 +223,9 @@ if $want_systemd; then
 		echo "Environment=\"MIGRATION_RUN_ARGS=$run_args\""
 	} >"$dropin"
 	chmod 0644 "$dropin"
+	# A persistent home for the state dir goes on top of volatile-binds' /var/lib, not under it.
+	install -D -m 0644 "$files/after-volatile-binds.conf" \
+		"$unitdir/var-lib-migration.mount.d/50-after-volatile-binds.conf"
 fi
 if $want_sysvinit; then
 	subst "$files/migration.init" "$D$sysconfdir/init.d/migration" 0755
