@@ -49,6 +49,7 @@ SRC_URI = "file://migration/__init__.py \
            file://migration/state.py \
            file://migration/units.py \
            file://migration/volatile.py \
+           file://after-volatile-binds.conf \
            file://boot.md \
            file://hooks/request-wipe \
            file://migration-gate@.service \
