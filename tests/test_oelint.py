@@ -22,6 +22,7 @@ def metadata_files() -> list:
             "classes/*.bbclass",
             "recipes-*/*/*.bb",
             "recipes-*/*/*.bbappend",
+            "meta-migration-example/recipes-*/*/*.bb",
             "tests/oe/data/*/recipes-*/*/*.bb",
         )
         for p in LAYER.glob(pattern)

@@ -38,7 +38,10 @@ def shell_function(output: str, name: str) -> str:
 def test_parse_has_no_warnings_or_errors(oe: OEBuild) -> None:
     # A cached recipe prints no parse-time warnings: make BitBake parse every recipe of the layer
     # (and every recipe that inherits its classes) again.
-    oe.run("find ../meta-migration/recipes-* ../meta-migration/classes -type f -exec touch {} +")
+    oe.run(
+        "find ../meta-migration/recipes-* ../meta-migration/meta-migration-example "
+        "../meta-migration/classes -type f -exec touch {} +"
+    )
     proc = oe.run("bitbake -p")
     assert proc.returncode == 0, proc.stdout
     problems = [line for line in proc.stdout.splitlines() if re.match(r"(WARNING|ERROR):", line)]
@@ -187,7 +190,8 @@ def test_bad_oneway_fails_lint_naming_recipe_and_script(oe: OEBuild) -> None:
 
 
 def test_image_compat_variables(oe: OEBuild) -> None:
-    proc = oe.run("bitbake -e migration-demo-image")
+    builddir = oe.extra_builddir("build-test-layer", [oe.test_layer])
+    proc = oe.run("bitbake -e migration-settings-image", builddir)
     assert proc.returncode == 0, proc.stdout
     v = env_values(proc.stdout)
     assert v["MIGRATION_COMPAT_LEVEL"] == "0"
@@ -199,7 +203,8 @@ def test_image_compat_variables(oe: OEBuild) -> None:
         # Documented, and a change of them changes the image's do_rootfs signature.
         assert re.search(rf'^#\s+\[doc\] ".+"$\n(?:#.*\n)*{name}=', proc.stdout, re.M), name
     vardeps = oe.run(
-        "bitbake-getvar -r migration-demo-image --value -f vardeps migration_image_manifest"
+        "bitbake-getvar -r migration-settings-image --value -f vardeps migration_image_manifest",
+        builddir,
     )
     assert vardeps.stdout.split()[-3:] == [
         "MIGRATION_COMPAT_LEVEL",
@@ -288,6 +293,24 @@ def test_demo_image_pulls_in_runner_and_example(oe: OEBuild) -> None:
     deps = (oe.builddir / "task-depends.dot").read_text()
     assert '"migration-demo-image.do_rootfs" -> "exampled.do_package_write_' in deps
     assert '"migration-demo-image.do_rootfs" -> "migration.do_package_write_' in deps
+
+
+def test_the_demo_image_needs_no_image_class_for_its_manifest(oe: OEBuild) -> None:
+    """Its migration packages write the manifest at rootfs time (test_rootfs_manifest.py)."""
+    proc = oe.run("bitbake -e migration-demo-image")
+    assert proc.returncode == 0, proc.stdout
+    v = env_values(proc.stdout)
+    assert "migration_image_manifest" not in v["ROOTFS_POSTPROCESS_COMMAND"].split()
+    assert "migration_image" not in v.get("IMAGE_CLASSES", "").split()
+
+
+def test_the_example_layer_is_a_layer_of_its_own(oe: OEBuild) -> None:
+    """A world build with meta-migration alone builds no example (meta-skeleton's way)."""
+    proc = oe.run("bitbake-layers show-recipes exampled migration-demo-image")
+    assert proc.returncode == 0, proc.stdout
+    assert re.search(r"^exampled:\n\s+meta-migration-example\s", proc.stdout, re.M), proc.stdout
+    layers = oe.run("bitbake-layers show-layers")
+    assert re.search(r"^meta-migration-example\s", layers.stdout, re.M), layers.stdout
 
 
 def test_image_without_migrations_does_not_pull_in_runner(oe: OEBuild) -> None:
