@@ -215,8 +215,10 @@ migration_postinst[doc] = "Shell fragment prepended to the postinst of migration
 # postinsts. A failure (two packages ship one name) fails the postinst and so the image build.
 migration_rootfs_manifest() {
     if [ -n "$D" ]; then
-        PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$D${nonarch_libdir}/migration" \
-            python3 -m migration manifest --root "$D" || exit $?
+        # -I: neither the working directory (the build dir) nor PYTHON* variables decide what
+        # runs; -B: no host bytecode in the image.
+        python3 -I -B -c 'import sys; sys.path.insert(0, sys.argv[1]); from migration.cli import main; sys.exit(main(sys.argv[2:]))' \
+            "$D${nonarch_libdir}/migration" manifest --root "$D" || exit $?
     fi
 }
 migration_rootfs_manifest[doc] = "Shell fragment appended to the postinst and postrm of migration packages: the image manifest at rootfs time."

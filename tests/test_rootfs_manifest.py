@@ -18,7 +18,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import pytest
 
@@ -51,10 +51,17 @@ def scriptlet(tmp: Path, kind: str) -> Path:
     return path
 
 
-def run_scriptlet(tmp: Path, kind: str, root: Path) -> subprocess.CompletedProcess:
-    env = {"D": str(root), "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
+def run_scriptlet(
+    tmp: Path, kind: str, root: Path, cwd: Optional[Path] = None, **extra: str
+) -> subprocess.CompletedProcess:
+    env = {"D": str(root), "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", **extra}
     return subprocess.run(
-        ["sh", str(scriptlet(tmp, kind))], env=env, capture_output=True, text=True, check=False
+        ["sh", str(scriptlet(tmp, kind))],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
     )
 
 
@@ -159,7 +166,9 @@ def test_the_distro_settings_come_from_the_runner_package(tmp_path: Path) -> Non
         ("MIGRATION_COMPAT_LEVEL", "two", "not a whole number"),
         ("MIGRATION_UPGRADE_FLOOR", "next", "not a version"),
         ("MIGRATION_DATA_MARKERS", "var/lib/foo", "not an absolute path"),
-        ("MIGRATION_DATA_MARKERS", '/var/"x"', 'holds " or'),
+        ("MIGRATION_DATA_MARKERS", '/var/"x"', 'holds ", \\ or a control character'),
+        ("MIGRATION_DATA_MARKERS", "/var/a\x01b", "a control character"),
+        ("MIGRATION_DATA_MARKERS", "/var/a\rb", "a control character"),
     ],
 )
 def test_invalid_distro_settings_fail_the_runner_install(
@@ -213,9 +222,30 @@ def test_the_rootfs_snippet_does_nothing_on_a_running_target(tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stdout
 
 
+def test_only_the_runner_in_the_image_runs_whatever_the_build_environment(tmp_path: Path) -> None:
+    """do_rootfs runs in the build dir: a `migration` package or an `argparse.py` there, or
+    PYTHON* variables of the build, must not decide what runs (adversary finding)."""
+    root = tmp_path / "rootfs"
+    install_runner(root)
+    unpack(root, "foo", PACKAGES["foo"])
+    cwd = tmp_path / "builddir"
+    (cwd / "migration").mkdir(parents=True)
+    (cwd / "migration" / "__init__.py").write_text("raise SystemExit('SHADOWED')\n")
+    (cwd / "argparse.py").write_text("raise SystemExit('SHADOWED')\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "json.py").write_text("raise SystemExit('SHADOWED')\n")
+    proc = run_scriptlet(
+        tmp_path, "postinst", root, cwd=cwd, PYTHONPATH=str(elsewhere), PYTHONSTARTUP="/nonexistent"
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SHADOWED" not in proc.stdout + proc.stderr
+    assert image_manifest(root)["migrations"][0]["name"] == "50-foo-a.sh"
+
+
 def test_without_a_runner_in_the_image_the_postinst_says_so(tmp_path: Path) -> None:
     root = tmp_path / "rootfs"
     unpack(root, "foo", PACKAGES["foo"])
     proc = run_scriptlet(tmp_path, "postinst", root)
     assert proc.returncode != 0
-    assert "No module named migration" in proc.stderr
+    assert "No module named 'migration'" in proc.stderr

@@ -108,7 +108,7 @@ for marker in $markers; do
 	*) die "MIGRATION_DATA_MARKERS: $marker is not an absolute path" ;;
 	esac
 	case "$marker" in
-	*[\\\"]*) die "MIGRATION_DATA_MARKERS: $marker holds \" or \\" ;;
+	*[\\\"]* | *[[:cntrl:]]*) die "MIGRATION_DATA_MARKERS: $marker holds \", \\ or a control character" ;;
 	esac
 	markers_json="$markers_json${markers_json:+, }\"$marker\""
 done
