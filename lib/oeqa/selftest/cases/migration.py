@@ -103,7 +103,8 @@ class MigrationRunnerRecipeTests(OESelftestTestCase):
                   sources are the layer's lib/migration
         Expected: RDEPENDS:migration = python3-core python3-crypt python3-json (+ python3-fcntl
                   on scarthgap); do_unpack of
-                  file:// sources works offline and yields the package and the install script
+                  file:// sources works offline and yields the package (no bytecode, no build-only
+                  module) and the install script
         """
         v = get_bb_vars(["S", "LAYERSERIES_CORENAMES"], "migration")
         expected = ["python3-core", "python3-crypt", "python3-json"]
@@ -112,8 +113,11 @@ class MigrationRunnerRecipeTests(OESelftestTestCase):
         self.assertEqual(getvar("migration", "RDEPENDS:migration").split(), expected)
         bitbake("migration -c unpack")
         self.assertTrue(os.path.isfile(os.path.join(v["S"], "migration", "__init__.py")))
-        self.assertTrue(os.path.isfile(os.path.join(v["S"], "files", "migration-install.sh")))
+        self.assertTrue(os.path.isfile(os.path.join(v["S"], "migration-install.sh")))
         self.assertFalse(
             os.path.exists(os.path.join(v["S"], "migration", "tests")),
             "only the package, no tests",
         )
+        # Every file listed, no directory: no host bytecode, no build-only module.
+        self.assertFalse(os.path.exists(os.path.join(v["S"], "migration", "__pycache__")))
+        self.assertFalse(os.path.exists(os.path.join(v["S"], "migration", "bitbake.py")))
