@@ -534,3 +534,13 @@ def test_readme_synopsis_lists_every_option_of_every_command():
         for action in sp._actions:
             if action.option_strings and "-h" not in action.option_strings:
                 assert action.option_strings[-1] in synopsis[name], (name, action.option_strings)
+
+
+def test_every_command_help_is_plain_text(root):
+    """Help is read on a serial console: no reST markup (``x``, :mod:`x`) in any command's."""
+    from migration import commands
+
+    for mod in commands.load():
+        proc = root(mod.name, "--help")
+        assert proc.returncode == 0, mod.name
+        assert "``" not in proc.stdout and ":mod:`" not in proc.stdout, (mod.name, proc.stdout)

@@ -1,14 +1,15 @@
 # SPDX-License-Identifier: MIT
-"""``migration lint [--package PKG] [--priority NN] [--no-shellcheck] FILE...``
+"""migration lint [--package PKG] [--priority NN] [--no-shellcheck] FILE...
 
 Checks migration scripts on any host, before a build, with the rules of the build-time lint of
-``migration.bbclass`` (see :mod:`migration.lint`): empty file, no shebang, shell script without
-errexit, ``sh -n``/``bash -n`` syntax errors, ShellCheck findings (when ``shellcheck`` is in
-PATH), CRLF line endings, names the runner would skip or refuse, and two files with one name.
+migration.bbclass (lib/migration/lint.py): empty file, no shebang, shell script without errexit,
+`sh -n`/`bash -n` syntax errors, ShellCheck findings (when shellcheck is in PATH), Python scripts
+that do not compile (with this Python), CRLF line endings, names the runner would skip or refuse,
+and two files with one name.
 
-With ``--package`` the runner's naming rules apply to the installed name
-``<priority>-<package>-<file name>`` that the class would give the file; without it, to the file
-name itself. Prints one line per finding (``FILE[:LINE]: message [migration-<check>]``).
+With --package the runner's naming rules apply to the installed name
+<priority>-<package>-<file name> that the class would give the file; without it, to the file name
+itself. Prints one line per finding (FILE[:LINE]: message [migration-<check>]).
 
 Exit status: 0 no findings, 1 findings, 2 usage error (such as a file that cannot be read).
 """
