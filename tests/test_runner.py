@@ -363,6 +363,28 @@ def test_below_floor_is_refused_before_anything_is_written(env):
     assert env.executions() == ["10-a", "20-b"]
 
 
+def test_a_floor_above_a_release_that_did_not_finish_says_which_migrations_it_lacks(env):
+    """Issue 16: 2.0 ran but one of its migrations failed; 3.0 (floor 2.0) must not just say
+    "install release 2.0 first" (it is installed): it names 2.0's failed migration and says to
+    boot 2.0 again to finish it."""
+    os_release(env, "1.0")
+    env.add("10-a")
+    write_manifest5(env)
+    assert env.run() == 0
+    os_release(env, "2.0")
+    env.add("20-b", "exit 4")
+    write_manifest5(env)
+    assert env.run() == 1
+    os_release(env, "3.0")
+    (env.scripts / "20-b").unlink()
+    env.add("30-c")
+    write_manifest5(env, floor="2.0")
+    message = str(refused(env))
+    assert "last fully migrated by release 1.0" in message
+    assert "release 2.0 ran after it but did not apply all its migrations (failed: 20-b)" in message
+    assert "Boot release 2.0 again to finish them" in message
+
+
 def test_a_busy_lock_does_not_hide_the_refusal(env):
     """The verdict comes before the wait for the lock: exit 3, not 75 (which the update hooks
     take for "the boot retries"); the state is left as it was."""

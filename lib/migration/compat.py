@@ -169,6 +169,7 @@ def decide(
     recorded_version: str,
     recorded_from: str = "",
     unfinished_version: str = "",
+    unfinished_failed: Sequence[str] = (),
 ) -> Verdict:
     """The verdict for an image on the device's state (see the module docstring for the rules).
 
@@ -181,7 +182,9 @@ def decide(
     recorded_version: the image version the state says last completed ("" when none).
     recorded_from: where recorded_version comes from, for the message (e.g. "applied_image").
     unfinished_version: the image that last ran (state.json's image), whose run may not have
-        completed; only used when no version is recorded.
+        completed; used when no version is recorded, and to say what a later, unfinished
+        release lacks when the recorded one is below the floor.
+    unfinished_failed: names of the migrations recorded as failed (for that message).
     """
     this = _image(image_version)
     wipe = "or wipe the writable data"
@@ -208,7 +211,7 @@ def decide(
         )
     if floor:
         refusal = _floor_refusal(this, floor, recorded_version, recorded_from,
-                                 image_version, unfinished_version)
+                                 image_version, unfinished_version, unfinished_failed)
         if refusal is not None:
             return refusal
     if recorded_version:
@@ -225,7 +228,8 @@ def decide(
 
 
 def _floor_refusal(this: str, floor: str, recorded: str, recorded_from: str,
-                   image_version: str, unfinished: str) -> Optional[Verdict]:
+                   image_version: str, unfinished: str,
+                   failed: Sequence[str] = ()) -> Optional[Verdict]:
     """The below-floor verdict for state that has a version to compare (or none), else None."""
     wipe = "or wipe the writable data"
     if not recorded:
@@ -256,6 +260,18 @@ def _floor_refusal(this: str, floor: str, recorded: str, recorded_from: str,
             f"{floor} first, {wipe}.",
         )
     if compare_versions(recorded, floor) < 0:
+        if (unfinished and unfinished != recorded and comparable(unfinished, floor)
+                and compare_versions(unfinished, floor) >= 0):
+            # The release the floor asks for did run here, but not to the end.
+            lacks = f" (failed: {', '.join(failed)})" if failed else ""
+            return Verdict(
+                BELOW_FLOOR,
+                f"upgrade from a release that did not finish: the data was last fully migrated "
+                f"by release {recorded}{where}; release {unfinished} ran after it but did not "
+                f"apply all its migrations{lacks}, and {this} upgrades only from {floor} or "
+                f"newer. Boot release {unfinished} again to finish them (see `migration "
+                f"status` there; fix what makes them fail), {wipe}.",
+            )
         return Verdict(
             BELOW_FLOOR,
             f"upgrade from a too old release: the data was last fully migrated by release "

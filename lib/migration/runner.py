@@ -347,6 +347,12 @@ def assess(
     unfinished = last.get("version_id", "") if isinstance(last, dict) else ""
     verdict = compat.decide(image.get("version_id", ""), level, floor, markers, has_state,
                             facts.level, facts.version, facts.source, str(unfinished))
+    if verdict.kind == compat.BELOW_FLOOR and unfinished:
+        # Only a refusal reads the failed records: what the unfinished release lacks.
+        failed = sorted({str(r.get("name")) for _, r in state.all_records("failed")})
+        verdict = compat.decide(image.get("version_id", ""), level, floor, markers, has_state,
+                                facts.level, facts.version, facts.source, str(unfinished),
+                                failed)
     return verdict, facts
 
 

@@ -81,7 +81,8 @@ def describe_compat(opts: Any, state: Any, manifest: Any) -> "tuple[Any, list[st
     if meta is not None:
         parts = [f"compatibility level {facts.level}", f"last image {_image(meta.get('image'))}"]
         if meta.get("applied_image"):
-            parts.append(f"all migrations applied by image {_image(meta['applied_image'])}")
+            # Said of a past image: pending migrations of this one may be listed below.
+            parts.append(f"last image with every migration applied {_image(meta['applied_image'])}")
         lines.append("state: " + ", ".join(parts))
     elif state.has_state():
         newest = facts.version or "unknown"
