@@ -195,15 +195,16 @@ do_install[file-checksums] += "${@migration.tasksources.file_checksums('install'
 # below does the manifest): a migration package's postinst refreshes the image manifest, stops the services
 # gated on pending migrations, applies the pending migrations in order and starts those
 # services again (`migration postinst`, lib/migration/commands/postinst.py). It comes first in
-# the postinst, before systemd.bbclass's restart of the package's services, which it skips by
-# exiting non-zero when a migration of the package is not applied: the package is then not
-# configured (retry: dpkg --configure -a, opkg configure) and its gated services stay stopped.
+# the postinst (right after its #! line), before the recipe's own pkg_postinst and before
+# systemd.bbclass's restart of the package's services, which it skips by exiting non-zero when a
+# migration of the package is not applied: the package is then not configured (retry: dpkg
+# --configure -a, opkg configure) and its gated services stay stopped until then.
 migration_postinst() {
     if [ -z "$D" ] && [ -x ${sbindir}/migration ]; then
         ${sbindir}/migration postinst --package ${MIGRATION_POSTINST_PACKAGE} || exit $?
     fi
 }
-migration_postinst[doc] = "Shell fragment prepended to the postinst of migration packages (MIGRATION_POSTINST_PACKAGE: the package)."
+migration_postinst[doc] = "Shell fragment put first in the postinst of migration packages (MIGRATION_POSTINST_PACKAGE: the package)."
 
 # At rootfs time ($D set) every migration package's postinst (and postrm) writes the image
 # manifest anew from the fragments installed so far, with the build host's python3 running the
@@ -213,6 +214,7 @@ migration_postinst[doc] = "Shell fragment prepended to the postinst of migration
 # package (the distro's MIGRATION_COMPAT_LEVEL, MIGRATION_UPGRADE_FLOOR, MIGRATION_DATA_MARKERS)
 # or, per image, from migration_image.bbclass, which writes the manifest once more after all
 # postinsts. A failure (two packages ship one name) fails the postinst and so the image build.
+# Like migration_postinst it comes before the recipe's own text, so no `exit 0` there skips it.
 migration_rootfs_manifest() {
     if [ -n "$D" ]; then
         # -I: neither the working directory (the build dir) nor PYTHON* variables decide what
@@ -221,7 +223,7 @@ migration_rootfs_manifest() {
             "$D${nonarch_libdir}/migration" manifest --root "$D" || exit $?
     fi
 }
-migration_rootfs_manifest[doc] = "Shell fragment appended to the postinst and postrm of migration packages: the image manifest at rootfs time."
+migration_rootfs_manifest[doc] = "Shell fragment put first (after migration_postinst or migration_refresh_manifest) in the postinst and postrm of migration packages: the image manifest at rootfs time."
 
 # Removal on a running target: the manifest forgets the package's migrations.
 migration_refresh_manifest() {
@@ -229,7 +231,7 @@ migration_refresh_manifest() {
         ${sbindir}/migration manifest
     fi
 }
-migration_refresh_manifest[doc] = "Shell fragment appended to pkg_postrm of migration packages."
+migration_refresh_manifest[doc] = "Shell fragment put first in pkg_postrm of migration packages."
 
 python migration_populate_packages() {
     migration.bitbake.add_postinsts(d)
@@ -237,8 +239,8 @@ python migration_populate_packages() {
 migration_populate_packages[doc] = "Adds `migration postinst` to the migration packages' postinst and the manifest refresh to their postrm."
 migration_populate_packages[vardeps] += "migration_postinst migration_refresh_manifest migration_rootfs_manifest"
 # :prepend, applied after every `PACKAGESPLITFUNCS =+` of other classes (systemd.bbclass's
-# systemd_populate_packages among them), whatever the inherit order: this snippet comes before
-# systemd's in the postinst.
+# systemd_populate_packages among them), whatever the inherit order: this runs first, so
+# systemd's snippet, which that function appends, comes after ours in the postinst.
 PACKAGESPLITFUNCS:prepend = "migration_populate_packages "
 
 # After the split (as gtk-icon-cache.bbclass does): each migration package holds its files

@@ -152,6 +152,35 @@ def test_whiteouts_name_themselves_applied_or_refused(device: Device) -> None:
     assert "whiteout" in device.status()["40-d"].reason
 
 
+def test_an_opaque_upper_dir_names_itself_for_every_hidden_script(device: Device) -> None:
+    """migration.d removed and re-created on the device: the upper dir's copy is opaque
+    (trusted.overlay.opaque=y) and hides every script of every later image. Each missing entry,
+    applied or new, names the opaque dir and the fix, not a whiteout."""
+    device.boot({"10-a": "v1"})
+    assert device.run() == 0
+    scripts = device.etc / "migration.d"
+    for p in scripts.iterdir():
+        p.unlink()
+    scripts.rmdir()
+    scripts.mkdir()
+    upper = device.upper / "migration.d"
+    assert os.getxattr(upper, "trusted.overlay.opaque") == b"y"
+    device.boot({"10-a": "v1", "20-b": "v1"})
+    assert device.run() == 1
+    status = device.status()
+    for name, state in (("10-a", "applied"), ("20-b", "refused")):
+        assert status[name].state == state
+        assert f"{upper}, the overlay's upper dir of {scripts}, is opaque" in status[name].reason
+        assert f"remove {upper} to show them again" in status[name].reason
+        assert "whiteout" not in status[name].reason
+    # The fix: the image's scripts show again once the overlay is mounted anew.
+    device.unmount()
+    subprocess.run(["rm", "-rf", str(upper)], check=True)
+    device.boot({"10-a": "v1", "20-b": "v1"})
+    assert device.run() == 0
+    assert device.executions() == ["10-a v1", "20-b v1"]
+
+
 def test_no_overlay_no_upper_entry(tmp_path: Path) -> None:
     """A plain dir (or an unreadable mountinfo) gives no upper dir: the generic reason stays."""
     assert overlay.upper_dir_of(str(tmp_path)) is None

@@ -15,7 +15,6 @@ the package reach the signatures through ``file-checksums`` (:mod:`migration.tas
 """
 
 import os
-import re
 
 # Only the module, not names from it: BitBake's addpylib (bitbake 2.8) calls inspect on every
 # callable attribute of a BBIMPORTS module, and typing aliases such as List make it fail.
@@ -33,10 +32,6 @@ PER_PACKAGE_VARS = (
 
 LINT_TOOLS = ("sh", "bash", "shellcheck")
 """Host tools whose verdict do_migration_lint reports (:func:`lint_tools`)."""
-
-UNIT_RE = re.compile(
-    r"\A[A-Za-z0-9:_.\\@-]+\.(service|socket|target|mount|automount|swap|path|timer|slice|scope)\Z"
-)
 
 
 class PackageConfig(typing.NamedTuple):
@@ -158,6 +153,8 @@ def setup(d: typing.Any) -> None:
 
     Misconfiguration is fatal here, naming the recipe file, the variable and the fix.
     """
+    from . import units
+
     if is_inert(d):
         return
     mode = d.getVar("MIGRATION_SHELLCHECK") or "auto"
@@ -211,7 +208,7 @@ def setup(d: typing.Any) -> None:
                 ),
             )
         for unit in cfg.before:
-            if not UNIT_RE.match(unit):
+            if not units.UNIT_RE.match(unit):
                 _fatal(
                     d,
                     f"MIGRATION_BEFORE of package {pkg} names {unit!r}, which is not a systemd "
@@ -390,15 +387,30 @@ def check_packaging(d: typing.Any) -> None:
     oe.qa.exit_if_errors(d)
 
 
+def first_in_script(script: typing.Optional[str], text: str) -> str:
+    """`script` (a pkg_postinst or pkg_postrm value, or None) with `text` first: after its
+    leading ``#!`` line if it has one (the package writers keep that line first, and add
+    ``#!/bin/sh`` when there is none), before everything else, so that no ``exit 0`` of the
+    recipe's own text skips it."""
+    if not script:
+        return "#!/bin/sh\n" + text
+    body = script.lstrip()
+    if body.startswith("#!"):
+        line, _, rest = body.partition("\n")
+        return f"{line}\n{text}{rest}"
+    return text + script
+
+
 def add_postinsts(d: typing.Any) -> None:
     """PACKAGESPLITFUNCS: each migration package's pkg_postinst gets migration_postinst
     (``migration postinst --package PKG``) and its pkg_postrm the manifest refresh, both for the
     package manager on the target; both get migration_rootfs_manifest, the image manifest at
     rootfs time.
 
-    Like systemd.bbclass, the text is appended to what the recipe set; PACKAGESPLITFUNCS
-    :prepend runs this before systemd_populate_packages, so the migrations are applied before
-    systemd's part of the postinst restarts the package's services.
+    The text goes first (:func:`first_in_script`), before the recipe's own pkg_postinst: one
+    that restarts its service, or ends in ``exit 0``, must not run before the migrations or
+    skip them. PACKAGESPLITFUNCS:prepend runs this before systemd_populate_packages, which
+    appends its part (the restart of the package's services) after ours.
     """
     import shlex
 
@@ -413,7 +425,7 @@ def add_postinsts(d: typing.Any) -> None:
         for var, text in (("pkg_postinst", localdata.getVar("migration_postinst") + rootfs),
                           ("pkg_postrm", refresh + rootfs)):  # fmt: skip
             key = f"{var}:{cfg.package}"
-            d.setVar(key, (d.getVar(key) or "#!/bin/sh\n") + text)
+            d.setVar(key, first_in_script(d.getVar(key), text))
 
 
 def qa_skipped(d: typing.Any, qa_name: str, pkg: str) -> bool:

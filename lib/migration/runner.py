@@ -151,6 +151,10 @@ def missing_reason(entry: manifest_mod.Entry, applied: bool, scripts_dir: str,
         head = f"applied, but missing from {where}"
     else:
         head = f"listed in the image manifest (package {entry.package}) but missing from {where}"
+    if hidden is not None and hidden.opaque:
+        return (f"{head}: {hidden.path}, the overlay's upper dir of {where}, is opaque (the "
+                "directory was removed and re-created on the device) and hides every file of "
+                f"the image's in it; remove {hidden.path} to show them again from the next boot")
     if hidden is not None and hidden.whiteout:
         return (f"{head}: {hidden.path}, a whiteout in the overlay's upper dir (the script was "
                 f"deleted on the device), hides the image's file; remove {hidden.path} to show "

@@ -9,7 +9,14 @@ A recipe that sets ``MIGRATION_BEFORE = "foo.service"`` gets the drop-in
 Runs at build time (the class) and in tests; standard library only.
 """
 
+import re
 from typing import List
+
+UNIT_RE = re.compile(
+    r"\A[A-Za-z0-9:_.\\@-]+\.(service|socket|target|mount|automount|swap|path|timer|slice|scope)\Z"
+)
+"""A systemd unit name (MIGRATION_BEFORE at build time; the units a package postinst stopped,
+read back on the target)."""
 
 GATE_TEMPLATE = "migration-gate@.service"
 """The template unit installed by migration-install.sh."""

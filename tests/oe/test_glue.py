@@ -649,3 +649,59 @@ def test_multilib_variant_ships_the_same_files_as_the_base_package(
     assert trees["lib32-foo"] == trees["foo"]
     fragment = json.loads(trees["foo"]["usr/share/migration/packages/foo.json"])
     assert fragment["package"] == "foo"
+
+
+def _class_function(name: str) -> str:
+    """The body of a shell function of classes/migration.bbclass, as the class sets it."""
+    import re
+
+    text = (Path(__file__).resolve().parents[2] / "classes/migration.bbclass").read_text()
+    m = re.search(rf"^{name}\(\) \{{\n(.*?)^\}}$", text, re.M | re.S)
+    assert m, name
+    return m.group(1)
+
+
+def test_the_migration_snippets_come_first_in_the_maintainer_scripts(
+    bbmods: Any, tmp_path: Path
+) -> None:
+    """A recipe's own pkg_postinst (restarting its service, ending in `exit 0`) and pkg_postrm
+    come after the class's snippets, and systemd.bbclass's part, which
+    systemd_populate_packages appends after add_postinsts ran, after everything: run as the
+    package manager would, with $D empty and at rootfs time."""
+    import subprocess
+
+    from migration import bitbake as glue
+
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    log = tmp_path / "log"
+    for tool in ("migration", "python3", "systemctl"):
+        (tools / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >>{log}\n')
+        (tools / tool).chmod(0o755)
+    d = datastore(bbmods, tmp_path, "foo", PACKAGES="foo", MIGRATION_SCRIPTS="a.sh",
+                  sbindir=str(tools), nonarch_libdir="/usr/lib")  # fmt: skip
+    for fn in ("migration_postinst", "migration_rootfs_manifest", "migration_refresh_manifest"):
+        d.setVar(fn, _class_function(fn))
+    d.setVar("pkg_postinst:foo", "#!/bin/sh\nsystemctl restart foo.service\nexit 0\n")
+    d.setVar("pkg_postrm:foo", "\tsystemctl daemon-reload\n\texit 0\n")  # a function body
+    glue.add_postinsts(d)
+    # systemd_populate_packages (meta/classes-recipe/systemd.bbclass), which runs next
+    postinst = d.getVar("pkg_postinst:foo") or "#!/bin/sh\n"
+    d.setVar("pkg_postinst:foo", postinst + "systemctl systemd-part\n")
+    for script, on_target in (("postinst", "migration postinst --package foo"),
+                              ("postrm", "migration manifest")):  # fmt: skip
+        text = d.getVar(f"pkg_{script}:foo").strip()
+        if not text.startswith("#!"):  # package_deb (and _ipk, _rpm): a #! line first
+            text = "#!/bin/sh\n" + text
+        path = tmp_path / script
+        path.write_text(text + "\n")
+        for dest, first in (("", on_target), (str(tmp_path / "rootfs"), "python3 -m migration")):
+            log.write_text("")
+            res = subprocess.run(["sh", str(path)], env={"D": dest, "PATH": f"{tools}:/bin"},
+                                 capture_output=True, text=True, check=False)  # fmt: skip
+            assert res.returncode == 0, res.stderr
+            calls = log.read_text().splitlines()
+            assert calls[0].startswith(first), (script, dest, calls)
+            # the recipe's own text ran after ours, and ended the script there
+            assert calls[-1] == ("systemctl restart foo.service" if script == "postinst"
+                                 else "systemctl daemon-reload"), calls  # fmt: skip

@@ -8,19 +8,25 @@ manifest`, keeping the image's level, floor and markers). If any migration is no
 under systemd (ROOT/run/systemd/system exists) the unit files are reloaded and the gate
 migration-gate@P.service of every package P with pending migrations is stopped, which stops
 the services gated on P (MIGRATION_BEFORE): they must not run while their data changes, and
-the gate, active since boot, would otherwise still count as satisfied. Then every pending
-migration runs, in the global order, like `run --policy continue` (MIGRATION_PHASE=package).
-Then, for each P: the services stopped are started again (systemctl --no-block start) if P's
-migrations are now applied; else P's gate is started once, fails (journal, `systemctl
---failed`), and they stay stopped: any later start of them fails on the gate.
+the gate, active since boot, would otherwise still count as satisfied. Each service that ran is
+first written down in ROOT/run/migration/stopped (a file per unit, naming the packages gating
+it). Then every pending migration runs, in the global order, like `run --policy continue`
+(MIGRATION_PHASE=package). Then every service written down, by this postinst or an earlier
+one (failed, interrupted, killed, or that found the lock busy), whose gating packages'
+migrations are all applied is started again (systemctl --no-block start) and forgotten; for a
+package still pending whose gate this postinst stopped, the gate is started once, fails
+(journal, `systemctl --failed`), and its services stay stopped, with a message saying which and
+why (`migration status` too): any start of them fails on the gate until then. A reboot forgets
+the list: the boot starts services as usual.
 
 Exit 0 when every migration of PKG is applied: systemd.bbclass's part of the postinst, which
 follows, then reloads, enables and restarts PKG's services. Exit 1 when one is not (failed,
 refused, or the image refuses the device's data): the postinst exits with it, the package
 manager reports the package as not configured and runs the rest of the postinst (the restart)
-only on a retry (`dpkg --configure -a`, `opkg configure`). 2, 3, 70, 75 as for `run`. Nothing
-is lost: a failed script is recorded as failed and retried by that retry, by the next package
-postinst and at the next boot.
+only on a retry (`dpkg --configure -a`, `opkg configure`). Exit 2 when systemctl fails while
+the gated services are found or stopped: no migration runs while services that read the data
+may be running. 3, 70, 75, 130 as for `run`. Nothing is lost: a failed script is recorded as
+failed and retried by that retry, by the next package postinst and at the next boot.
 """
 
 from typing import Any
@@ -69,16 +75,20 @@ def run(args: Any) -> int:
     loaded = manifest_mod.load(args.manifest)
     state = State(args.state_dir)
     pending = check.not_applied(loaded, state) if loaded else {}
-    if pending:
-        gates = services.Gates(say) if services.systemd_running(args.root) else None
-        if gates:
-            gates.stop(sorted(pending))
-        opts = options(args, policy="continue", timeout=args.timeout or None,
-                       lock_wait=args.lock_wait, phase="package")  # fmt: skip
-        cli.install_signal_handlers()
-        try:
-            runner.run(opts)
-        finally:
+    # Reads what earlier postinsts stopped (and refuses a directory root must not trust).
+    gates = services.Gates(say, args.root) if services.systemd_running(args.root) else None
+    if not pending and not (gates and gates.remembered):
+        return check.run(args)
+    # Before anything is stopped: a signal from here on still starts again what can start.
+    cli.install_signal_handlers()
+    try:
+        if pending:
             if gates:
-                gates.restore(check.not_applied(loaded, State(args.state_dir)))
+                gates.stop(sorted(pending))
+            opts = options(args, policy="continue", timeout=args.timeout or None,
+                           lock_wait=args.lock_wait, phase="package")  # fmt: skip
+            runner.run(opts)
+    finally:
+        if gates:
+            gates.restore(check.not_applied(loaded, State(args.state_dir)) if loaded else {})
     return check.run(args)

@@ -13,7 +13,9 @@ floor), and says so when this image would be refused (migration.compat). Exit 0 
 is applied, 1 otherwise, 3 when this image would be refused (with --json the reason goes to
 stderr; the array is unchanged). A state dir on a volatile file system (tmpfs, an overlay with a
 tmpfs upper dir: migration.volatile), whose records every reboot loses, is reported the same
-way: a "WARNING: state dir ... volatile" line in the text, on stderr with --json.
+way: a "WARNING: state dir ... volatile" line in the text, on stderr with --json. So are the
+services a package postinst stopped and has not started again (/run/migration/stopped: see
+`migration postinst`), each with the packages whose migrations it waits for.
 """
 
 import json
@@ -101,6 +103,30 @@ def describe_compat(opts: Any, state: Any, manifest: Any) -> "tuple[Any, list[st
     return verdict, lines
 
 
+def stopped_lines(root: str, items: Any) -> "list[str]":
+    """What package postinsts stopped and will start again (migration.services.Stopped)."""
+    from migration import runner, services
+    from migration.errors import MigrationError
+
+    notes: list[str] = []
+    try:
+        remembered = services.Stopped(root, notes.append).load()
+    except (MigrationError, OSError) as e:  # OSError: not root (the directory is 0700)
+        return [f"stopped services: {e}"] if isinstance(e, MigrationError) else []
+    pending = {i.package for i in items if i.state != runner.APPLIED and i.package}
+    lines = []
+    for unit, packages in sorted(remembered.items()):
+        waiting = [p for p in packages if p in pending]
+        if waiting:
+            lines.append(f"stopped by a package postinst: {unit}, until the migrations of "
+                         f"{'package' if len(waiting) == 1 else 'packages'} "
+                         f"{', '.join(waiting)} are applied")  # fmt: skip
+        else:
+            lines.append(f"stopped by a package postinst: {unit}, to be started by the next "
+                         f"package postinst (or: systemctl start {unit})")  # fmt: skip
+    return notes + lines
+
+
 def run(args: Any) -> int:
     import os
     import sys
@@ -116,6 +142,8 @@ def run(args: Any) -> int:
     why = volatile.check(args.state_dir)
     volatile_line = f"WARNING: {why}" if why else ""
     items, warnings = runner.inspect(opts, state)
+    notes = [volatile_line] if volatile_line else []
+    notes += stopped_lines(args.root, items)
     running = state.lock_held_elsewhere()
     rows = []
     for item in items:
@@ -128,7 +156,7 @@ def run(args: Any) -> int:
     else:
         code = 0 if all(i.state == runner.APPLIED for i in items) else 1
     try:
-        _report(args, rows, warnings, verdict, compat_lines, running, volatile_line)
+        _report(args, rows, warnings, verdict, compat_lines, running, notes)
     except BrokenPipeError:
         # `status | head`: the reader has what it wanted; the answer is still the exit code
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -138,7 +166,7 @@ def run(args: Any) -> int:
 
 
 def _report(args: Any, rows: "list[Dict[str, Any]]", warnings: "list[str]", verdict: Any,
-            compat_lines: "list[str]", running: bool, volatile_line: str) -> None:
+            compat_lines: "list[str]", running: bool, notes: "list[str]") -> None:
     import sys
 
     from migration import runner
@@ -148,13 +176,13 @@ def _report(args: Any, rows: "list[Dict[str, Any]]", warnings: "list[str]", verd
         print(f"migration: {shown(w)}", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=1))
-        if volatile_line:
-            print(f"migration: {shown(volatile_line)}", file=sys.stderr)
+        for note in notes:
+            print(f"migration: {shown(note)}", file=sys.stderr)
         if verdict is not None and verdict.refused:
             print(f"migration: refused ({verdict.kind}): {shown(verdict.message)}",
                   file=sys.stderr)
     else:
-        for line in [*compat_lines, volatile_line] if volatile_line else compat_lines:
+        for line in [*compat_lines, *notes]:
             print(shown(line))
         if running:
             print("(a runner is working now)")
