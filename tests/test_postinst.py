@@ -621,7 +621,7 @@ def test_the_migration_snippets_come_first_whatever_the_recipe_postinst_does(
     script = tmp_path / kind
     script.write_text(text)
     on_target = "migration postinst --package foo" if kind == "postinst" else "migration manifest"
-    at_rootfs = "python3 -m migration manifest --root"
+    at_rootfs = "python3 -I -B -c "
     for d, expected in (("", on_target), (str(tmp_path / "rootfs"), at_rootfs)):
         log.write_text("")
         res = subprocess.run(["sh", str(script)], env={"D": d, "PATH": f"{sbin}:/bin:/usr/bin"},
