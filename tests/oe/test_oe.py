@@ -154,6 +154,17 @@ def test_the_lint_of_a_patched_recipe_reads_the_patched_script(oe: OEBuild) -> N
     assert {"do_unpack", "do_patch"} <= set(re.findall(r"do_\w+", proc.stdout)), proc.stdout
 
 
+def test_a_bbappend_replaces_one_file_of_the_runner(oe: OEBuild) -> None:
+    """The runner recipe lists its files (no directory in SRC_URI), so a bbappend's
+    FILESEXTRAPATHS:prepend replaces one of them, as with any OE recipe."""
+    builddir = oe.extra_builddir("build-test-layer", [oe.test_layer])
+    assert oe.run("bitbake migration -c unpack", builddir).returncode == 0
+    env = oe.run("bitbake -e migration", builddir)
+    unpacked = Path(env_values(env.stdout)["S"])
+    assert "Replaced by a bbappend" in (unpacked / "boot.md").read_text()
+    assert (unpacked / "migration.service").is_file()  # the others: the layer's own
+
+
 def test_broken_recipe_fails_lint_naming_recipe_and_script(oe: OEBuild) -> None:
     builddir = oe.extra_builddir("build-test-layer", [oe.test_layer])
     proc = oe.run("bitbake migration-broken -c migration_lint", builddir)
