@@ -22,6 +22,7 @@ The pieces, each cheap after the first run:
 
 import gzip
 import hashlib
+import itertools
 import json
 import lzma
 import os
@@ -62,6 +63,9 @@ HOST_TOOLS = {
     "busybox": "busybox-static",
     "systemctl": "systemd",
     "dpkg-deb": "dpkg",  # test_boot_package_upgrade builds .deb packages
+    "rauc": "rauc",  # test_boot_rauc builds and signs RAUC bundles
+    "mksquashfs": "squashfs-tools",  # (rauc bundle runs it)
+    "openssl": "openssl",  # test_boot_rauc's throwaway signing CA
 }
 APT_PACKAGES = sorted(set(HOST_TOOLS.values()))
 
@@ -132,10 +136,12 @@ def kvm_works() -> bool:
 # Root file system
 
 
-def rootfs_tarball() -> Path:
-    """The mmdebstrap tarball of PACKAGES, built once, cached under a key of the package list."""
+def rootfs_tarball(packages: Sequence[str] = PACKAGES) -> Path:
+    """The mmdebstrap tarball of `packages`, built once, cached under a key of the package list
+    (a test that needs more packages in the guest gets a tarball of its own; the default one,
+    and every other test's boot, stay as they are)."""
     key = hashlib.sha256(
-        json.dumps([TARBALL_FORMAT, SUITE, "minbase", sorted(PACKAGES)]).encode()
+        json.dumps([TARBALL_FORMAT, SUITE, "minbase", sorted(packages)]).encode()
     ).hexdigest()[:16]
     tarball = cache_dir() / f"debian-{SUITE}-{key}.tar"
     if tarball.exists():
@@ -149,7 +155,7 @@ def rootfs_tarball() -> Path:
         [
             "mmdebstrap",
             "--variant=minbase",
-            "--include=" + ",".join(PACKAGES),
+            "--include=" + ",".join(packages),
             "--aptopt=Acquire::Check-Valid-Until false",
             "--aptopt=Acquire::Retries 3",
             "--dpkgopt=path-exclude=/usr/share/doc/*",
@@ -259,9 +265,10 @@ class Base:
     moddir: Optional[Path] = None
 
 
-def prepare_base(workdir: Path) -> Base:
-    """Unpack the cached tarball and make it a bootable test system without migrations."""
-    tarball = rootfs_tarball()
+def prepare_base(workdir: Path, packages: Sequence[str] = PACKAGES) -> Base:
+    """Unpack the cached tarball (of `packages`) and make it a bootable test system without
+    migrations."""
+    tarball = rootfs_tarball(packages)
     tree = workdir / "base-root"
     var = workdir / "base-var"
     for d in (tree, var):
@@ -412,8 +419,16 @@ class System:
     var_img: Path
     base: Base
     consoles: List[Path] = field(default_factory=list)
-    #: More disks, read-only, after the root and /var disks: /dev/vdc, /dev/vdd...
+    #: More disks, read-only, after the root and /var disks (and rw_disks): /dev/vdc, /dev/vdd...
     disks: List[Path] = field(default_factory=list)
+    #: Writable disks, right after the root and /var disks: /dev/vdc, /dev/vdd...
+    rw_disks: List[Path] = field(default_factory=list)
+    #: Virtio serial numbers by disk image, wherever it is attached (root included): the guest's
+    #: udev names it /dev/disk/by-id/virtio-SERIAL, a name that stays when the disk order changes
+    #: (an A/B system booting its other slot).
+    serials: Dict[Path, str] = field(default_factory=dict)
+    #: More kernel command line arguments (e.g. rauc.slot=B: what a bootloader tells RAUC).
+    cmdline: str = ""
 
 
 def _hardlink_copy(src: Path, dst: Path) -> None:
@@ -610,6 +625,19 @@ class Boot:
 def qemu_command(system: System, console: Path) -> List[str]:
     accel = "kvm" if kvm_works() else "tcg"
     cmdline = "console=ttyS0 root=/dev/vda ro panic=-1 systemd.show_status=1 loglevel=5"
+    if system.cmdline:
+        cmdline += " " + system.cmdline
+
+    ids = itertools.count(1)
+
+    def drive(img: Path, opts: str) -> List[str]:
+        """A virtio disk (what -drive if=virtio makes), with the serial of `img` if it has one."""
+        name = f"disk{next(ids)}"
+        serial = system.serials.get(img)
+        return ["-drive", f"file={img},format=raw,if=none,id={name},{opts}",
+                "-device", f"virtio-blk-pci,drive={name}"
+                + (f",serial={serial}" if serial else "")]  # fmt: skip
+
     return [
         "qemu-system-x86_64",
         "-accel", accel,
@@ -623,10 +651,10 @@ def qemu_command(system: System, console: Path) -> List[str]:
         "-kernel", str(system.base.kernel),
         "-initrd", str(system.base.initrd),
         "-append", cmdline,
-        "-drive", f"file={system.root_img},format=raw,if=virtio,cache=unsafe",
-        "-drive", f"file={system.var_img},format=raw,if=virtio,cache=writeback",
-        *(arg for disk in system.disks
-          for arg in ("-drive", f"file={disk},format=raw,if=virtio,readonly=on")),
+        *drive(system.root_img, "cache=unsafe"),
+        *drive(system.var_img, "cache=writeback"),
+        *(arg for disk in system.rw_disks for arg in drive(disk, "cache=unsafe")),
+        *(arg for disk in system.disks for arg in drive(disk, "readonly=on")),
         "-nic", "none",
     ]  # fmt: skip
 
