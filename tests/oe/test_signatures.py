@@ -21,6 +21,8 @@ pytestmark = pytest.mark.oe
 
 TARGETS = ("exampled", "migration-interp", "migration-oneway", "migration-patched", "migration")
 Hashes = Dict[Tuple[str, str], str]
+STAMPS = "tmp*/stamps"
+"""TMPDIR is tmp, or tmp-glibc where TCLIBCAPPEND is set (scarthgap's nodistro)."""
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +32,8 @@ def builddir(oe: OEBuild) -> Path:
 
 def signatures(oe: OEBuild, builddir: Path, name: str, conf: str = "") -> Hashes:
     """{(pn, task): hash} of TARGETS' tasks with ``conf`` added to the configuration."""
-    stamps = builddir / "tmp" / "stamps"
     for pn in TARGETS:
-        for old in stamps.glob(f"*/{pn}/*.sigdata.*"):
+        for old in builddir.glob(f"{STAMPS}/*/{pn}/*.sigdata.*"):
             old.unlink()
     postfile = builddir / "conf" / f"sigtest-{name}.conf"
     postfile.write_text(conf)
@@ -41,7 +42,7 @@ def signatures(oe: OEBuild, builddir: Path, name: str, conf: str = "") -> Hashes
     assert proc.returncode == 0, proc.stdout
     found: Hashes = {}
     for pn in TARGETS:
-        for path in stamps.glob(f"*/{pn}/*.sigdata.*"):
+        for path in builddir.glob(f"{STAMPS}/*/{pn}/*.sigdata.*"):
             match = re.match(r".*\.(do_[a-z_]+)\.sigdata\.([0-9a-f]{64})$", path.name)
             if match:
                 found[(pn, match.group(1))] = match.group(2)
@@ -50,7 +51,7 @@ def signatures(oe: OEBuild, builddir: Path, name: str, conf: str = "") -> Hashes
 
 
 def sigdata(builddir: Path, pn: str, task: str) -> Path:
-    (path,) = (builddir / "tmp" / "stamps").glob(f"*/{pn}/*.{task}.sigdata.*")
+    (path,) = builddir.glob(f"{STAMPS}/*/{pn}/*.{task}.sigdata.*")
     return path
 
 
