@@ -695,7 +695,7 @@ def test_the_migration_snippets_come_first_in_the_maintainer_scripts(
             text = "#!/bin/sh\n" + text
         path = tmp_path / script
         path.write_text(text + "\n")
-        for dest, first in (("", on_target), (str(tmp_path / "rootfs"), "python3 -m migration")):
+        for dest, first in (("", on_target), (str(tmp_path / "rootfs"), "python3 -I -B -c ")):
             log.write_text("")
             res = subprocess.run(["sh", str(path)], env={"D": dest, "PATH": f"{tools}:/bin"},
                                  capture_output=True, text=True, check=False)  # fmt: skip
