@@ -35,7 +35,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 REPO = Path(__file__).resolve().parents[2]
 LIB = REPO / "lib"
@@ -65,7 +65,9 @@ HOST_TOOLS = {
     "dpkg-deb": "dpkg",  # test_boot_package_upgrade builds .deb packages
     "rauc": "rauc",  # test_boot_rauc builds and signs RAUC bundles
     "mksquashfs": "squashfs-tools",  # (rauc bundle runs it)
-    "openssl": "openssl",  # test_boot_rauc's throwaway signing CA
+    "openssl": "openssl",  # the updater tests' throwaway signing CA
+    "cpio": "cpio",  # test_boot_swupdate builds .swu archives
+    "zstd": "zstd",  # (the root file system images in them)
 }
 APT_PACKAGES = sorted(set(HOST_TOOLS.values()))
 
@@ -244,12 +246,15 @@ FSTAB = """/dev/vda / ext4 rw,errors=remount-ro 0 0
 """
 
 
-def write_new(path: Path, text: str, mode: int = 0o644) -> None:
+def write_new(path: Path, text: Union[str, bytes], mode: int = 0o644) -> None:
     """Write a file as a new inode: trees share inodes with the base tree (cp -al)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() or path.is_symlink():
         path.unlink()
-    path.write_text(text)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
     path.chmod(mode)
 
 
@@ -606,6 +611,58 @@ def new_system(
                 write_new(var_tree / rel.lstrip("/"), text, mode)
         make_ext4(var_tree, var_img, 128, "var")
     return System(workdir, tree, root_img, var_img, base)
+
+
+# --------------------------------------------------------------------------------------------
+# Updates: what an updater's test builds on the host
+
+
+@dataclass
+class Pki:
+    """A throwaway CA and a signing certificate it issued."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_pki(d: Path, extended_key_usage: Optional[str] = None) -> Pki:
+    """The CA (self-signed, EC P-256) and a signing certificate, with openssl; the signing
+    certificate gets `extended_key_usage` (e.g. codeSigning) when given."""
+    d.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = d / "ca.cert.pem", d / "ca.key.pem"
+    cert, key, csr = d / "signing.cert.pem", d / "signing.key.pem", d / "signing.csr"
+    ext = d / "signing.ext"
+    ext.write_text(
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+        + (f"extendedKeyUsage={extended_key_usage}\n" if extended_key_usage else "")
+    )
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run(["openssl", "req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca),
+         "-days", "2", "-subj", "/CN=meta-migration test CA",
+         "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign"])  # fmt: skip
+    run(["openssl", "req", *ec, "-keyout", str(key), "-out", str(csr),
+         "-subj", "/CN=meta-migration test signing"])  # fmt: skip
+    run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+         "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(cert)])  # fmt: skip
+    return Pki(ca, cert, key)
+
+
+def media_disk(files: List[Path], img: Path, label: str) -> Path:
+    """A read-only ext4 disk (a USB stick) with `files` and their install order: the file
+    `order` lists their names without suffix, one a line."""
+    tree = img.with_suffix(".tree")
+    if tree.exists():
+        shutil.rmtree(tree)
+    tree.mkdir()
+    for f in files:
+        os.link(f, tree / f.name)
+    (tree / "order").write_text("".join(f"{f.stem}\n" for f in files))
+    size = sum(f.stat().st_size for f in files) // 2**20 + 32
+    make_ext4(tree, img, size, label)
+    shutil.rmtree(tree)
+    return img
 
 
 # --------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List
 
@@ -190,35 +190,7 @@ hooks=post-install
 """
 
 
-@dataclass
-class Pki:
-    """A throwaway CA and a signing certificate it issued."""
-
-    ca: Path
-    cert: Path
-    key: Path
-
-
-def make_pki(d: Path) -> Pki:
-    """The CA (self-signed, EC P-256) and a signing certificate, with openssl."""
-    d.mkdir(parents=True, exist_ok=True)
-    ca, ca_key = d / "ca.cert.pem", d / "ca.key.pem"
-    cert, key, csr = d / "signing.cert.pem", d / "signing.key.pem", d / "signing.csr"
-    ext = d / "signing.ext"
-    ext.write_text("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    h.run(["openssl", "req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca),
-           "-days", "2", "-subj", "/CN=meta-migration test CA",
-           "-addext", "basicConstraints=critical,CA:TRUE",
-           "-addext", "keyUsage=critical,keyCertSign,cRLSign"])  # fmt: skip
-    h.run(["openssl", "req", *ec, "-keyout", str(key), "-out", str(csr),
-           "-subj", "/CN=meta-migration test signing"])  # fmt: skip
-    h.run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
-           "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(cert)])  # fmt: skip
-    return Pki(ca, cert, key)
-
-
-def make_bundle(pki: Pki, system: h.System, version: str, dest: Path) -> Path:
+def make_bundle(pki: h.Pki, system: h.System, version: str, dest: Path) -> Path:
     """`rauc bundle` of the image's root file system and, as the bundle's hook, the hook the
     image ships (README: "copy them into your bundle ... from there")."""
     content = dest.with_suffix(".content")
@@ -234,21 +206,6 @@ def make_bundle(pki: Pki, system: h.System, version: str, dest: Path) -> Path:
            str(content), str(dest)])  # fmt: skip
     shutil.rmtree(content)
     return dest
-
-
-def bundle_disk(bundles: List[Path], img: Path) -> Path:
-    """A read-only ext4 disk with the bundles and their install order (a USB stick)."""
-    tree = img.with_suffix(".tree")
-    if tree.exists():
-        shutil.rmtree(tree)
-    tree.mkdir()
-    for b in bundles:
-        os.link(b, tree / b.name)
-    (tree / "order").write_text("".join(f"{b.stem}\n" for b in bundles))
-    size = sum(b.stat().st_size for b in bundles) // 2**20 + 32
-    h.make_ext4(tree, img, size, "bundles")
-    shutil.rmtree(tree)
-    return img
 
 
 def boot_state(var_img: Path) -> Dict[str, str]:
@@ -302,7 +259,7 @@ def rauc_base(tmp_path_factory: pytest.TempPathFactory) -> h.Base:
 def chain(rauc_base: h.Base, boot_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Three boots, A -> B -> A, each running `rauc install` of the bundles it is given."""
     tmp = tmp_path_factory.mktemp("rauc")
-    pki = make_pki(tmp / "pki")
+    pki = h.make_pki(tmp / "pki")
     files = rauc_files(pki.ca.read_text())
     root = boot_root / "rauc"
     v1 = h.new_system(rauc_base, root / "v1", [INIT], version="1.0", extra=files,
@@ -330,7 +287,9 @@ def chain(rauc_base: h.Base, boot_root: Path, tmp_path_factory: pytest.TempPathF
         other = "B" if booted == "A" else "A"
         disks = []
         if names:
-            disk = bundle_disk([bundles[n] for n in names], tmp / f"bundles-{i + 1}.img")
+            disk = h.media_disk(
+                [bundles[n] for n in names], tmp / f"bundles-{i + 1}.img", "bundles"
+            )
             disks.append(disk)
             serials[disk] = "bundles"
         system = replace(image, root_img=slots[booted], rw_disks=[slots[other]], disks=disks,
