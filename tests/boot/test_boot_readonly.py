@@ -18,8 +18,6 @@ A second disk, mounted at /data, is the device's persistent data partition: it r
 harness report and the scripts' effects, and in the last test the state dir's persistent home.
 """
 
-import os
-import re
 import subprocess
 from pathlib import Path
 from typing import Dict, List
@@ -297,25 +295,3 @@ def test_persistent_home_survives_a_slow_volatile_binds(base: h.Base, boot_root:
     assert (runner["ConditionResult"], runner["ExecMainPID"]) == ("no", "0")
     assert data_lines(system, "/effects/runs") == ["ran"]
     assert rep.status_by_name()["10-probe-probe.sh"]["state"] == "applied"
-
-
-def test_the_layout_mirrors_oe_core() -> None:
-    """The volatile-binds unit and 00-create-volatile.conf above are OE-core's, as its recipes
-    generate them (checked against a checkout when MIGRATION_OECORE_DIR names one)."""
-    oecore = os.environ.get("MIGRATION_OECORE_DIR")
-    if not oecore:
-        pytest.skip("MIGRATION_OECORE_DIR (an openembedded-core checkout) is not set")
-    meta = Path(oecore, "meta")
-    unit = (meta / "recipes-core/volatile-binds/files/volatile-binds.service.in").read_text()
-    for key, value in (("what", "/var/volatile/lib"), ("where", "/var/lib"),
-                       ("whatparent", "/var/volatile"), ("whereparent", "/var"),
-                       ("avoid_overlayfs", "{avoid}")):  # fmt: skip
-        unit = unit.replace(f"@{key}@", value)
-    # volatile-binds.bb's do_compile, for the /var/lib line.
-    unit = re.sub(r"^((Before|WantedBy)=.*)$", r"\1 systemd-random-seed.service", unit, flags=re.M)
-    assert unit.replace("/sbin/mount-copybind", "/usr/local/sbin/copybind") == VOLATILE_LIB_UNIT
-    conf = (meta / "recipes-core/systemd/systemd/00-create-volatile.conf").read_text()
-    lines = [ln.split() for ln in conf.splitlines() if ln.strip() and not ln.startswith("#")]
-    # systemd's do_install adds the /var/log line with fs-perms-volatile-log.txt.
-    lines.append(["L", "/var/log", "-", "-", "-", "-", "/var/volatile/log"])
-    assert lines == [ln.split() for ln in CREATE_VOLATILE.splitlines()]
