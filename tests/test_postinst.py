@@ -47,7 +47,7 @@ if [ -f "$FAKE/fail/$1" ]; then
 	fi
 fi
 slow() {
-	[ -e "$FAKE/slow/$1" ] && exec sleep 60
+	[ -e "$FAKE/slow/$1" ] && : >"$FAKE/hanging-$1" && exec sleep 60
 	return 0
 }
 case "$1" in
@@ -177,6 +177,14 @@ class Device:
         """Until the fake systemctl was called with arguments starting with `prefix`."""
         deadline = time.monotonic() + 30
         while not any(c.startswith(prefix) for c in self.calls()):
+            assert time.monotonic() < deadline, self.calls()
+            time.sleep(0.05)
+
+    def wait_for_hang(self, verb: str) -> None:
+        """Until a slow systemctl VERB hangs: for stop, after its effect (a logged call alone
+        may still be before it)."""
+        deadline = time.monotonic() + 30
+        while not (self.fake / f"hanging-{verb}").exists():
             assert time.monotonic() < deadline, self.calls()
             time.sleep(0.05)
 
@@ -384,7 +392,7 @@ def test_sigterm_while_systemctl_stops_a_gate_leaves_it_remembered(device: Devic
     device.ship("foo", "50-foo-two.sh", device.probe("foo.service"))
     device.slow("stop")
     proc = device.start("postinst", "--package", "foo")
-    device.wait_for_call(f"stop {GATE}")
+    device.wait_for_hang("stop")
     proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
@@ -423,7 +431,7 @@ def test_sigterm_while_starting_them_again_the_retry_starts_them(device: Device)
     device.ship("foo", "50-foo-two.sh", "#!/bin/sh\nset -eu\necho two\n")
     device.slow("start")
     proc = device.start("postinst", "--package", "foo")
-    device.wait_for_call("start --no-block")
+    device.wait_for_hang("start")
     proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err

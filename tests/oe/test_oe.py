@@ -320,8 +320,8 @@ def test_the_example_layer_is_a_layer_of_its_own(oe: OEBuild) -> None:
     """A world build with meta-migration alone builds no example (meta-skeleton's way)."""
     proc = oe.run("bitbake-layers show-recipes exampled migration-demo-image")
     assert proc.returncode == 0, proc.stdout
-    # Layers by collection name: migration-example is meta-migration-example/conf/layer.conf's.
-    assert re.search(r"^exampled:\n\s+migration-example\s", proc.stdout, re.M), proc.stdout
+    # show-recipes names the layer by its directory, show-layers by its collection.
+    assert re.search(r"^exampled:\n\s+meta-migration-example\s", proc.stdout, re.M), proc.stdout
     layers = oe.run("bitbake-layers show-layers")
     assert re.search(
         r"^migration-example\s+\S+/meta-migration/meta-migration-example\s", layers.stdout, re.M
