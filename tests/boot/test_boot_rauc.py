@@ -39,6 +39,7 @@ from typing import Dict, List
 import bootharness as h
 import pytest
 from bootharness import lines, unit
+from updatescripts import MARK, recorder, update_scripts
 
 pytestmark = pytest.mark.boot
 
@@ -51,34 +52,11 @@ PACKAGES = (*h.PACKAGES, "rauc", "rauc-service")
 MODULES = ("loop", "squashfs", "dm-mod", "dm-bufio", "reed_solomon", "dm-verity")
 
 COMPATIBLE = "meta-migration-test"
-MARK = "/var/lib/mig-test"
 BOOT_STATE = "/var/lib/boot-state"
 HOOK_IN_IMAGE = "usr/share/migration/update-hooks/rauc-hook.sh"
 SLOT_SIZE_MB = 400  # the harness's root image size: every slot holds a whole root image
 
-
-def recorder(tag: str, extra: str = "") -> str:
-    """A migration that logs its name, phase and attempt (and does `extra`); `tag` makes the
-    content, so the identity, unique."""
-    return (
-        f"#!/bin/sh\n# {tag}\n"
-        f"mkdir -p {MARK}\n"
-        f'echo "$MIGRATION_NAME $MIGRATION_PHASE $MIGRATION_ATTEMPT" >>{MARK}/order\n'
-        'echo "applying $MIGRATION_NAME ($MIGRATION_PHASE)"\n' + extra
-    )
-
-
-INIT = h.Script("base", "init.sh", recorder("init"), priority="10")
-# v2 keeps its data elsewhere: moved by a migration that can run at update time.
-MOVE = h.Script("app", "move.sh", recorder(
-    "move",
-    f"if [ -f {MARK}/data.conf ]; then mkdir -p {MARK}/v2; mv {MARK}/data.conf {MARK}/v2/; fi\n",
-), priority="50", version="2.0-r0")  # fmt: skip
-# Needs the new system running: fails at update time, succeeds at boot.
-BOOT_ONLY = h.Script("app", "needs-system.sh", recorder(
-    "needs-system",
-    '[ "$MIGRATION_PHASE" = boot ] || { echo "needs the new system running" >&2; exit 1; }\n',
-), priority="70", version="3.0-r0")  # fmt: skip
+INIT, MOVE, BOOT_ONLY = update_scripts()
 # Only in v9, which is refused: must never run.
 V9_NEW = h.Script("app", "v9.sh", recorder("v9"), priority="80", version="9.0-r0")
 DATA = {

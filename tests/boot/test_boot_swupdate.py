@@ -49,6 +49,7 @@ from typing import Dict
 import bootharness as h
 import pytest
 from bootharness import lines, unit
+from updatescripts import MARK, recorder, update_scripts
 
 pytestmark = pytest.mark.boot
 
@@ -61,36 +62,13 @@ PACKAGES = (*h.PACKAGES, "swupdate", "libubootenv0.1", "libubootenv-tool")
 SWUPDATE_UNITS = ("swupdate.service", "swupdate.socket", "swupdate-progress.service")
 
 HWREVISION = ("meta-migration-test", "1.0")
-MARK = "/var/lib/mig-test"
 ENV_FILE = "/var/lib/boot-state/uboot.env"
 ENV_SIZE = 0x4000
 HOOK_IN_IMAGE = "usr/share/migration/update-hooks/swupdate-postinst.sh"
 SLOT_SIZE_MB = 400  # the harness's root image size: every slot holds a whole root image
 SLOT_DEVICE = {"A": "/dev/disk/by-id/virtio-slot-a", "B": "/dev/disk/by-id/virtio-slot-b"}
 
-
-def recorder(tag: str, extra: str = "") -> str:
-    """A migration that logs its name, phase and attempt (and does `extra`); `tag` makes the
-    content, so the identity, unique."""
-    return (
-        f"#!/bin/sh\n# {tag}\n"
-        f"mkdir -p {MARK}\n"
-        f'echo "$MIGRATION_NAME $MIGRATION_PHASE $MIGRATION_ATTEMPT" >>{MARK}/order\n'
-        'echo "applying $MIGRATION_NAME ($MIGRATION_PHASE)"\n' + extra
-    )
-
-
-INIT = h.Script("base", "init.sh", recorder("swu init"), priority="10")
-# v2 keeps its data elsewhere: moved by a migration that can run at update time.
-MOVE = h.Script("app", "move.sh", recorder(
-    "swu move",
-    f"if [ -f {MARK}/data.conf ]; then mkdir -p {MARK}/v2; mv {MARK}/data.conf {MARK}/v2/; fi\n",
-), priority="50", version="2.0-r0")  # fmt: skip
-# Needs the new system running: fails at update time, succeeds at boot.
-BOOT_ONLY = h.Script("app", "needs-system.sh", recorder(
-    "swu needs-system",
-    '[ "$MIGRATION_PHASE" = boot ] || { echo "needs the new system running" >&2; exit 1; }\n',
-), priority="70", version="3.0-r0")  # fmt: skip
+INIT, MOVE, BOOT_ONLY = update_scripts("swu ")
 # Only in v9, which is refused: must never run.
 V9_NEW = h.Script("app", "v9.sh", recorder("swu v9"), priority="80", version="9.0-r0")
 

@@ -24,29 +24,11 @@ from typing import Dict
 import bootharness as h
 import pytest
 from bootharness import lines, unit
+from updatescripts import MARK, recorder, update_scripts
 
 pytestmark = pytest.mark.boot
 
-MARK = "/var/lib/mig-test"
-
-
-def recorder(tag: str, extra: str = "") -> str:
-    """A migration that logs its name, phase and attempt (and does `extra`); `tag` makes the
-    content, so the identity, unique."""
-    return (
-        f"#!/bin/sh\n# {tag}\n"
-        f"mkdir -p {MARK}\n"
-        f'echo "$MIGRATION_NAME $MIGRATION_PHASE $MIGRATION_ATTEMPT" >>{MARK}/order\n'
-        'echo "applying $MIGRATION_NAME ($MIGRATION_PHASE)"\n' + extra
-    )
-
-
-INIT = h.Script("base", "init.sh", recorder("init"), priority="10")
-# v2 keeps its data elsewhere: moved by a migration that can run at update time.
-MOVE = h.Script("app", "move.sh", recorder(
-    "move",
-    f"if [ -f {MARK}/data.conf ]; then mkdir -p {MARK}/v2; mv {MARK}/data.conf {MARK}/v2/; fi\n",
-), priority="50", version="2.0-r0")  # fmt: skip
+INIT, MOVE, BOOT_ONLY = update_scripts()
 # One-way (level 1): v2 rewrites the data in a format v1 cannot read.
 ONEWAY = h.Script("app", "new-format.sh", recorder(
     "new-format", f"echo format=2 >{MARK}/v2/format\n",

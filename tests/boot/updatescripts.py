@@ -1,0 +1,48 @@
+# SPDX-License-Identifier: MIT
+"""The migrations the update tests ship (test_boot_update, test_boot_rauc, test_boot_swupdate):
+each logs its name, phase and attempt to MARK/order on the data disk, so a test reads what ran,
+when and how often."""
+
+from typing import NamedTuple
+
+import bootharness as h
+
+MARK = "/var/lib/mig-test"
+
+
+def recorder(tag: str, extra: str = "") -> str:
+    """A migration that logs its name, phase and attempt (and does `extra`); `tag` makes the
+    content, so the identity, unique."""
+    return (
+        f"#!/bin/sh\n# {tag}\n"
+        f"mkdir -p {MARK}\n"
+        f'echo "$MIGRATION_NAME $MIGRATION_PHASE $MIGRATION_ATTEMPT" >>{MARK}/order\n'
+        'echo "applying $MIGRATION_NAME ($MIGRATION_PHASE)"\n' + extra
+    )
+
+
+class UpdateScripts(NamedTuple):
+    init: h.Script
+    """In every image (priority 10)."""
+    move: h.Script
+    """v2 keeps its data elsewhere: moved by a migration that can run at update time."""
+    boot_only: h.Script
+    """Needs the new system running: fails at update time, succeeds at boot (v3)."""
+
+
+def update_scripts(prefix: str = "") -> UpdateScripts:
+    """The migrations of an update chain; `prefix` keeps one test's contents apart from
+    another's."""
+    return UpdateScripts(
+        h.Script("base", "init.sh", recorder(f"{prefix}init"), priority="10"),
+        h.Script("app", "move.sh", recorder(
+            f"{prefix}move",
+            f"if [ -f {MARK}/data.conf ]; then mkdir -p {MARK}/v2; "
+            f"mv {MARK}/data.conf {MARK}/v2/; fi\n",
+        ), priority="50", version="2.0-r0"),
+        h.Script("app", "needs-system.sh", recorder(
+            f"{prefix}needs-system",
+            '[ "$MIGRATION_PHASE" = boot ] || { echo "needs the new system running" >&2; '
+            "exit 1; }\n",
+        ), priority="70", version="3.0-r0"),
+    )
