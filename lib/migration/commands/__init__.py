@@ -71,13 +71,7 @@ def add_run_options(parser: Any) -> None:
         metavar="SECONDS",
         help="after SIGTERM on timeout, wait this long before SIGKILL (default 5)",
     )
-    parser.add_argument(
-        "--lock-wait",
-        type=seconds,
-        default=60.0,
-        metavar="SECONDS",
-        help="wait this long for another runner's lock, then exit 75 (default 60)",
-    )
+    add_lock_wait(parser)
     parser.add_argument(
         "--volatile-state",
         choices=("warn", "refuse"),
@@ -97,3 +91,14 @@ def run_settings(args: Any) -> Dict[str, Any]:
         "kill_grace": args.kill_grace,
         "volatile_state": args.volatile_state,
     }
+
+
+def add_lock_wait(parser: Any) -> None:
+    """--lock-wait, for every command that takes the runner's lock."""
+    parser.add_argument(
+        "--lock-wait",
+        type=seconds,  # finite and >= 0: "nan" would wait forever
+        default=60.0,
+        metavar="SECONDS",
+        help="wait this long for another runner's lock, then exit 75 (default 60)",
+    )

@@ -31,7 +31,7 @@ failed and retried by that retry, by the next package postinst and at the next b
 
 from typing import Any
 
-from migration.commands import seconds
+from migration.commands import add_lock_wait, seconds
 
 name = "postinst"
 helpmsg = "a migration package's postinst on a running system: apply its migrations"
@@ -50,13 +50,7 @@ def setup_parser(parser: Any) -> None:
         help=f"kill a script's process group after this long (default {DEFAULT_TIMEOUT:.0f}; "
         "0: no limit)",
     )
-    parser.add_argument(
-        "--lock-wait",
-        type=seconds,
-        default=60.0,
-        metavar="SECONDS",
-        help="wait this long for another runner's lock, then exit 75 (default 60)",
-    )
+    add_lock_wait(parser)
 
 
 def run(args: Any) -> int:
