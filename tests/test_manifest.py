@@ -365,3 +365,14 @@ def test_manifest_refresh_keeps_the_image_settings(image, capsys):
     loaded = manifest.load(str(image.root / manifest.MANIFEST_REL))
     assert (loaded.compat_level, loaded.upgrade_floor, loaded.data_markers) == (0, "", ())
     capsys.readouterr()
+
+
+def test_an_unwritable_done_link_is_named_not_the_manifest(image):
+    """A directory where the done link belongs: the error names the link (adversary F7)."""
+    image.ship("foo", {"50-foo-a": "echo a\n"})
+    (image.root / "usr/share/migration/done").mkdir()
+    with pytest.raises(ManifestError) as exc:
+        manifest.generate(str(image.root))
+    assert str(exc.value).startswith(
+        f"cannot write the done link {image.root}/usr/share/migration/done: "
+    )

@@ -317,9 +317,13 @@ def generate(
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         write_json_atomic(path, manifest)
-        _replace_symlink(os.path.join(root, DONE_LINK_REL), f"{DONE_DIR}/{manifest['digest']}")
     except OSError as e:
         raise ManifestError(f"cannot write {path}: {e.strerror}") from None
+    link = os.path.join(root, DONE_LINK_REL)
+    try:
+        _replace_symlink(link, f"{DONE_DIR}/{manifest['digest']}")
+    except OSError as e:
+        raise ManifestError(f"cannot write the done link {link}: {e.strerror}") from None
     return manifest
 
 
