@@ -376,3 +376,18 @@ def test_an_unwritable_done_link_is_named_not_the_manifest(image):
     assert str(exc.value).startswith(
         f"cannot write the done link {image.root}/usr/share/migration/done: "
     )
+
+
+def test_a_symlink_out_of_the_image_root_is_not_followed_for_the_write(image, tmp_path):
+    """At rootfs time the build host writes the manifest: an absolute symlink in the image must
+    not send the write to the host's files (adversary F5)."""
+    image.ship("foo", {"50-foo-a": "echo a\n"})
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    share = image.root / "usr/share/migration"
+    (share / "packages").rename(outside / "packages")
+    share.rmdir()
+    share.symlink_to(outside)
+    with pytest.raises(ManifestError, match="outside the image root"):
+        manifest.generate(str(image.root))
+    assert not (outside / "manifest.json").exists() and not (outside / "done").exists()

@@ -314,6 +314,7 @@ def generate(
         manifest["data_markers"] = list(markers)
     manifest["migrations"] = migrations
     path = os.path.join(root, MANIFEST_REL)
+    _refuse_outside(root, os.path.dirname(path))
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         write_json_atomic(path, manifest)
@@ -336,6 +337,19 @@ def _duplicate(entry: Entry, other: Entry, path: str, other_path: str) -> str:
                 f"fragments: {other_path} and {path}")
     return (f"migration {entry.name} is shipped by two packages: {other.package} and "
             f"{entry.package}")
+
+
+def _refuse_outside(root: str, path: str) -> None:
+    """ManifestError when `path`, its symlinks followed, is not inside `root`: at rootfs time
+    the build host writes the manifest, and an image's absolute symlink (usr/share/migration ->
+    /usr/share/...) would otherwise point that write at the host's own files."""
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if real != real_root and not real.startswith(real_root.rstrip("/") + "/"):
+        raise ManifestError(
+            f"{path} resolves to {real}, outside the image root {root} (a symlink in the image "
+            "points out of it): the manifest is not written there"
+        )
 
 
 def _replace_symlink(link: str, target: str) -> None:
