@@ -248,4 +248,4 @@ PACKAGESPLITFUNCS:prepend = "migration_populate_packages "
 python populate_packages:append () {
     migration.bitbake.check_packaging(d)
 }
-do_package[file-checksums] += "${@migration.tasksources.file_checksums('add_postinsts')} ${@migration.tasksources.file_checksums('check_packaging')}"
+do_package[file-checksums] += "${@migration.tasksources.file_checksums('add_postinsts', 'check_packaging')}"

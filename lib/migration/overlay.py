@@ -57,7 +57,7 @@ def upper_dir_of(directory: str, mountinfo: str = volatile.MOUNTINFO) -> Optiona
     mount = volatile.mount_at(path, dev, mounts)
     if mount is None or mount.fstype != "overlay":
         return None
-    upper = volatile._option(mount.options, "upperdir")
+    upper = volatile.mount_option(mount.options, "upperdir")
     if upper is None:
         return None
     return os.path.normpath(os.path.join(upper, os.path.relpath(path, mount.point)))

@@ -134,10 +134,9 @@ def task_modules(entry: str) -> typing.List[str]:
     return sorted(_module_closure(roots - {ENTRY_MODULE}))
 
 
-def file_checksums(entry: str) -> str:
-    """A ``file-checksums`` value (``path:True`` entries) of the files of :func:`task_modules`."""
-    paths = [
-        _module_path(name) or os.path.join(PACKAGE_DIR, "__init__.py")
-        for name in task_modules(entry)
-    ]
-    return " ".join(f"{path}:True" for path in sorted(set(paths)))
+def file_checksums(*entries: str) -> str:
+    """A ``file-checksums`` value (``path:True`` entries) of the files of :func:`task_modules`
+    of every entry point a task runs."""
+    names = {name for entry in entries for name in task_modules(entry)}
+    paths = {_module_path(name) or os.path.join(PACKAGE_DIR, "__init__.py") for name in names}
+    return " ".join(f"{path}:True" for path in sorted(paths))

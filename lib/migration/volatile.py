@@ -99,7 +99,8 @@ def mount_at(path: str, dev: str, mounts: List[Mount]) -> Optional[Mount]:
     return [m for m in candidates if len(m.point) == longest][-1]
 
 
-def _option(options: str, key: str) -> Optional[str]:
+def mount_option(options: str, key: str) -> Optional[str]:
+    """The value of `key=value` in a mountinfo super options field, or None."""
     for opt in options.split(","):
         name, sep, value = opt.partition("=")
         if sep and name == key:
@@ -121,7 +122,7 @@ def why_volatile(path: str, mounts: List[Mount],
             return " on ".join([*chain, here])
         if mount.fstype != "overlay":
             return None
-        upper = _option(mount.options, "upperdir")
+        upper = mount_option(mount.options, "upperdir")
         if upper is None:
             return None
         chain.append(f"{mount.point} (overlay, upperdir {upper})")

@@ -38,8 +38,14 @@ from typing import Dict, List
 
 import bootharness as h
 import pytest
-from bootharness import lines, unit
-from updatescripts import MARK, recorder, update_scripts
+from bootharness import lines
+from updatescripts import (
+    MARK,
+    assert_first_boot_retries_the_failed_one,
+    assert_first_boot_runs_nothing,
+    recorder,
+    update_scripts,
+)
 
 pytestmark = pytest.mark.boot
 
@@ -348,16 +354,7 @@ def test_the_new_slot_boots_without_a_migration_process(chain: dict) -> None:
     """(a) The first boot of slot B (what RAUC wrote): the done stamp the hook wrote holds,
     migration.service starts no process, nothing runs again."""
     second = chain["reports"][1]
-    mig = unit(second, "migration.service")
-    assert (mig["ConditionResult"], mig["ExecMainPID"]) == ("no", "0")
-    assert int(mig.get("ExecMainStartTimestampMonotonic") or 0) == 0
-    assert second.journal_lines(r"migration\.service.*skipped because of an unmet condition")
-    assert not second.journal_lines(r" migration\[\d+\]: .*applying")
-    assert second.journal_lines(r"Command line: .* rauc\.slot=B")
-    assert {e["state"] for e in second.status} == {"applied"}
-    assert [e["name"] for e in second.status] == ["10-base-init.sh", "50-app-move.sh"]
-    assert h.read_file(chain["var"], f"{MARK[4:]}/v2/data.conf") == "setting=1\n"
-    assert second.state == "running"
+    assert_first_boot_runs_nothing(second, chain["var"], r"rauc\.slot=B")
 
 
 def test_failed_update_time_migration_lets_the_install_go_on_and_is_retried_at_boot(
@@ -376,11 +373,4 @@ def test_failed_update_time_migration_lets_the_install_go_on_and_is_retried_at_b
     assert chain["order"][1] == [*chain["order"][0], "70-app-needs-system.sh update 1"]
     assert backend_calls(chain["boot_state"][1])["v3"] == ["set-state A bad", "set-primary A"]
     assert chain["booted"] == ["A", "B", "A"]
-    # The first boot of v3 retries it (attempt 2) and only it.
-    mig = unit(third, "migration.service")
-    assert (mig["Result"], mig["ExecMainStatus"]) == ("success", "0")
-    assert int(mig["ExecMainPID"]) > 0
-    assert chain["order"][2] == [*chain["order"][1], "70-app-needs-system.sh boot 2"]
-    status = third.status_by_name()
-    assert status["70-app-needs-system.sh"]["state"] == "applied"
-    assert third.state == "running"
+    assert_first_boot_retries_the_failed_one(chain, third)

@@ -3,6 +3,7 @@
 each logs its name, phase and attempt to MARK/order on the data disk, so a test reads what ran,
 when and how often."""
 
+from pathlib import Path
 from typing import NamedTuple
 
 import bootharness as h
@@ -46,3 +47,30 @@ def update_scripts(prefix: str = "") -> UpdateScripts:
             "exit 1; }\n",
         ), priority="70", version="3.0-r0"),
     )
+
+
+def assert_first_boot_runs_nothing(report: h.Report, var: Path, slot_arg: str) -> None:
+    """The first boot of the slot an updater wrote, after its hook applied every migration: the
+    done stamp holds, migration.service starts no process, nothing runs again."""
+    mig = h.unit(report, "migration.service")
+    assert (mig["ConditionResult"], mig["ExecMainPID"]) == ("no", "0")
+    assert int(mig.get("ExecMainStartTimestampMonotonic") or 0) == 0
+    assert report.journal_lines(r"migration\.service.*skipped because of an unmet condition")
+    assert not report.journal_lines(r" migration\[\d+\]: .*applying")
+    assert report.journal_lines(rf"Command line: .* {slot_arg}")
+    assert {e["state"] for e in report.status} == {"applied"}
+    assert [e["name"] for e in report.status] == ["10-base-init.sh", "50-app-move.sh"]
+    assert h.read_file(var, f"{MARK[4:]}/v2/data.conf") == "setting=1\n"
+    assert report.state == "running"
+
+
+def assert_first_boot_retries_the_failed_one(chain: dict, report: h.Report) -> None:
+    """The first boot of v3, whose migration failed at update time: it retries that one
+    (attempt 2) and only it."""
+    mig = h.unit(report, "migration.service")
+    assert (mig["Result"], mig["ExecMainStatus"]) == ("success", "0")
+    assert int(mig["ExecMainPID"]) > 0
+    assert chain["order"][2] == [*chain["order"][1], "70-app-needs-system.sh boot 2"]
+    status = report.status_by_name()
+    assert status["70-app-needs-system.sh"]["state"] == "applied"
+    assert report.state == "running"

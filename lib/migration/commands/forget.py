@@ -15,15 +15,9 @@ helpmsg = "make the named script pending again"
 
 def setup_parser(parser: Any) -> None:
     parser.add_argument("name", metavar="NAME", help="script name (or sha256) to forget")
-    from migration.commands import seconds
+    from migration.commands import add_lock_wait
 
-    parser.add_argument(
-        "--lock-wait",
-        type=seconds,  # finite and >= 0: "nan" would wait forever
-        default=60.0,
-        metavar="SECONDS",
-        help="wait this long for a running runner, then exit 75 (default 60)",
-    )
+    add_lock_wait(parser)
 
 
 def run(args: Any) -> int:
