@@ -352,8 +352,7 @@ def test_dry_run_via_cli(root):
     proc = root("run", "--dry-run")
     assert proc.returncode == 1
     assert proc.stdout.splitlines() == [
-        "no migration state: a fresh device; this image (its os-release has no VERSION_ID) runs "
-        "every migration it ships",
+        "fresh device (no migration state): this image runs every migration",
         "would run 10-a",
     ]
     assert not root.state.exists()
