@@ -199,8 +199,9 @@ def test_status_shows_the_last_line_of_a_failed_scripts_output(
 
 
 def test_a_huge_last_line_is_cut_to_fit(device: Device) -> None:
-    """2 MiB without a newline (the log keeps its first and last 512 KiB): the line shown is the
-    start of what the log kept of it, cut to fit, marked as cut."""
+    """2 MiB without a newline (the log keeps its first and last 512 KiB): status reads only the
+    end of the log, so the line shown is a piece of it, cut to fit and marked as cut on both
+    sides."""
     device.add(FAILING, "head -c 2097152 /dev/zero | tr '\\0' A\nexit 1\n")
     device.image("1.0")
     assert device("run").returncode == 1
