@@ -652,7 +652,7 @@ def _execute(opts: Options, state: State, item: Item, image: Dict[str, str], exe
     again = f" (attempt {attempt})" if attempt > 1 else ""
     # The interpreter, not the script's path (scripts dir + name: it would not fit an 80-column
     # console line); the log's header has both.
-    say(f"{item.name}: running{again}: {files.shown(' '.join(argv[:-1]))}")  # noted first
+    say(f"{item.name}: running{again}: {files.shown(' '.join(argv[:-1]))}")  # after the note
     log = state.log_path(item.sha256)
     result = execute.run_script(
         argv, item.name, env, cwd=opts.root, log_path=log, timeout=opts.timeout,
