@@ -32,7 +32,11 @@
 # migration packages' own postinsts (migration_rootfs_manifest): every image that installs one
 # gets it with no extra line; migration_image.bbclass adds per-image settings. Images without
 # migrations do not pull in the runner and are unchanged: only packages of recipes that inherit
-# this class depend on it.
+# this class depend on it. The native and nativesdk variants of a recipe (BBCLASSEXTEND) get none
+# of this: MIGRATION_PACKAGES is empty there and every function of the class returns at once.
+#
+# README.md ("Variables") documents every variable below; keep both in step
+# (tests/test_readme_variables.py checks README against the names the code uses).
 #
 # Variables (set in the recipe; "<pkg>" is a package in MIGRATION_PACKAGES):
 #
@@ -73,7 +77,9 @@
 #                              image's minimum level (migration_image.bbclass). Raise it when a
 #                              release makes data unreadable for older ones. Default: 0.
 #                              Example: MIGRATION_COMPAT_LEVEL = "2"
-#   MIGRATION_RUNNER           Package(s) that run the scripts. Default: migration.
+#   MIGRATION_RUNNER           Package(s) that run the scripts. Default: migration, a weak
+#                              default (??=): add one with MIGRATION_RUNNER:append = " foo"
+#                              (MIGRATION_RUNNER += "foo" would drop migration).
 #   MIGRATION_SHELLCHECK       "auto": run ShellCheck on shell scripts when `shellcheck` is in
 #                              the task PATH (BitBake tasks see host tools only through
 #                              HOSTTOOLS: add HOSTTOOLS_NONFATAL:append = " shellcheck" to
@@ -85,6 +91,8 @@
 #                              nothing. A Python script that imports more than python3-core
 #                              holds adds those packages to RDEPENDS:<pkg> (python3-json...).
 #                              Example: MIGRATION_INTERPRETER_RDEPENDS[python3] = "python3"
+#   MIGRATION_LINT_TOOLS       Computed, not set: the host tools do_migration_lint runs and
+#                              their versions, part of its signature.
 #
 # QA issues (ERROR_QA by default; move one to a warning with
 # ERROR_QA:remove = "migration-shellcheck" and WARN_QA:append = " migration-shellcheck", or skip
@@ -113,9 +121,9 @@
 # Misconfiguration (a priority that is not two digits, a MIGRATION_BEFORE entry that is not a
 # unit name) stops parsing with the recipe file, the variable and the fix.
 #
-# Extending a default: MIGRATION_PRIORITY, MIGRATION_RUNNER, MIGRATION_SHELLCHECK and
-# MIGRATION_COMPAT_LEVEL are weak defaults (??=), so `+=` on them drops the default; use
-# `:append = " y"` or `:remove`.
+# Weak defaults (??=): MIGRATION_PRIORITY, MIGRATION_RUNNER, MIGRATION_SHELLCHECK and
+# MIGRATION_COMPAT_LEVEL. Only MIGRATION_RUNNER is a list: `+=` on it drops the default, extend it
+# with `:append = " y"` (or `:remove`). The others hold one value each: set them with `=`.
 
 MIGRATION_SCRIPTS ?= ""
 MIGRATION_SCRIPTS[doc] = "Migration scripts (paths relative to UNPACKDIR) shipped by MIGRATION_PACKAGE; MIGRATION_SCRIPTS:<pkg> per package."

@@ -45,7 +45,7 @@ def test_non_utf8_shebang_is_recorded_and_the_rest_still_runs(root):
         proc = root("run", errors="surrogateescape")  # the script's own output is raw bytes
         no_traceback(proc)
         assert proc.returncode in (0, 1), proc.stderr
-        assert ": /bin/sh -e\\xff\\xfe -e " in proc.stderr  # "10-bad: running": escaped
+        assert ": /bin/sh -e\\xff\\xfe -e\n" in proc.stderr  # "10-bad: running": escaped
     rows = root.status()
     assert rows["10-bad"]["state"] in ("applied", "failed")  # not interrupted forever
     assert rows["20-ok"]["state"] == "applied"

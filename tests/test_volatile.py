@@ -113,7 +113,7 @@ def test_status_says_so_in_text_and_json(tmp_path: Path, mount: Callable[..., No
     warning = f"WARNING: state dir {root.state} is on a volatile file system: {fs} (tmpfs)"
     proc = root("--state-dir", str(root.state), "status")
     assert proc.returncode == 1  # pending: the exit codes are unchanged
-    assert any(line.startswith(warning) for line in proc.stdout.splitlines()), proc.stdout
+    assert warning in " ".join(proc.stdout.split()), proc.stdout  # wrapped at 80 columns
     proc = root("--state-dir", str(root.state), "status", "--json")
     assert [row["state"] for row in json.loads(proc.stdout)] == ["pending"]
     assert f"migration: {warning}" in proc.stderr
@@ -132,7 +132,8 @@ def test_overlay_with_a_tmpfs_upper_is_volatile(tmp_path: Path, mount: Callable[
     proc = run(root)
     assert proc.returncode == 0 and "WARNING" in proc.stderr
     proc = root("--state-dir", str(root.state), "status")
-    assert f"{merged} (overlay, upperdir {fs}/upper) on {fs} (tmpfs)" in proc.stdout
+    text = " ".join(proc.stdout.split())  # wrapped at 80 columns
+    assert f"{merged} (overlay, upperdir {fs}/upper) on {fs} (tmpfs)" in text
 
 
 def test_bind_mount_of_a_tmpfs_dir_is_volatile(tmp_path: Path, mount: Callable[..., None]) -> None:

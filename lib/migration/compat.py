@@ -207,7 +207,8 @@ def decide(
             )
         return Verdict(
             FRESH,
-            f"no migration state: a fresh device; {this} runs every migration it ships",
+            # Short: said at every first boot, on an 80-column console.
+            "fresh device (no migration state): this image runs every migration",
         )
     if floor:
         refusal = _floor_refusal(this, floor, recorded_version, recorded_from,

@@ -650,7 +650,9 @@ def _execute(opts: Options, state: State, item: Item, image: Dict[str, str], exe
     started = state.mark_started(item.name, item.sha256, attempt, image, item.oneway)
     shown = files.shown(" ".join([*argv[:-1], path]))
     again = f" (attempt {attempt})" if attempt > 1 else ""
-    say(f"{item.name}: running{again}: {shown}")  # once the note says so too
+    # The interpreter, not the script's path (scripts dir + name: it would not fit an 80-column
+    # console line); the log's header has both.
+    say(f"{item.name}: running{again}: {files.shown(' '.join(argv[:-1]))}")  # after the note
     log = state.log_path(item.sha256)
     result = execute.run_script(
         argv, item.name, env, cwd=opts.root, log_path=log, timeout=opts.timeout,
@@ -682,7 +684,11 @@ def _execute(opts: Options, state: State, item: Item, image: Dict[str, str], exe
         return APPLIED
     record["reason"] = result.reason
     state.record_outcome("failed", record, batch=True)
-    say(f"{item.name}: FAILED: {result.reason} (attempt {attempt}); log: {log}")
+    say(f"{item.name}: FAILED: {result.reason} (attempt {attempt})")
+    if os.path.exists(log):  # not when it could not be written or was removed (a full disk)
+        from migration import logs
+
+        say(f"log: {logs.short_path(log, logs.listing(os.path.dirname(log)))}")
     return FAILED
 
 

@@ -40,6 +40,7 @@ SRC_URI = "file://migration/__init__.py \
            file://migration/interrupts.py \
            file://migration/leftovers.py \
            file://migration/lint.py \
+           file://migration/logs.py \
            file://migration/manifest.py \
            file://migration/noop.py \
            file://migration/overlay.py \

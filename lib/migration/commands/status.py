@@ -16,6 +16,12 @@ tmpfs upper dir: migration.volatile), whose records every reboot loses, is repor
 way: a "WARNING: state dir ... volatile" line in the text, on stderr with --json. So are the
 services a package postinst stopped and has not started again (/run/migration/stopped: see
 `migration postinst`), each with the packages whose migrations it waits for.
+
+The text form fits an 80-column serial console: longer lines wrap onto indented ones. A script
+that did not apply gets its log on a line of its own, as a shell glob of the first 12 hex digits
+of its sha256 that matches only that file (the full path is in --json); a failed one also gets
+the last non-empty line of its output, from the log, with control characters and invalid UTF-8
+escaped and cut to fit.
 """
 
 import json
@@ -131,8 +137,8 @@ def run(args: Any) -> int:
     import os
     import sys
 
+    from migration import logs, runner, volatile
     from migration import manifest as manifest_mod
-    from migration import runner, volatile
     from migration.state import State
 
     state = State(args.state_dir)
@@ -149,6 +155,7 @@ def run(args: Any) -> int:
     for item in items:
         log = state.log_path(item.sha256)
         rows.append(describe(item, log if os.path.exists(log) else "", running))
+    log_names = logs.listing(os.path.join(args.state_dir, "logs"))
     if verdict is not None and verdict.refused:
         code = 3
     elif verdict is None:
@@ -156,7 +163,7 @@ def run(args: Any) -> int:
     else:
         code = 0 if all(i.state == runner.APPLIED for i in items) else 1
     try:
-        _report(args, rows, warnings, verdict, compat_lines, running, notes)
+        _report(args, rows, warnings, verdict, compat_lines, running, notes, log_names)
     except BrokenPipeError:
         # `status | head`: the reader has what it wanted; the answer is still the exit code
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -165,11 +172,65 @@ def run(args: Any) -> int:
     return code
 
 
+#: The text form fits a serial console: lines longer than this wrap onto indented ones.
+WIDTH = 80
+#: Where the details of a script's row start (after "STATE        ").
+INDENT = " " * 13
+
+
+def _wrapped(text: str, indent: str) -> "list[str]":
+    """`text` in lines of at most WIDTH columns (words are not split: a longer word, such as a
+    long path, keeps its own line)."""
+    import textwrap
+
+    return textwrap.wrap(text, WIDTH, subsequent_indent=indent, break_long_words=False,
+                         break_on_hyphens=False) or [""]
+
+
+def row_lines(row: Dict[str, Any], log_names: "list[str]") -> "list[str]":
+    """A script's lines in the text form: state, name and details on one line when they fit,
+    else the details below; for a script that did not apply, the last line of its output
+    (failed) and its log (shortened: migration.logs)."""
+    from migration import logs, runner
+    from migration.files import shown
+
+    details = []
+    if row.get("reason"):
+        details.append(shown(row["reason"]))
+    if row.get("running"):
+        details.append("running now")
+    if (row.get("attempts") or 0) > 1:
+        details.append(f"attempts {row['attempts']}")
+    if row.get("finished_at"):
+        details.append(f"{row['finished_at']} ({row['duration_s']} s)")
+    head = f"{row['state']:<12} {shown(row['name'])}"
+    line = f"{head}  {', '.join(details)}".rstrip()
+    if len(line) <= WIDTH:
+        lines = [line]
+    else:
+        lines = [head]
+        for detail in details:
+            joined = f"{lines[-1]}, {detail}" if len(lines) > 1 else ""
+            if joined and len(joined) <= WIDTH:
+                lines[-1] = joined
+            else:
+                lines += _wrapped(INDENT + detail, INDENT)
+    log = row.get("log")
+    if log and row["state"] != runner.APPLIED:
+        if row["state"] == runner.FAILED:
+            label = f"{INDENT}last output: "
+            last = logs.last_line(log, WIDTH - len(label))
+            if last:
+                lines.append(label + last)
+        lines.append(f"{INDENT}log: {shown(logs.short_path(log, log_names))}")
+    return lines
+
+
 def _report(args: Any, rows: "list[Dict[str, Any]]", warnings: "list[str]", verdict: Any,
-            compat_lines: "list[str]", running: bool, notes: "list[str]") -> None:
+            compat_lines: "list[str]", running: bool, notes: "list[str]",
+            log_names: "list[str]") -> None:
     import sys
 
-    from migration import runner
     from migration.files import shown
 
     for w in warnings:
@@ -181,23 +242,15 @@ def _report(args: Any, rows: "list[Dict[str, Any]]", warnings: "list[str]", verd
         if verdict is not None and verdict.refused:
             print(f"migration: refused ({verdict.kind}): {shown(verdict.message)}",
                   file=sys.stderr)
-    else:
-        for line in [*compat_lines, *notes]:
-            print(shown(line))
-        if running:
-            print("(a runner is working now)")
-        for row in rows:
-            details = []
-            if row.get("reason"):
-                details.append(row["reason"])
-            if row.get("running"):
-                details.append("running now")
-            if row.get("attempts"):
-                details.append(f"attempts {row['attempts']}")
-            if row.get("finished_at"):
-                details.append(f"finished {row['finished_at']} ({row['duration_s']} s)")
-            if row.get("log") and row["state"] != runner.APPLIED:
-                details.append(f"log {row['log']}")
-            print(shown(f"{row['state']:<12} {row['name']}  {', '.join(details)}".rstrip()))
-        if not rows:
-            print(shown(f"no migration scripts in {args.scripts_dir}"))
+        return
+    out = []
+    for line in [*compat_lines, *notes]:
+        out += _wrapped(shown(line), "  ")
+    if running:
+        out.append("(a runner is working now)")
+    for row in rows:
+        out += row_lines(row, log_names)
+    if not rows:
+        out += _wrapped(shown(f"no migration scripts in {args.scripts_dir}"), "  ")
+    if out:
+        print("\n".join(out))
