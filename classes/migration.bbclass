@@ -86,7 +86,7 @@
 #                              holds adds those packages to RDEPENDS:<pkg> (python3-json...).
 #                              Example: MIGRATION_INTERPRETER_RDEPENDS[python3] = "python3"
 #
-# QA issues (ERROR_QA by default; move one to a warning with
+# QA issues (ERROR_QA by default, migration-idempotence WARN_QA; move one to a warning with
 # ERROR_QA:remove = "migration-shellcheck" and WARN_QA:append = " migration-shellcheck", or skip
 # it per recipe with INSANE_SKIP += "migration-shellcheck" or INSANE_SKIP:<pkg>):
 #   migration-missing     a listed script is not in UNPACKDIR (add file://NAME to SRC_URI)
@@ -107,6 +107,9 @@
 #                         message names both and says how to order them
 #   migration-manifest    (image) the image manifest cannot be made, e.g. two packages ship one
 #                         name; the message names both
+#   migration-idempotence a shell pattern that repeats or fails on a second run, unguarded: >>,
+#                         useradd/groupadd/adduser/addgroup, mv, mkdir without -p, ln without
+#                         -f (-sfn); a warning; silence one line with # migration: idempotent
 # The same checks run on any host with `migration lint FILE...` (python3 -m migration from the
 # layer's lib/ directory).
 #
@@ -154,6 +157,7 @@ MIGRATION_INTERPRETER_RDEPENDS[python3] ?= "python3-core"
 MIGRATION_INTERPRETER_RDEPENDS[python] ?= "python3-core"
 
 ERROR_QA:append = " migration-missing migration-empty migration-shebang migration-errexit migration-syntax migration-shellcheck migration-crlf migration-name migration-duplicate migration-oneway migration-package"
+WARN_QA:append = " migration-idempotence"
 
 # Parse time, like systemd.bbclass: FILES and RDEPENDS depend on the scripts listed.
 # nooelint: oelint.task.noanonpython
