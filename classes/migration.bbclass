@@ -13,8 +13,8 @@
 #   - do_migration_lint: every script checked at build time (after do_unpack and do_patch,
 #     before do_package_qa, so an image build runs it too; without patches it needs no native
 #     tool, so with file:// sources it runs offline).
-#     Each finding is an OE QA issue named migration-<check>, an error by default (see
-#     "QA issues" below);
+#     Each finding is an OE QA issue named migration-<check>, an error by default
+#     (migration-idempotence: a warning; see "QA issues" below);
 #   - the script installed as ${sysconfdir}/migration.d/<priority>-<package>-<script>, e.g.
 #     /etc/migration.d/50-foo-move-foo-data.sh, mode 0755. The runner applies scripts in
 #     byte-wise order of these names: by MIGRATION_PRIORITY, then package, then script name;
