@@ -13,8 +13,8 @@
 #   - do_migration_lint: every script checked at build time (after do_unpack and do_patch,
 #     before do_package_qa, so an image build runs it too; without patches it needs no native
 #     tool, so with file:// sources it runs offline).
-#     Each finding is an OE QA issue named migration-<check>, an error by default (see
-#     "QA issues" below);
+#     Each finding is an OE QA issue named migration-<check>, an error by default
+#     (migration-idempotence: a warning; see "QA issues" below);
 #   - the script installed as ${sysconfdir}/migration.d/<priority>-<package>-<script>, e.g.
 #     /etc/migration.d/50-foo-move-foo-data.sh, mode 0755. The runner applies scripts in
 #     byte-wise order of these names: by MIGRATION_PRIORITY, then package, then script name;
@@ -94,7 +94,7 @@
 #   MIGRATION_LINT_TOOLS       Computed, not set: the host tools do_migration_lint runs and
 #                              their versions, part of its signature.
 #
-# QA issues (ERROR_QA by default; move one to a warning with
+# QA issues (ERROR_QA by default, migration-idempotence WARN_QA; move one to a warning with
 # ERROR_QA:remove = "migration-shellcheck" and WARN_QA:append = " migration-shellcheck", or skip
 # it per recipe with INSANE_SKIP += "migration-shellcheck" or INSANE_SKIP:<pkg>):
 #   migration-missing     a listed script is not in UNPACKDIR (add file://NAME to SRC_URI)
@@ -115,6 +115,9 @@
 #                         message names both and says how to order them
 #   migration-manifest    (image) the image manifest cannot be made, e.g. two packages ship one
 #                         name; the message names both
+#   migration-idempotence a shell pattern that repeats or fails on a second run, unguarded: >>,
+#                         useradd/groupadd/adduser/addgroup, mv, mkdir without -p, ln without
+#                         -f (-sfn); a warning; silence one line with # migration: idempotent
 # The same checks run on any host with `migration lint FILE...` (python3 -m migration from the
 # layer's lib/ directory).
 #
@@ -162,6 +165,7 @@ MIGRATION_INTERPRETER_RDEPENDS[python3] ?= "python3-core"
 MIGRATION_INTERPRETER_RDEPENDS[python] ?= "python3-core"
 
 ERROR_QA:append = " migration-missing migration-empty migration-shebang migration-errexit migration-syntax migration-shellcheck migration-crlf migration-name migration-duplicate migration-oneway migration-package"
+WARN_QA:append = " migration-idempotence"
 
 # Parse time, like systemd.bbclass: FILES and RDEPENDS depend on the scripts listed.
 # nooelint: oelint.task.noanonpython

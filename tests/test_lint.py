@@ -227,13 +227,42 @@ def test_qa_names_cover_every_check() -> None:
     }
 
 
-def test_every_check_is_an_error_by_default_in_the_class() -> None:
-    # A QA name missing from ERROR_QA (and WARN_QA) is silently ignored by oe.qa.handle_error.
+def class_qa_list(name: str) -> set:
     bbclass = (Path(__file__).resolve().parent.parent / "classes/migration.bbclass").read_text()
-    (line,) = [x for x in bbclass.splitlines() if x.startswith("ERROR_QA:append")]
+    (line,) = [x for x in bbclass.splitlines() if x.startswith(name + ":append")]
+    return set(line.split('"')[1].split())
+
+
+def test_every_check_is_an_error_or_a_warning_by_default_in_the_class() -> None:
+    # A QA name missing from ERROR_QA (and WARN_QA) is silently ignored by oe.qa.handle_error.
     # migration-package: not a check of the scripts but of the package split (do_package).
-    expected = {f"migration-{c}" for c in lint.CHECKS} | {"migration-package"}
-    assert set(line.split('"')[1].split()) == expected
+    errors = {f"migration-{c}" for c in lint.CHECKS if c not in lint.WARNINGS}
+    assert class_qa_list("ERROR_QA") == errors | {"migration-package"}
+    assert class_qa_list("WARN_QA") == {"migration-idempotence"}
+
+
+def test_the_glue_routes_every_check_by_its_qa_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bitbake.report hands each finding to oe.qa.handle_error under its own QA name (a name
+    missing there raises KeyError; a wrong one goes to the wrong QA list)."""
+    import types
+
+    from migration import bitbake
+
+    calls = []
+    qa = types.ModuleType("oe.qa")
+    qa.handle_error = lambda name, msg, d: calls.append((name, msg))  # type: ignore[attr-defined]
+    oe = types.ModuleType("oe")
+    oe.qa = qa  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "oe", oe)
+    monkeypatch.setitem(sys.modules, "oe.qa", qa)
+
+    class Datastore:
+        def getVar(self, name: str) -> str:  # BitBake's name
+            return {"PN": "foo"}.get(name, "")
+
+    for check in lint.CHECKS:
+        bitbake.report(Datastore(), lint.Finding(check, "a.sh", "msg", 3), "foo")
+    assert calls == [(f"migration-{c}", "foo: a.sh:3: msg") for c in lint.CHECKS]
 
 
 # `migration lint FILE...`: the command line authors run before building.
@@ -283,6 +312,28 @@ def test_cli_duplicates_across_files(tmp_path: Path) -> None:
     proc = run_lint(str(tmp_path / "a" / "fix.sh"), str(tmp_path / "b" / "fix.sh"))
     assert proc.returncode == 1
     assert "[migration-duplicate]" in proc.stdout
+
+
+def test_cli_prints_idempotence_findings_as_warnings_and_exits_0(tmp_path: Path) -> None:
+    script = tmp_path / "move.sh"
+    script.write_bytes(b"#!/bin/sh\nset -eu\nmkdir /var/lib/foo\n")
+    proc = run_lint(str(script))
+    assert proc.returncode == 0
+    (line,) = proc.stdout.splitlines()
+    assert line.startswith(f"{script}:3: warning: `mkdir` without `-p` fails ")
+    assert line.endswith(" [migration-idempotence]")
+    assert run_lint("--strict", str(script)).returncode == 1
+
+
+def test_cli_warnings_do_not_hide_errors(tmp_path: Path) -> None:
+    script = tmp_path / "move.sh"
+    script.write_bytes(b"#!/bin/sh\nmkdir /var/lib/foo\n")
+    proc = run_lint(str(script))
+    assert proc.returncode == 1
+    assert [ln.rsplit(" ", 1)[-1] for ln in proc.stdout.splitlines()] == [
+        "[migration-errexit]",
+        "[migration-idempotence]",
+    ]
 
 
 @pytest.mark.parametrize("args", [(), ("/nonexistent/x.sh",), ("--priority", "7", "x.sh")])

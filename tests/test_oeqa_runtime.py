@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: MIT
-"""lib/oeqa/runtime/cases/migration.py: the testimage cases for boot scenarios 1-3 and the
-update hooks.
+"""lib/oeqa/runtime/cases/migration.py: the testimage cases for boot scenarios 1-3, the
+update hooks and the re-run check.
 
 They run only under `bitbake -c testimage` on a built image; here they are parse-checked, their
 dependency names are checked against the real test names, and, with OE-core available
@@ -40,6 +40,7 @@ def test_cases_cover_scenarios_1_to_3_and_depend_on_real_tests() -> None:
         "test_migration_failure_is_visible",
         "test_migration_first_boot_applied",
         "test_migration_noop_starts_no_process",
+        "test_migration_rerun_changes_nothing",
         "test_migration_update_hooks_run_on_the_target",
     ]
     for name, deps in methods.items():
@@ -50,3 +51,19 @@ def test_cases_cover_scenarios_1_to_3_and_depend_on_real_tests() -> None:
                 assert cls == "MigrationBootTest" and method in methods, dep
             else:
                 assert dep == "ssh.SSHTest.test_ssh", dep
+
+
+def test_the_rerun_case_sends_the_checked_program() -> None:
+    """The re-run case runs lib/oeqa/runtime/files/migration-rerun-check.py on the target (the
+    program tests/test_rerun_check.py and the QEMU suite run): the path it builds exists."""
+    tree = ast.parse(CASES.read_text(), filename=str(CASES))
+    (node,) = [
+        n
+        for n in tree.body
+        if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "RERUN_CHECK"
+    ]
+    parts = [e.value for e in node.value.args[1:]]  # type: ignore[attr-defined]
+    assert (CASES.parent.joinpath(*parts)).resolve() == (
+        REPO / "lib" / "oeqa" / "runtime" / "files" / "migration-rerun-check.py"
+    )
+    assert (CASES.parent.joinpath(*parts)).is_file()

@@ -455,6 +455,7 @@ def report(d: typing.Any, finding: lint.Finding, pkg: str) -> None:
         "name": lambda: oe.qa.handle_error("migration-name", msg, d),
         "duplicate": lambda: oe.qa.handle_error("migration-duplicate", msg, d),
         "oneway": lambda: oe.qa.handle_error("migration-oneway", msg, d),
+        "idempotence": lambda: oe.qa.handle_error("migration-idempotence", msg, d),
     }
     handlers[finding.check]()
 

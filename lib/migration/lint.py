@@ -23,6 +23,9 @@ Checks (the ``check`` field of a :class:`Finding`, also the suffix of the QA nam
 ``missing``     a listed script that is not there (reported by the callers, which know the paths)
 ``oneway``      a ``MIGRATION_ONEWAY`` entry that names no listed script or has no valid level
                 (build time only: :func:`resolve_oneway`)
+``idempotence`` a shell pattern that changes or fails on a second run (``>>``, ``useradd``,
+                ``mv``, ``mkdir`` without ``-p``, ``ln`` without ``-f``...) without a guard
+                (:mod:`.idempotence`); a warning, not an error (:data:`WARNINGS`)
 
 The syntax and ShellCheck checks run external programs (``sh``, ``bash``, ``shellcheck``) found in
 ``PATH``; a missing ``sh``/``bash`` skips that check with a note finding of its own.
@@ -47,8 +50,13 @@ CHECKS = (
     "name",
     "duplicate",
     "oneway",
+    "idempotence",
 )
 """Every check name; the QA name of a check is ``migration-<check>``."""
+
+WARNINGS = frozenset(("idempotence",))
+"""Checks that are warnings by default (WARN_QA in the class; `migration lint` prints them as
+warnings and exits 0 for them unless --strict): static help that may be wrong, not a defect."""
 
 POSIX_SHELLS = frozenset(("sh", "dash", "ash", "posh"))
 """Shells whose scripts ``sh -n`` (the build host's POSIX shell) checks."""
@@ -101,13 +109,22 @@ class Finding(NamedTuple):
         """The OE QA issue name (ERROR_QA/WARN_QA/INSANE_SKIP) of this finding."""
         return "migration-" + self.check
 
+    @property
+    def is_warning(self) -> bool:
+        """True for the checks of :data:`WARNINGS`."""
+        return self.check in WARNINGS
+
     def describe(self) -> str:
         """``name[:line]: message``: the finding without its QA name."""
         where = f"{self.name}:{self.line}" if self.line else self.name
         return f"{where}: {self.message}"
 
     def __str__(self) -> str:
-        return f"{self.describe()} [{self.qa_name}]"
+        """``name[:line]: [warning: ]message [migration-<check>]``: how `migration lint` prints
+        it (BitBake's QA output says WARNING itself, so :meth:`describe` does not)."""
+        where = f"{self.name}:{self.line}" if self.line else self.name
+        level = "warning: " if self.is_warning else ""
+        return f"{where}: {level}{self.message} [{self.qa_name}]"
 
 
 def shebang(data: bytes) -> Optional[List[str]]:
@@ -316,6 +333,9 @@ def lint_script(
     findings += check_syntax(name, text)
     if shellcheck and syntax_checker(text):
         findings += check_shellcheck(name, text, shellcheck)
+    from . import idempotence  # it imports this module (Finding)
+
+    findings += idempotence.check(name, text)
     return findings
 
 

@@ -37,6 +37,7 @@ SRC_URI = "file://migration/__init__.py \
            file://migration/errors.py \
            file://migration/execute.py \
            file://migration/files.py \
+           file://migration/idempotence.py \
            file://migration/interrupts.py \
            file://migration/leftovers.py \
            file://migration/lint.py \

@@ -91,7 +91,7 @@ def datastore(bb: Any, tmp_path: Path, pn: str, **values: str) -> Any:
         "ERROR_QA": "migration-missing migration-empty migration-shebang migration-errexit "
         "migration-syntax migration-shellcheck migration-crlf migration-name "
         "migration-duplicate migration-oneway migration-manifest migration-package",
-        "WARN_QA": "",
+        "WARN_QA": "migration-idempotence",
     }
     defaults.update(values)
     for key, value in defaults.items():
@@ -200,6 +200,23 @@ def test_lint_findings_follow_warn_qa_and_insane_skip(
         "QA Issue: foo: bad.sh: shell script without errexit: add `set -e` (or `set -eu`) "
         "after the shebang [migration-errexit]"
     ]
+
+
+def test_idempotence_findings_are_warnings_by_default(
+    bbmods: Any, tmp_path: Path, messages: Messages
+) -> None:
+    from migration import bitbake as glue
+
+    d = datastore(bbmods, tmp_path, "foo", MIGRATION_SCRIPTS="add.sh")
+    unpack(d, "add.sh", b"#!/bin/sh\nset -eu\nuseradd foo\n")
+    glue.lint_task(d)  # a warning: the task succeeds
+    (issue,) = [line for line in messages.lines if line.startswith("QA Issue")]
+    assert issue.startswith("QA Issue: foo: add.sh:3: `useradd` fails when the user exists")
+    assert issue.endswith("[migration-idempotence]")
+    d.setVar("ERROR_QA", d.getVar("ERROR_QA") + " migration-idempotence")
+    d.setVar("WARN_QA", "")
+    with pytest.raises(bbmods.BBHandledException):
+        glue.lint_task(d)
 
 
 def test_image_manifest_from_installed_packages(bbmods: Any, tmp_path: Path) -> None:

@@ -1,17 +1,19 @@
 # SPDX-License-Identifier: MIT
-"""migration lint [--package PKG] [--priority NN] [--no-shellcheck] FILE...
+"""migration lint [--package PKG] [--priority NN] [--no-shellcheck] [--strict] FILE...
 
 Checks migration scripts on any host, before a build, with the rules of the build-time lint of
 migration.bbclass (lib/migration/lint.py): empty file, no shebang, shell script without errexit,
 `sh -n`/`bash -n` syntax errors, ShellCheck findings (when shellcheck is in PATH), Python scripts
 that do not compile (with this Python), CRLF line endings, names the runner would skip or refuse,
-and two files with one name.
+and two files with one name; and, as warnings, shell patterns that are not safe to run twice
+(lib/migration/idempotence.py).
 
 With --package the runner's naming rules apply to the installed name
 <priority>-<package>-<file name> that the class would give the file; without it, to the file name
-itself. Prints one line per finding (FILE[:LINE]: message [migration-<check>]).
+itself. Prints one line per finding (FILE[:LINE]: [warning: ]message [migration-<check>]).
 
-Exit status: 0 no findings, 1 findings, 2 usage error (such as a file that cannot be read).
+Exit status: 0 no findings but warnings, 1 findings (warnings too with --strict), 2 usage error
+(such as a file that cannot be read).
 """
 
 import argparse
@@ -44,10 +46,15 @@ def setup_parser(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip ShellCheck even when it is installed",
     )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 on warnings too (migration-idempotence: a warning in the build as well)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    """Lint every FILE; 1 when anything was found."""
+    """Lint every FILE; 1 when anything but a warning was found (warnings too with --strict)."""
     # Imported here: every `migration` invocation (the boot run too) imports all command modules.
     from migration import lint
 
@@ -72,4 +79,5 @@ def run(args: argparse.Namespace) -> int:
         print(finding)
     if shellcheck is None and not args.no_shellcheck:
         print("migration lint: shellcheck not in PATH: ShellCheck checks skipped", file=sys.stderr)
-    return 1 if findings else 0
+    failing = [f for f in findings if args.strict or not f.is_warning]
+    return 1 if failing else 0

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: MIT
-"""testimage cases for meta-migration (boot scenarios 1-3 and the update hooks on a real image).
+"""testimage cases for meta-migration (boot scenarios 1-3, the update hooks and a re-run of every
+migration on a real image).
 
 Run on an image with the runner and at least one migration (the kas demo image):
     TEST_SUITES:append = " migration"
@@ -7,11 +8,18 @@ Run on an image with the runner and at least one migration (the kas demo image):
 """
 
 import json
+import os
+import shlex
 
 from oeqa.core.decorator.data import skipIfNotFeature
 from oeqa.core.decorator.depends import OETestDepends
 from oeqa.runtime.case import OERuntimeTestCase
 from oeqa.runtime.decorator.package import OEHasPackage
+
+RERUN_CHECK = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "files", "migration-rerun-check.py"
+)
+"""The re-run check (also run by tests/test_rerun_check.py and tests/boot on a QEMU system)."""
 
 
 class MigrationBootTest(OERuntimeTestCase):
@@ -97,4 +105,27 @@ class MigrationBootTest(OERuntimeTestCase):
             ran = [ln for ln in output.splitlines()
                    if ": running" in ln and not ln.startswith("migration-update (")]
             self.assertEqual(ran, [], msg=call)
+        self.run_ok("test -e /usr/share/migration/done")
+
+    @OEHasPackage(["migration"])
+    @OETestDepends(["migration.MigrationBootTest.test_migration_first_boot_applied"])
+    def test_migration_rerun_changes_nothing(self):
+        """Every migration of the image is idempotent here: forgotten and run again, they leave
+        /etc and /var/lib (but the state dir) as their first run did: type, mode, owner and
+        content of every path (files/migration-rerun-check.py says what and why)."""
+        with open(RERUN_CHECK) as f:
+            program = f.read()
+        status, output = self.target.run(f"python3 -I -c {shlex.quote(program)}")
+        try:
+            report = json.loads(output)
+        except ValueError:
+            self.fail(f"the re-run check (exit {status}) printed no JSON:\n{output}")
+        changed = "\n".join(
+            f"{c['path']}: {c['before']} -> {c['after']}" for c in report.get("changed", [])
+        )
+        self.assertEqual(
+            status, 0, msg=report.get("error") or f"changed by the second run:\n{changed}"
+        )
+        self.assertTrue(report["forgotten"], msg="the image has no migration to check")
+        # The second run left the device as the boot did: everything applied, stamp written.
         self.run_ok("test -e /usr/share/migration/done")
