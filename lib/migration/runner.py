@@ -32,6 +32,7 @@ whose scripts run).
 import contextlib
 import os
 import stat
+import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from migration import compat, files, journal, leftovers, overlay, volatile
@@ -511,6 +512,7 @@ def _run_locked(
         if noop_key:
             _leave_noop_key(state, manifest, image)
         return 0
+    run_started = time.time()
     state.prepare()
     snap = state.snapshot(_shas(scripts, manifest), repair=True)
     for d in snap.damaged:
@@ -577,20 +579,27 @@ def _run_locked(
         if reached != APPLIED and opts.policy == "stop":
             stopped_by = item.name
     everything = all(s == APPLIED for s in final)
+    code = 0 if all(s in (APPLIED, DEFERRED) for s in final) else 1
+    ran = len(outcome)
     state.settle()  # every outcome durable before the stamp says so
     if not everything:
         state.clear_done()
+    last_run = None
+    if ran or not everything:  # what monitoring reports; a no-op run writes nothing
+        finished = time.time()
+        last_run = {"started_at": now_iso(run_started), "finished_at": now_iso(finished),
+                    "finished_unix": round(finished, 3),
+                    "duration_s": round(max(0.0, finished - run_started), 3),
+                    "phase": opts.phase, "result": "failure" if code else "success"}
     # applied_image before the stamp: a cut in between leaves no stamp, so the next boot runs,
     # finds nothing to do and writes the stamp; the other order could leave a stamp (no boot
     # run ever again) beside an applied_image that lags behind (a false below-floor refusal).
-    state.update_meta(image, meta, compat_level=level, applied=everything)
+    state.update_meta(image, meta, compat_level=level, applied=everything, last_run=last_run)
     if manifest is not None and everything:
         state.write_done(manifest.digest)
         if noop_key:
             _leave_noop_key(state, manifest, image)
     counts = {s: final.count(s) for s in (APPLIED, FAILED, REFUSED, PENDING, DEFERRED)}
-    ran = len(outcome)
-    code = 0 if all(s in (APPLIED, DEFERRED) for s in final) else 1
     if ran or not everything:
         _event(opts, say, journal.RUN_FINISHED, journal.ERR if code else journal.NOTICE,
                f"{ran} run, {counts[APPLIED]} applied, {counts[FAILED]} failed, "
