@@ -24,17 +24,18 @@ def parse(datagram: bytes) -> dict:
         line = rest[:line_end]
         if b"=" in line:
             key, _, value = line.partition(b"=")
-            rest = rest[line_end + 1:]
+            rest = rest[line_end + 1 :]
         else:
             key = line
-            size = int.from_bytes(rest[line_end + 1:line_end + 9], "little")
-            value = rest[line_end + 9:line_end + 9 + size]
+            size = int.from_bytes(rest[line_end + 1 : line_end + 9], "little")
+            value = rest[line_end + 9 : line_end + 9 + size]
             end = line_end + 9 + size
-            assert rest[end:end + 1] == b"\n", "binary value unterminated"
-            rest = rest[line_end + 10 + size:]
+            assert rest[end : end + 1] == b"\n", "binary value unterminated"
+            rest = rest[line_end + 10 + size :]
         name = key.decode("ascii")
-        assert name and name[0] != "_" and all(c.isupper() or c.isdigit() or c == "_"
-                                               for c in name), f"bad field name {name!r}"
+        assert (
+            name and name[0] != "_" and all(c.isupper() or c.isdigit() or c == "_" for c in name)
+        ), f"bad field name {name!r}"
         assert name not in fields, f"field {name} twice: a forged field?"
         fields[name] = value.decode("utf-8", "surrogateescape")
     return fields
@@ -85,15 +86,28 @@ class Env:
         return hashlib.sha256(path.read_bytes()).hexdigest()
 
     def write_manifest(self, names):
-        migrations = [{"name": n, "sha256": hashlib.sha256((self.scripts / n).read_bytes())
-                       .hexdigest(), "package": "pkg", "version": "1.0-r0"} for n in names]
+        migrations = [
+            {
+                "name": n,
+                "sha256": hashlib.sha256((self.scripts / n).read_bytes()).hexdigest(),
+                "package": "pkg",
+                "version": "1.0-r0",
+            }
+            for n in names
+        ]
         obj = {"format": 1, "digest": manifest_mod.digest(migrations), "migrations": migrations}
         self.manifest.write_text(json.dumps(obj))
 
     def run(self, journal_path, **kw):
         kw.setdefault("manifest_path", str(self.manifest) if self.manifest.exists() else None)
-        opts = runner.Options(str(self.scripts), str(self.state), str(self.root),
-                              lock_wait=1.0, journal=journal_path, **kw)
+        opts = runner.Options(
+            str(self.scripts),
+            str(self.state),
+            str(self.root),
+            lock_wait=1.0,
+            journal=journal_path,
+            **kw,
+        )
         self.messages.clear()
         return runner.run(opts, say=self.messages.append)
 
@@ -168,8 +182,11 @@ def test_refused_image_entry(tmp_path, jsock):
     env = Env(tmp_path)
     env.add("10-a")
     env.state.mkdir(mode=0o755)
-    (env.state / "state.json").write_text(json.dumps(
-        {"format": 1, "compat_level": 5, "image": {"version_id": "9"}, "applied_image": None}))
+    (env.state / "state.json").write_text(
+        json.dumps(
+            {"format": 1, "compat_level": 5, "image": {"version_id": "9"}, "applied_image": None}
+        )
+    )
     with pytest.raises(runner.Incompatible):
         env.run(jsock.path)
     (refused,) = jsock.by_id(journal.IMAGE_REFUSED)
@@ -192,8 +209,9 @@ def test_hostile_values_use_the_binary_form_and_forge_no_field(tmp_path, jsock):
 def test_encode_binary_form_round_trips():
     value = "a\nb=c\n\x00\udcff"
     data = journal.encode({"MESSAGE": value, "PLAIN": "x=y"})
-    assert data.startswith(b"MESSAGE\n" + (len(value.encode("utf-8", "surrogateescape")))
-                           .to_bytes(8, "little"))
+    assert data.startswith(
+        b"MESSAGE\n" + (len(value.encode("utf-8", "surrogateescape"))).to_bytes(8, "little")
+    )
     assert parse(data) == {"MESSAGE": value, "PLAIN": "x=y"}
 
 
@@ -208,8 +226,14 @@ def test_the_command_sends_on_this_root_only(tmp_path, jsock, monkeypatch):
     monkeypatch.setattr(journal, "SOCKET", jsock.path)
     env = Env(tmp_path)
     env.add("10-first")
-    paths = ["--scripts-dir", str(env.scripts), "--state-dir", str(env.state),
-             "--manifest", str(env.manifest)]
+    paths = [
+        "--scripts-dir",
+        str(env.scripts),
+        "--state-dir",
+        str(env.state),
+        "--manifest",
+        str(env.manifest),
+    ]
     assert cli.main(["--root", str(tmp_path), *paths, "run"]) == 0
     assert jsock.entries() == []  # --root: another system's state
     env.add("20-second", "true second")

@@ -117,8 +117,10 @@ def test_prometheus_format_parses_and_matches_the_state(device, capsys):
     code, out = device.main(capsys, "status", "--format", "prometheus")
     assert code == 1
     samples = parse_prometheus(out)
-    counts = {s: samples[("migration_scripts", f'{{state="{s}"}}')]
-              for s in ("applied", "pending", "failed", "refused", "interrupted")}
+    counts = {
+        s: samples[("migration_scripts", f'{{state="{s}"}}')]
+        for s in ("applied", "pending", "failed", "refused", "interrupted")
+    }
     assert counts == {"applied": 1, "pending": 1, "failed": 1, "refused": 1, "interrupted": 1}
     assert samples[("migration_image_refused", "")] == 0
     assert samples[("migration_state_compat_level", "")] == 0
@@ -233,8 +235,9 @@ def _inventory_script(tmp_path, device, migration_body):
     stand_in.write_text("#!/bin/sh\n" + migration_body + "\n")
     stand_in.chmod(0o755)
     script = tmp_path / "mender-inventory-migration"
-    script.write_text((FILES / "mender-inventory-migration").read_text()
-                      .replace("@SBINDIR@", str(sbin)))
+    script.write_text(
+        (FILES / "mender-inventory-migration").read_text().replace("@SBINDIR@", str(sbin))
+    )
     script.chmod(0o755)
     return script
 
@@ -242,9 +245,11 @@ def _inventory_script(tmp_path, device, migration_body):
 def test_mender_inventory_script_on_a_state_dir(tmp_path, device):
     args = " ".join(f"'{a}'" for a in device.argv())
     script = _inventory_script(
-        tmp_path, device, f'PYTHONPATH={LIB} exec python3 -m migration {args} "$@"')
-    proc = subprocess.run([str(script)], capture_output=True, text=True, check=False,
-                          env={"PATH": "/usr/bin:/bin"})
+        tmp_path, device, f'PYTHONPATH={LIB} exec python3 -m migration {args} "$@"'
+    )
+    proc = subprocess.run(
+        [str(script)], capture_output=True, text=True, check=False, env={"PATH": "/usr/bin:/bin"}
+    )
     assert proc.returncode == 0, proc.stderr  # status said 1: the inventory still holds
     inv = _inventory(proc.stdout)
     assert inv["migration_failed"] == ["1"] and inv["migration_failed_name"] == ["20-bad"]

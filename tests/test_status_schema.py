@@ -92,10 +92,10 @@ _CHECKS = {
     "then": lambda v, a, s, w: [],  # with if
     "enum": lambda v, a, s, w: [] if v in a else [f"{w}: {v!r} not one of {a}"],
     "const": lambda v, a, s, w: [] if v == a and type(v) is type(a) else [f"{w}: not {a!r}"],
-    "pattern": lambda v, a, s, w: [] if not isinstance(v, str) or re.search(a, v)
-    else [f"{w}: {v!r} does not match {a}"],
-    "minimum": lambda v, a, s, w: [] if not _TYPES["number"](v) or v >= a
-    else [f"{w}: {v} < {a}"],
+    "pattern": lambda v, a, s, w: (
+        [] if not isinstance(v, str) or re.search(a, v) else [f"{w}: {v!r} does not match {a}"]
+    ),
+    "minimum": lambda v, a, s, w: [] if not _TYPES["number"](v) or v >= a else [f"{w}: {v} < {a}"],
 }
 
 
@@ -137,12 +137,10 @@ def test_status_json_of_every_state_validates(tmp_path, capsys, schema):
     capsys.readouterr()
     assert cli.main(d.argv("status", "--json")) == 1
     rows = json.loads(capsys.readouterr().out)
-    assert {r["state"] for r in rows} == {"applied", "failed", "refused", "pending",
-                                          "interrupted"}
+    assert {r["state"] for r in rows} == {"applied", "failed", "refused", "pending", "interrupted"}
     assert errors(rows, schema) == []
     printed = {key for row in rows for key in row}
     assert printed >= {"package", "version", "oneway", "log", "reason", "exit_code"}
     assert all(r["schema_version"] == status.SCHEMA_VERSION for r in rows)
     assert cli.main(d.argv("status", "--format", "json")) == 1
     assert json.loads(capsys.readouterr().out) == rows
-

@@ -67,8 +67,7 @@ def encode(fields: Dict[str, Value]) -> bytes:
     return bytes(out)
 
 
-def send(path: str, message_id: str, priority: int, message: str,
-         fields: Dict[str, Value]) -> bool:
+def send(path: str, message_id: str, priority: int, message: str, fields: Dict[str, Value]) -> bool:
     """Send one entry to the journal socket at `path`; True when it was taken. Never blocks,
     never raises."""
     entry: Dict[str, Value] = {

@@ -54,8 +54,15 @@ def collect(opts: "runner.Options") -> Report:
         if st in names:
             names[st].append(item.name)
     last = meta.get("last_run") if meta is not None else None
-    return Report(counts, names, state_level, manifest.compat_level if manifest else 0,
-                  refused, kind, last if isinstance(last, dict) else None)
+    return Report(
+        counts,
+        names,
+        state_level,
+        manifest.compat_level if manifest else 0,
+        refused,
+        kind,
+        last if isinstance(last, dict) else None,
+    )
 
 
 def _number(value: float) -> str:
@@ -69,27 +76,46 @@ def prometheus(report: Report) -> str:
     def family(name: str, helptext: str, samples: List[str]) -> None:
         lines.extend([f"# HELP {name} {helptext}", f"# TYPE {name} gauge", *samples])
 
-    family("migration_scripts", "Migration scripts of this image and the state, by state.",
-           [f'migration_scripts{{state="{s}"}} {report.counts[s]}' for s in STATES])
+    family(
+        "migration_scripts",
+        "Migration scripts of this image and the state, by state.",
+        [f'migration_scripts{{state="{s}"}} {report.counts[s]}' for s in STATES],
+    )
     if report.state_level is not None:
-        family("migration_state_compat_level", "Compatibility level of the device's data "
-               "(the highest one-way level ever started).",
-               [f"migration_state_compat_level {report.state_level}"])
-    family("migration_image_compat_level", "Compatibility level of this image.",
-           [f"migration_image_compat_level {report.image_level}"])
-    family("migration_image_refused", "1 when this image cannot use the device's data "
-           "(downgrade, below the upgrade floor, data older than the framework), else 0.",
-           [f"migration_image_refused {int(report.refused)}"])
+        family(
+            "migration_state_compat_level",
+            "Compatibility level of the device's data (the highest one-way level ever started).",
+            [f"migration_state_compat_level {report.state_level}"],
+        )
+    family(
+        "migration_image_compat_level",
+        "Compatibility level of this image.",
+        [f"migration_image_compat_level {report.image_level}"],
+    )
+    family(
+        "migration_image_refused",
+        "1 when this image cannot use the device's data "
+        "(downgrade, below the upgrade floor, data older than the framework), else 0.",
+        [f"migration_image_refused {int(report.refused)}"],
+    )
     last = report.last_run
     if last is not None:
-        family("migration_last_run_finish_time_seconds", "When the last run that ran a "
-               "migration (or left one not applied) finished, in seconds since the epoch.",
-               [f"migration_last_run_finish_time_seconds {_number(last['finished_unix'])}"])
-        family("migration_last_run_duration_seconds", "How long that run took.",
-               [f"migration_last_run_duration_seconds {_number(last['duration_s'])}"])
-        family("migration_last_run_success", "1 when that run left nothing failed, refused or "
-               "pending, else 0.",
-               [f"migration_last_run_success {int(last['result'] == 'success')}"])
+        family(
+            "migration_last_run_finish_time_seconds",
+            "When the last run that ran a "
+            "migration (or left one not applied) finished, in seconds since the epoch.",
+            [f"migration_last_run_finish_time_seconds {_number(last['finished_unix'])}"],
+        )
+        family(
+            "migration_last_run_duration_seconds",
+            "How long that run took.",
+            [f"migration_last_run_duration_seconds {_number(last['duration_s'])}"],
+        )
+        family(
+            "migration_last_run_success",
+            "1 when that run left nothing failed, refused or pending, else 0.",
+            [f"migration_last_run_success {int(last['result'] == 'success')}"],
+        )
     return "\n".join(lines) + "\n"
 
 
