@@ -241,3 +241,28 @@ def test_the_command_sends_on_this_root_only(tmp_path, jsock, monkeypatch):
     assert [e["MIGRATION_NAME"] for e in jsock.by_id(journal.SCRIPT_APPLIED)] == ["20-second"]
     assert journal.socket_for("/") == jsock.path
     assert journal.socket_for(str(tmp_path)) is None
+
+
+def test_interrupted_script_entry(tmp_path, jsock, monkeypatch):
+    from migration import execute
+    from migration.errors import Interrupted
+
+    def interrupted(*_args, **_kw):
+        raise Interrupted("SIGTERM")
+
+    monkeypatch.setattr(execute, "run_script", interrupted)
+    env = Env(tmp_path)
+    sha = env.add("10-cut")
+    with pytest.raises(Interrupted):
+        env.run(jsock.path)
+    (cut,) = jsock.by_id(journal.SCRIPT_INTERRUPTED)
+    assert (cut["MIGRATION_NAME"], cut["MIGRATION_SHA256"]) == ("10-cut", sha)
+    assert (cut["MIGRATION_RESULT"], cut["PRIORITY"], cut["MIGRATION_ATTEMPT"]) == (
+        "interrupted",
+        "4",
+        "1",
+    )
+    assert (
+        cut["MESSAGE"] == "migration: 10-cut: interrupted (SIGTERM); it runs again at the next run"
+    )
+    assert jsock.by_id(journal.RUN_FINISHED) == []
