@@ -45,6 +45,11 @@ CRYPT = {"hashlib", "_sha2", "_sha256"}  # lib-dynload/_sha2 (3.12+), _sha256 (<
 JSON = {"json"}
 ALLOWED = CORE | CRYPT | JSON
 
+#: Optional imports: module -> (the only file that may import it, its OE-core package). Such
+#: an import sits in a `try` that catches ImportError, and the runner works without it (the
+#: recipe RRECOMMENDS the package): socket, for the structured journal entries (journal.py).
+OPTIONAL = {"socket": ("journal.py", "python3-io")}
+
 #: Modules that never run on the target: BitBake glue (imports bb and oe), not installed.
 HOST_ONLY = {"bitbake.py", "tasksources.py"}
 
@@ -73,6 +78,7 @@ def test_target_modules_import_only_core_crypt_json(module):
         f"{module}:{line}: {name}"
         for line, name in _imports(os.path.join(LIB, module))
         if name != "migration" and name not in ALLOWED
+        and OPTIONAL.get(name, ("",))[0] != module
     ]
     assert not bad, "imports outside python3-core/-crypt/-json: " + ", ".join(bad)
 
@@ -90,3 +96,24 @@ def test_allowlist_names_real_modules():
                and importlib.util.find_spec(m) is None
                and m not in ("readline", "_sha2", "_sha256")]  # per version / build options
     assert not missing
+
+
+def _guarded(path, name):
+    """True when every import of `name` in `path` is in a try that catches ImportError."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    imports = [n for n in ast.walk(tree) if isinstance(n, ast.Import)
+               and any(a.name.split(".")[0] == name for a in n.names)]
+    guarded = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Try) and any(
+                isinstance(h.type, ast.Name) and h.type.id == "ImportError"
+                for h in node.handlers):
+            guarded.update(id(n) for stmt in node.body for n in ast.walk(stmt))
+    return bool(imports) and all(id(n) in guarded for n in imports)
+
+
+@pytest.mark.parametrize("name", sorted(OPTIONAL))
+def test_optional_imports_are_guarded(name):
+    module, _package = OPTIONAL[name]
+    assert _guarded(os.path.join(LIB, module), name)

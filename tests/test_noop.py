@@ -158,6 +158,8 @@ def test_a_busy_lock_steps_aside_so_the_full_path_waits(image):
     [], ["status"], ["run", "--dry-run"], ["run", "--policy", "bogus"], ["run", "--timeout", "-1"],
     ["run", "--timeout", "inf"], ["run", "--timeout"], ["--root"], ["--pol", "run"],
     ["run", "--root", "/x"], ["run", "extra"], ["--version"],
+    # the full path writes the textfile: a no-op run with it is not silent
+    ["run", "--prometheus-textfile", "/x/migration.prom"],
 ])
 def test_other_command_lines_step_aside(image, argv):
     fixed = [a.replace("/x", str(image.root)) for a in argv]

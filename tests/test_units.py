@@ -223,6 +223,51 @@ def test_install_places_every_file(tmp_path: Path, pkg_src: Path) -> None:
     assert "run" in res.stdout
 
 
+def test_install_ships_the_monitoring_files(tmp_path: Path, stub_src: Path) -> None:
+    """Issue 12: the journal catalog (systemd only; journalctl reads it) and the Mender
+    inventory script, runnable, its placeholder replaced."""
+    from migration import journal
+
+    root = tmp_path / "root"
+    assert install(root, stub_src).returncode == 0
+    catalog = root / "usr/lib/systemd/catalog/migration.catalog"
+    assert catalog.stat().st_mode & 0o777 == 0o644
+    ids = re.findall(r"^-- ([0-9a-f]{32})$", catalog.read_text(), re.M)
+    every_id = {v for k, v in vars(journal).items() if k.isupper() and re.fullmatch(
+        r"[0-9a-f]{32}", str(v))}  # fmt: skip
+    assert sorted(ids) == sorted(every_id)
+    subprocess.run(["journalctl", f"--root={root}", "--update-catalog"], check=True)
+    listed = subprocess.run(["journalctl", f"--root={root}", "--list-catalog"],
+                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert all(f"{i} meta-migration: " in listed for i in ids)
+    assert "Migration @MIGRATION_NAME@ failed" in listed
+    script = root / "usr/share/mender/inventory/mender-inventory-migration"
+    assert script.stat().st_mode & 0o777 == 0o755
+    text = script.read_text()
+    assert "/usr/sbin/migration status --format mender-inventory" in text
+    assert not re.search(r"@[A-Z_]+@", text)
+    sysv = tmp_path / "sysv"
+    assert install(sysv, stub_src, MIGRATION_INIT="sysvinit").returncode == 0
+    assert not (sysv / "usr/lib/systemd").exists()
+    assert (sysv / "usr/share/mender/inventory/mender-inventory-migration").exists()
+
+
+def test_prometheus_textfile_setting_reaches_both_inits(tmp_path: Path, stub_src: Path) -> None:
+    root = tmp_path / "root"
+    res = install(root, stub_src, MIGRATION_INIT="sysvinit systemd",
+                  MIGRATION_PROMETHEUS_TEXTFILE="/var/lib/node_exporter/migration.prom")
+    assert res.returncode == 0, res.stderr
+    args = ("--policy continue --timeout 900 --volatile-state warn "
+            "--prometheus-textfile /var/lib/node_exporter/migration.prom")
+    text = installed_text(root, f"{UNITDIR}/migration.service.d/50-boot-policy.conf")
+    assert f'Environment="MIGRATION_RUN_ARGS={args}"' in text
+    assert f'run_args="{args}"' in installed_text(root, "/etc/init.d/migration")
+    from migration import cli
+
+    parsed = cli.build_parser("run").parse_args(["run", *args.split()])
+    assert parsed.prometheus_textfile == "/var/lib/node_exporter/migration.prom"
+
+
 @pytest.mark.parametrize(
     ("policy", "on_failure", "job_mode", "run_args"),
     [
@@ -373,6 +418,8 @@ def test_state_dir_home_is_mounted_after_volatile_binds(tmp_path: Path, stub_src
         ({"sysconfdir": "/usr/etc"}, "sysconfdir=/usr/etc"),
         ({"MIGRATION_PYTHON": "python3"}, "MIGRATION_PYTHON=python3"),
         ({"D": ""}, "D (the destination root) is not set"),
+        ({"MIGRATION_PROMETHEUS_TEXTFILE": "x.prom"}, "MIGRATION_PROMETHEUS_TEXTFILE=x.prom"),
+        ({"MIGRATION_PROMETHEUS_TEXTFILE": "/a b.prom"}, "MIGRATION_PROMETHEUS_TEXTFILE=/a b"),
     ],
 )
 def test_install_refuses_bad_settings(

@@ -114,7 +114,8 @@ def _plain_run_args(paths: dict[str, str], opts: dict[str, object]) -> Any:
         state_dir=paths.get("--state-dir"), manifest=paths.get("--manifest"), command="run",
         dry_run=False, policy=opts.get("--policy", "continue"), timeout=opts.get("--timeout"),
         kill_grace=opts.get("--kill-grace", 5.0), lock_wait=opts.get("--lock-wait", 60.0),
-        volatile_state=opts.get("--volatile-state", "warn"), hooks_dir=None, func=run.run,
+        volatile_state=opts.get("--volatile-state", "warn"), hooks_dir=None,
+        prometheus_textfile=None, func=run.run,
     )
 
 

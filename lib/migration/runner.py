@@ -32,11 +32,12 @@ whose scripts run).
 import contextlib
 import os
 import stat
+import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
-from migration import compat, files, leftovers, overlay, volatile
+from migration import compat, files, journal, leftovers, overlay, volatile
 from migration import manifest as manifest_mod
-from migration.errors import Incompatible, MigrationError
+from migration.errors import Incompatible, Interrupted, MigrationError
 from migration.scripts import Script, discover, interpreter, is_ignored
 from migration.state import Snapshot, State, now_iso, read_os_release
 
@@ -75,6 +76,7 @@ class Options(NamedTuple):
     hooks_dir: Optional[str] = None  # refusal hooks (boot phase; None: ROOT/HOOKS_DIR)
     defer_oneway: bool = False  # update phase: leave one-way scripts to the first boot
     volatile_state: str = volatile.DEFAULT_POLICY  # a state dir on tmpfs: warn or refuse
+    journal: Optional[str] = None  # structured entries go to this socket (migration.journal)
 
 
 class Item(NamedTuple):
@@ -257,6 +259,27 @@ def _stderr(msg: str) -> None:
     console.say(f"migration: {files.shown(msg)}")
 
 
+def _event(opts: Options, say: Callable[[str], None], message_id: str, priority: int,
+           line: Optional[str], message: str = "", **fields: Any) -> None:
+    """Say `line` (None: no console line) and, with a journal, send its structured entry
+    (migration.journal): MESSAGE is the console's text of `line`, or `message` without one."""
+    if line is not None:
+        say(line)
+        message = f"migration: {files.shown(line)}"
+    if opts.journal is None:
+        return
+    fields = {f"MIGRATION_{key.upper()}": value for key, value in fields.items()
+              if value not in (None, "")}
+    fields.setdefault("MIGRATION_PHASE", opts.phase)
+    journal.send(opts.journal, message_id, priority, message, fields)
+
+
+def _item_fields(item: Item) -> Dict[str, Any]:
+    """The journal fields of one script (migration.journal)."""
+    return {"name": item.name, "sha256": item.sha256, "package": item.package,
+            "version": item.version}
+
+
 def _nothing_to_do(
     state: State, scripts: List[Script], manifest: Optional[manifest_mod.Manifest]
 ) -> bool:
@@ -428,7 +451,13 @@ def _refuse(opts: Options, verdict: compat.Verdict, say: Callable[[str], None]) 
         failed = run_hooks(opts, verdict, say)
         if failed:
             say(f"{failed} hook(s) failed")
-    raise Incompatible(verdict)
+    error = Incompatible(verdict)
+    if opts.journal is not None:
+        # the line cli.py prints for it (exit 3)
+        _event(opts, say, journal.IMAGE_REFUSED, journal.ERR, None,
+               f"migration: refused: {files.shown(str(error))}", result=REFUSED,
+               verdict=verdict.kind)
+    raise error
 
 
 def _deferrals(items: List[Item], opts: Options) -> Dict[str, str]:
@@ -483,6 +512,7 @@ def _run_locked(
         if noop_key:
             _leave_noop_key(state, manifest, image)
         return 0
+    run_started = time.time()
     state.prepare()
     snap = state.snapshot(_shas(scripts, manifest), repair=True)
     for d in snap.damaged:
@@ -493,6 +523,11 @@ def _run_locked(
     deferred = _deferrals(items, opts)
     if verdict.kind == compat.FRESH and any(i.state != APPLIED for i in items):
         say(verdict.message)
+    if opts.journal is not None and any(i.state != APPLIED for i in items):
+        waiting = sum(i.state != APPLIED for i in items)
+        _event(opts, say, journal.RUN_STARTED, journal.INFO, None,
+               f"migration: run started ({opts.phase}): {waiting} of {len(items)} "
+               "script(s) not applied", result="started", scripts=len(items))
     outcome: Dict[str, str] = {}  # sha -> state reached in this run (same content runs once)
     stopped_by = ""
     final: List[str] = []
@@ -505,7 +540,9 @@ def _run_locked(
             final.append(APPLIED)
             continue
         if st == REFUSED:
-            say(f"{item.name}: refused: {item.reason}")
+            _event(opts, say, journal.SCRIPT_REFUSED, journal.ERR,
+                   f"{item.name}: refused: {item.reason}", result=REFUSED,
+                   reason=item.reason, **_item_fields(item))
             final.append(REFUSED)
             if opts.policy == "stop" and not stopped_by:
                 stopped_by = item.name
@@ -542,26 +579,35 @@ def _run_locked(
         if reached != APPLIED and opts.policy == "stop":
             stopped_by = item.name
     everything = all(s == APPLIED for s in final)
+    code = 0 if all(s in (APPLIED, DEFERRED) for s in final) else 1
+    ran = len(outcome)
     state.settle()  # every outcome durable before the stamp says so
     if not everything:
         state.clear_done()
+    last_run = None
+    if ran or not everything:  # what monitoring reports; a no-op run writes nothing
+        finished = time.time()
+        last_run = {"started_at": now_iso(run_started), "finished_at": now_iso(finished),
+                    "finished_unix": round(finished, 3),
+                    "duration_s": round(max(0.0, finished - run_started), 3),
+                    "phase": opts.phase, "result": "failure" if code else "success"}
     # applied_image before the stamp: a cut in between leaves no stamp, so the next boot runs,
     # finds nothing to do and writes the stamp; the other order could leave a stamp (no boot
     # run ever again) beside an applied_image that lags behind (a false below-floor refusal).
-    state.update_meta(image, meta, compat_level=level, applied=everything)
+    state.update_meta(image, meta, compat_level=level, applied=everything, last_run=last_run)
     if manifest is not None and everything:
         state.write_done(manifest.digest)
         if noop_key:
             _leave_noop_key(state, manifest, image)
     counts = {s: final.count(s) for s in (APPLIED, FAILED, REFUSED, PENDING, DEFERRED)}
-    ran = len(outcome)
     if ran or not everything:
-        say(
-            f"{ran} run, {counts[APPLIED]} applied, {counts[FAILED]} failed, "
-            f"{counts[REFUSED]} refused, {counts[PENDING]} pending"
-            + (f", {counts[DEFERRED]} deferred to the first boot" if counts[DEFERRED] else "")
-        )
-    return 0 if all(s in (APPLIED, DEFERRED) for s in final) else 1
+        _event(opts, say, journal.RUN_FINISHED, journal.ERR if code else journal.NOTICE,
+               f"{ran} run, {counts[APPLIED]} applied, {counts[FAILED]} failed, "
+               f"{counts[REFUSED]} refused, {counts[PENDING]} pending"
+               + (f", {counts[DEFERRED]} deferred to the first boot" if counts[DEFERRED] else ""),
+               result="failure" if code else "success", ran=ran,
+               **{key: counts[key] for key in counts})
+    return code
 
 
 def _run_one(opts: Options, state: State, item: Item, image: Dict[str, str], execute: Any,
@@ -654,14 +700,21 @@ def _execute(opts: Options, state: State, item: Item, image: Dict[str, str], exe
     # console line); the log's header has both.
     say(f"{item.name}: running{again}: {files.shown(' '.join(argv[:-1]))}")  # after the note
     log = state.log_path(item.sha256)
-    result = execute.run_script(
-        argv, item.name, env, cwd=opts.root, log_path=log, timeout=opts.timeout,
-        kill_grace=opts.kill_grace,
-        # escaped: a shebang's bytes need not be UTF-8, and the log is written as UTF-8
-        header=f"{item.name} sha256 {item.sha256} attempt {attempt} started {now_iso(started)}: "
-        + shown,
-        keep_fds=[sealed.fd] + ([lock] if lock is not None else []),
-    )
+    try:
+        result = execute.run_script(
+            argv, item.name, env, cwd=opts.root, log_path=log, timeout=opts.timeout,
+            kill_grace=opts.kill_grace,
+            # escaped: a shebang's bytes need not be UTF-8, and the log is written as UTF-8
+            header=f"{item.name} sha256 {item.sha256} attempt {attempt} started "
+            f"{now_iso(started)}: " + shown,
+            keep_fds=[sealed.fd] + ([lock] if lock is not None else []),
+        )
+    except Interrupted as e:
+        # cli.py says the run was interrupted; this entry names the script and its log
+        _event(opts, say, journal.SCRIPT_INTERRUPTED, journal.WARNING, None,
+               f"migration: {files.shown(item.name)}: interrupted ({e}); it runs again at the "
+               "next run", result=INTERRUPTED, attempt=attempt, log=log, **_item_fields(item))
+        raise
     record: Dict[str, Any] = {
         "name": item.name,
         "sha256": item.sha256,
@@ -678,13 +731,18 @@ def _execute(opts: Options, state: State, item: Item, image: Dict[str, str], exe
         record["phase"] = opts.phase
     if result.log_error:
         say(f"{item.name}: {result.log_error}")
+    outcome = {"attempt": attempt, "exit_code": result.exit_code,
+               "duration_s": record["duration_s"], **_item_fields(item)}
     if result.ok:
         state.record_outcome("applied", record, batch=True)
-        say(f"{item.name}: done in {result.duration_s:.2f} s")
+        _event(opts, say, journal.SCRIPT_APPLIED, journal.INFO,
+               f"{item.name}: done in {result.duration_s:.2f} s", result=APPLIED, **outcome)
         return APPLIED
     record["reason"] = result.reason
     state.record_outcome("failed", record, batch=True)
-    say(f"{item.name}: FAILED: {result.reason} (attempt {attempt})")
+    _event(opts, say, journal.SCRIPT_FAILED, journal.ERR,
+           f"{item.name}: FAILED: {result.reason} (attempt {attempt})",
+           result=FAILED, reason=result.reason, log=log, **outcome)
     if os.path.exists(log):  # not when it could not be written or was removed (a full disk)
         from migration import logs
 

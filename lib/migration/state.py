@@ -11,8 +11,12 @@ Layout (the project's most durable contract; every JSON file carries a "format" 
                                starts; absent = 0) and the image whose manifest a run last left
                                completely applied (written right before the done stamp; null
                                until then, the key is always there: a state.json without it is
-                               runner 0.1.0's, see compat.state_facts). Readers ignore unknown
-                               keys; runner 0.1.0 keeps them.
+                               runner 0.1.0's, see compat.state_facts), and "last_run": the
+                               last run that ran a script or left one not applied
+                               ({"started_at", "finished_at", "finished_unix", "duration_s",
+                               "phase", "result": "success" or "failure"}; what monitoring
+                               reports, migration.monitoring). Readers ignore unknown keys;
+                               runner 0.1.0 keeps them.
     <state>/lock              flock(2) target; one runner at a time (0600: flock needs only a
                               read fd, so a file others can read is a lock others can hold)
     <state>/applied/<sha256>  a script with this content succeeded (never runs again)
@@ -298,6 +302,14 @@ def _held_by_users_only(st: os.stat_result, none_is_fine: bool = False) -> bool:
     return os.geteuid() == 0
 
 
+def _is_last_run(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        key in value and check(value[key]) for key, check in (
+            ("started_at", _FIELDS["started_at"]), ("finished_at", _FIELDS["finished_at"]),
+            ("finished_unix", _is_seconds), ("duration_s", _is_seconds),
+            ("phase", _FIELDS["phase"]), ("result", lambda v: v in ("success", "failure"))))
+
+
 def validate_meta(obj: Any) -> Optional[str]:
     """Why `obj` is not a usable state.json, or None when it is (unknown keys are kept)."""
     if not isinstance(obj, dict):
@@ -308,7 +320,8 @@ def validate_meta(obj: Any) -> Optional[str]:
     # applied_image is null until a run of this image completes (see update_meta)
     checks = {"image": _is_image, "applied_image": lambda v: v is None or _is_image(v),
               "compat_level": lambda v: _is_int(v, 0, _COUNT_MAX),
-              "runner_version": _FIELDS["runner_version"], "updated_at": _FIELDS["started_at"]}
+              "runner_version": _FIELDS["runner_version"], "updated_at": _FIELDS["started_at"],
+              "last_run": _is_last_run}
     for key, valid in checks.items():
         if key in obj and not valid(obj[key]):
             return f"no valid {key}"
@@ -1048,17 +1061,20 @@ class State:
         old: Optional[Dict[str, Any]],
         compat_level: Optional[int] = None,
         applied: bool = False,
+        last_run: Optional[Dict[str, Any]] = None,
     ) -> Dict[str, Any]:
         """Note which image and runner used the state last (durably); with `compat_level`, the
         state's level; with `applied`, also that `image` is the image whose manifest is now
-        completely applied (applied_image). Rewritten only when that changed, so a no-op run
-        writes nothing. Unknown keys of `old` (later formats' data) are kept. Returns the
-        content now on disk."""
+        completely applied (applied_image); with `last_run`, that run's summary. Rewritten only
+        when that changed, so a no-op run writes nothing. Unknown keys of `old` (later formats'
+        data) are kept. Returns the content now on disk."""
         meta = dict(old or {})
         want: Dict[str, Any] = {"format": STATE_FORMAT, "image": image,
                                 "runner_version": __version__}
         if compat_level is not None:
             want["compat_level"] = compat_level
+        if last_run is not None:
+            want["last_run"] = last_run
         if applied:
             want["applied_image"] = image
         elif "applied_image" not in meta:

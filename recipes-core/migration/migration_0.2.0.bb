@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: MIT
 SUMMARY = "Runs one-shot migration scripts once per device, early at boot"
 SUMMARY:${PN}-wipe-request = "Requests a wipe of the writable data when the image cannot use it"
+SUMMARY:${PN}-mender-inventory = "Reports the device's migrations to the Mender server as inventory attributes"
 DESCRIPTION = "The migration runner: applies the scripts that packages ship in \
                /etc/migration.d exactly once per device (run-once by content hash, state in \
                /var/lib/migration), in order, before the regular services start; a systemd \
@@ -39,10 +40,12 @@ SRC_URI = "file://migration/__init__.py \
            file://migration/files.py \
            file://migration/idempotence.py \
            file://migration/interrupts.py \
+           file://migration/journal.py \
            file://migration/leftovers.py \
            file://migration/lint.py \
            file://migration/logs.py \
            file://migration/manifest.py \
+           file://migration/monitoring.py \
            file://migration/noop.py \
            file://migration/overlay.py \
            file://migration/runner.py \
@@ -54,8 +57,10 @@ SRC_URI = "file://migration/__init__.py \
            file://after-volatile-binds.conf \
            file://boot.md \
            file://hooks/request-wipe \
+           file://mender-inventory-migration \
            file://migration-gate@.service \
            file://migration-install.sh \
+           file://migration.catalog \
            file://migration.init \
            file://migration.service \
            file://migration.wrapper \
@@ -83,6 +88,9 @@ MIGRATION_VOLATILE_STATE ??= "warn"
 MIGRATION_VOLATILE_STATE[doc] = "What a boot run does when /var/lib/migration is on a volatile file system (tmpfs, or an overlay with its upper dir on tmpfs: a read-only-rootfs image's volatile-binds or read-only-rootfs-hook), where every migration would run again at every boot: warn (run, with a warning at every run and in migration status) or refuse (fail the unit before anything runs or is written; the boot follows MIGRATION_BOOT_POLICY). warn by default: refusing would stop the migrations, and the services gated on them, of images that work today with idempotent scripts; set refuse once the state dir has a persistent home."
 MIGRATION_VOLATILE_STATE[type] = "choice"
 MIGRATION_VOLATILE_STATE[choices] = "warn refuse"
+
+MIGRATION_PROMETHEUS_TEXTFILE ??= ""
+MIGRATION_PROMETHEUS_TEXTFILE[doc] = "Absolute path of a *.prom file in node_exporter's textfile collector directory: a boot run ends by writing the runner's Prometheus metrics there (migration run --prometheus-textfile). Empty: none."
 
 # The distro's image settings (migration_image.bbclass documents them): the runner package
 # carries them in ${datadir}/migration/image-settings.json, so every image that installs a
@@ -133,6 +141,7 @@ do_install() {
     MIGRATION_BOOT_POLICY="${MIGRATION_BOOT_POLICY}" \
     MIGRATION_BOOT_TIMEOUT="${MIGRATION_BOOT_TIMEOUT}" \
     MIGRATION_VOLATILE_STATE="${MIGRATION_VOLATILE_STATE}" \
+    MIGRATION_PROMETHEUS_TEXTFILE="${MIGRATION_PROMETHEUS_TEXTFILE}" \
     MIGRATION_COMPAT_LEVEL="${MIGRATION_COMPAT_LEVEL}" \
     MIGRATION_UPGRADE_FLOOR="${MIGRATION_UPGRADE_FLOOR}" \
     MIGRATION_DATA_MARKERS="${MIGRATION_DATA_MARKERS}" \
@@ -142,14 +151,21 @@ do_install() {
 
 # The example refusal hook (files/hooks/request-wipe) is opt-in: only an image that installs
 # migration-wipe-request gets a wipe request written when this image cannot use the data.
-PACKAGES =+ "${PN}-wipe-request"
+# So is the Mender inventory script: only a Mender image wants migration-mender-inventory.
+PACKAGES =+ "${PN}-wipe-request ${PN}-mender-inventory"
 
 FILES:${PN}-wipe-request += "${sysconfdir}/migration/incompatible.d/50-request-wipe"
-FILES:${PN} += "${nonarch_libdir}/migration ${systemd_system_unitdir}"
+FILES:${PN}-mender-inventory += "${datadir}/mender/inventory/mender-inventory-migration"
+# The catalog: journalctl -x texts of the runner's structured journal entries.
+FILES:${PN} += "${nonarch_libdir}/migration ${systemd_system_unitdir} ${nonarch_libdir}/systemd/catalog"
 
 # What lib/migration's on-target modules import (directly and through the standard library),
 # checked against OE-core's python3-manifest.json. Before Python 3.13 (scarthgap) fcntl, which
 # the state lock uses, was not in python3-core but packaged alone.
 RDEPENDS:${PN} = "python3-core python3-crypt python3-json"
 RDEPENDS:${PN}-wipe-request = "${PN}"
+RDEPENDS:${PN}-mender-inventory = "${PN}"
 RDEPENDS:${PN}:append = " ${@'python3-fcntl' if 'scarthgap' in (d.getVar('LAYERSERIES_CORENAMES') or '').split() else ''}"
+# python3-io holds socket, which only the structured journal entries use (lib/migration/journal.py):
+# without it the runner works the same and the journal gets its plain lines only.
+RRECOMMENDS:${PN} = "python3-io"

@@ -205,6 +205,9 @@ t show
 echo $? >"$out/status.rc"
 t status
 journalctl -b -o short-monotonic --no-pager >"$out/journal.txt" 2>&1
+# The runner's structured entries (migration.journal), one JSON object a line.
+journalctl -b -o json --no-pager SYSLOG_IDENTIFIER=migration _TRANSPORT=journal \
+    >"$out/journal-migration.json" 2>/dev/null
 t journal
 sync
 """
@@ -869,6 +872,11 @@ class Report:
 
     def journal_lines(self, pattern: str) -> List[str]:
         return [ln for ln in self.journal.splitlines() if re.search(pattern, ln)]
+
+    def journal_entries(self) -> List[dict]:
+        """The runner's structured journal entries (`journalctl -o json`), in order."""
+        text = self.files.get("journal-migration.json", "")
+        return [json.loads(ln) for ln in text.splitlines() if ln.startswith("{")]
 
 
 def read_report(system: System, replay: bool = False) -> Report:

@@ -329,6 +329,32 @@ def test_failing_script_under_continue_boots_degraded(chain_b: dict) -> None:
     assert unit(first, "mig-probe.service")["Result"] == "success"
 
 
+def test_structured_journal_entries_of_a_failing_boot(chain_b: dict) -> None:
+    """Issue 12: `journalctl -o json` selects the runner's outcomes by MESSAGE_ID and fields,
+    sent by the boot's runner itself (its unit), each with the words of its console line."""
+    from migration import journal
+
+    good, bad, late = (s.installed_name for s in B_SCRIPTS)
+    first = chain_b["reports"][0]
+    entries = first.journal_entries()
+
+    def of(message_id: str) -> List[dict]:
+        return [e for e in entries if e.get("MESSAGE_ID") == message_id]
+
+    assert [e["MIGRATION_NAME"] for e in of(journal.SCRIPT_APPLIED)] == [good, late]
+    (failed,) = of(journal.SCRIPT_FAILED)
+    assert failed["MIGRATION_NAME"] == bad
+    assert failed["MIGRATION_SHA256"] == first.status_by_name()[bad]["sha256"]
+    assert (failed["MIGRATION_RESULT"], failed["MIGRATION_PHASE"], failed["PRIORITY"]) == (
+        "failed", "boot", "3")  # fmt: skip
+    assert failed["_SYSTEMD_UNIT"] == "migration.service"
+    (finished,) = of(journal.RUN_FINISHED)
+    assert (finished["MIGRATION_RESULT"], finished["MIGRATION_FAILED"]) == ("failure", "1")
+    assert len(of(journal.RUN_STARTED)) == 1
+    # The unit's own line and the structured entry: the same words, twice, never differing.
+    assert len(first.journal_lines(re.escape(failed["MESSAGE"]) + "$")) == 2
+
+
 def test_gated_service_waits_for_its_migrations_and_not_for_failed_ones(chain_b: dict) -> None:
     """Scenario 6."""
     report = chain_b["reports"][0]

@@ -21,9 +21,12 @@ def load(names: Optional[List[str]] = None) -> List[ModuleType]:
 
 
 def options(args: Any, **extra: Any) -> Any:
-    """runner.Options from the parsed global arguments (and command-specific extras)."""
+    """runner.Options from the parsed global arguments (and command-specific extras); runs on
+    this system's root send structured journal entries (migration.journal)."""
+    from migration import journal
     from migration.runner import Options
 
+    extra.setdefault("journal", journal.socket_for(args.root))
     return Options(
         scripts_dir=args.scripts_dir,
         state_dir=args.state_dir,

@@ -17,6 +17,11 @@ is 3. Scripts see MIGRATION_PHASE=boot, MIGRATION_ROOT and MIGRATION_IMAGE_ROOT 
 TMPDIR: a new private dir (0700, under /run, else under STATE/tmp) removed when they end, since
 at early boot /var/tmp and the like may not exist yet.
 
+With --prometheus-textfile FILE, the run ends by writing what `status --format prometheus`
+prints to FILE (a temporary file in its directory renamed over it, mode 0644), whatever its
+outcome: refused (exit 3), failed or interrupted too; a FILE that cannot be written is a warning,
+not a change of the exit code.
+
 A state dir on a volatile file system (tmpfs, an overlay whose upper dir is on tmpfs: a
 read-only root's volatile /var/lib) forgets every record at reboot, so every migration would run
 again at every boot: --volatile-state warn (default) runs with a warning first, refuse exits 2
@@ -39,6 +44,12 @@ def setup_parser(parser: Any) -> None:
         help="run these executables when the image is refused "
         "(default ROOT/etc/migration/incompatible.d)",
     )
+    parser.add_argument(
+        "--prometheus-textfile",
+        metavar="FILE",
+        help="after the run, write `status --format prometheus` to FILE atomically (for "
+        "node_exporter's textfile collector: a *.prom file in its directory)",
+    )
 
 
 def run(args: Any) -> int:
@@ -54,4 +65,18 @@ def run(args: Any) -> int:
     if args.dry_run:
         return runner.dry_run(opts, print)
     cli.install_signal_handlers()
-    return runner.run(opts)
+    textfile = args.prometheus_textfile
+    try:
+        return runner.run(opts)
+    finally:
+        if textfile:  # a refusal (exit 3) and a failed run are what monitoring must see
+            _write_textfile(textfile, opts)
+
+
+def _write_textfile(path: str, opts: Any) -> None:
+    from migration import console, monitoring
+    from migration.files import shown
+
+    problem = monitoring.write_textfile(path, opts)
+    if problem:
+        console.say(f"migration: {shown(problem)}")

@@ -3,9 +3,17 @@
 
 States: applied, pending, failed, refused (not run: unsafe, tampered or missing; see "reason"),
 interrupted (started, never finished: runs again). A script that a runner is executing right now
-shows as pending with "running": true. With --json: one JSON array of objects with name, sha256,
-state, attempts, and for applied or failed ones finished_at (ISO 8601 UTC), duration_s,
-exit_code; plus reason, package, version, oneway, started_at, log when known.
+shows as pending with "running": true. With --json (--format json): one JSON array of objects
+with schema_version, name, sha256, state, attempts, and for applied or failed ones finished_at
+(ISO 8601 UTC), duration_s, exit_code; plus reason, package, version, oneway, started_at, log
+when known (docs/status.schema.json is the contract; schema_version changes only when a field
+is removed or changes its meaning).
+
+--format prometheus prints the counts by state, the state's and this image's compatibility
+levels, whether this image would be refused and the last run's finish time, duration and
+success in node_exporter's textfile format; --format mender-inventory prints the same as a
+Mender inventory script's key=value lines, with the names of the failed, refused and
+interrupted scripts (migration.monitoring). The exit codes are the same in every format.
 
 The text output starts with what the state records (compatibility level, the image that last ran,
 the image whose migrations were last all applied) and what this image is (version, level, upgrade
@@ -33,8 +41,20 @@ name = "status"
 helpmsg = "show every script and its state"
 
 
+#: `--format` values; `--json` is `--format json`.
+FORMATS = ("text", "json", "prometheus", "mender-inventory")
+#: Version of the `--json` objects (docs/status.schema.json): raised when a field is removed or
+#: changes its meaning or type; new fields keep it.
+SCHEMA_VERSION = 1
+
+
 def setup_parser(parser: Any) -> None:
-    parser.add_argument("--json", action="store_true", help="print one JSON array")
+    parser.add_argument("--json", action="store_true", help="print one JSON array "
+                        "(--format json)")
+    parser.add_argument("--format", choices=FORMATS, default="text",
+                        help="text (default), json (docs/status.schema.json), prometheus "
+                        "(node_exporter's textfile collector) or mender-inventory (key=value "
+                        "lines of a Mender inventory script)")
 
 
 def describe(item: Any, log: str, running: bool) -> Dict[str, Any]:
@@ -43,7 +63,8 @@ def describe(item: Any, log: str, running: bool) -> Dict[str, Any]:
 
     state = item.state
     rec = item.record or {}
-    out: Dict[str, Any] = {"name": item.name, "sha256": item.sha256, "state": state}
+    out: Dict[str, Any] = {"schema_version": SCHEMA_VERSION, "name": item.name,
+                           "sha256": item.sha256, "state": state}
     if state == runner.INTERRUPTED and running:
         out["state"] = runner.PENDING
         out["running"] = True
@@ -139,10 +160,17 @@ def run(args: Any) -> int:
 
     from migration import logs, runner, volatile
     from migration import manifest as manifest_mod
+    from migration.errors import MigrationError
     from migration.state import State
 
-    state = State(args.state_dir)
+    if args.json:
+        if args.format not in ("text", "json"):
+            raise MigrationError(f"--json and --format {args.format}: give one of them")
+        args.format = "json"
     opts = options(args)
+    if args.format in ("prometheus", "mender-inventory"):
+        return _monitoring(args, opts)
+    state = State(args.state_dir)
     manifest = manifest_mod.load(opts.manifest_path) if opts.manifest_path else None
     verdict, compat_lines = describe_compat(opts, state, manifest)
     why = volatile.check(args.state_dir)
@@ -235,7 +263,7 @@ def _report(args: Any, rows: "list[Dict[str, Any]]", warnings: "list[str]", verd
 
     for w in warnings:
         print(f"migration: {shown(w)}", file=sys.stderr)
-    if args.json:
+    if args.format == "json":
         print(json.dumps(rows, indent=1))
         for note in notes:
             print(f"migration: {shown(note)}", file=sys.stderr)
@@ -254,3 +282,19 @@ def _report(args: Any, rows: "list[Dict[str, Any]]", warnings: "list[str]", verd
         out += _wrapped(shown(f"no migration scripts in {args.scripts_dir}"), "  ")
     if out:
         print("\n".join(out))
+
+
+def _monitoring(args: Any, opts: Any) -> int:
+    """--format prometheus or mender-inventory (migration.monitoring); exit codes as in text."""
+    from migration import monitoring
+
+    report = monitoring.collect(opts)
+    if args.format == "prometheus":
+        print(monitoring.prometheus(report), end="")
+    else:
+        print(monitoring.mender_inventory(report), end="")
+    if report.refused:
+        return 3
+    if report.state_level is None:
+        return 1
+    return 0 if report.counts["applied"] == sum(report.counts.values()) else 1

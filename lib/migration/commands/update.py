@@ -50,7 +50,7 @@ def setup_parser(parser: Any) -> None:
 def run(args: Any) -> int:
     import os
 
-    from migration import cli, runner
+    from migration import cli, journal, runner
     from migration.errors import MigrationError
 
     explicit = getattr(args, "explicit_paths", [])
@@ -76,6 +76,7 @@ def run(args: Any) -> int:
         phase="update",
         image_root=newroot,
         defer_oneway=args.defer_oneway,
+        journal=journal.socket_for(args.root),
     )
     if args.dry_run:
         return runner.dry_run(opts, print)

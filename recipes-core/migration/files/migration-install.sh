@@ -23,6 +23,9 @@
 #                           limit
 #   MIGRATION_VOLATILE_STATE  warn | refuse (default warn): what a boot run does when the state
 #                           dir is on a volatile file system (--volatile-state of the runner)
+#   MIGRATION_PROMETHEUS_TEXTFILE  absolute path (letters, digits, . _ - + /): a boot run ends
+#                           by writing its Prometheus text there (--prometheus-textfile of the
+#                           runner); empty (default): none
 #   MIGRATION_COMPAT_LEVEL  the distro's image settings, written to
 #   MIGRATION_UPGRADE_FLOOR ${datadir}/migration/image-settings.json: what a manifest made at
 #   MIGRATION_DATA_MARKERS  rootfs time by the migration packages' postinsts carries (a whole
@@ -45,6 +48,10 @@
 #   ${sysconfdir}/migration/incompatible.d/      the hooks dir of refusals (empty), and in it
 #   ${sysconfdir}/migration/incompatible.d/50-request-wipe   the example wipe-request hook: the
 #                           recipe packages it alone (migration-wipe-request, opt-in)
+#   ${datadir}/mender/inventory/mender-inventory-migration   the Mender inventory script: the
+#                           recipe packages it alone (migration-mender-inventory, opt-in)
+#   ${libdir}/systemd/catalog/migration.catalog   journalctl -x texts of the runner's journal
+#                           entries (systemd only)
 # Exit status: 0 done, 2 bad arguments or settings (message on stderr).
 set -eu
 
@@ -72,6 +79,7 @@ init=${MIGRATION_INIT:-systemd}
 policy=${MIGRATION_BOOT_POLICY:-continue}
 timeout=${MIGRATION_BOOT_TIMEOUT:-900}
 volatile=${MIGRATION_VOLATILE_STATE:-warn}
+textfile=${MIGRATION_PROMETHEUS_TEXTFILE:-}
 
 [ "$sysconfdir" = /etc ] || die "sysconfdir=$sysconfdir: the runner reads /etc/migration.d"
 [ "$localstatedir" = /var ] || die "localstatedir=$localstatedir: the runner keeps /var/lib/migration"
@@ -128,6 +136,12 @@ fi
 case "$volatile" in
 warn | refuse) run_args="$run_args --volatile-state $volatile" ;;
 *) die "MIGRATION_VOLATILE_STATE=$volatile: expected warn or refuse" ;;
+esac
+# One word in the unit's Environment= and the init script's run_args, and in sed's replacement.
+case "$textfile" in
+'') ;;
+*[!A-Za-z0-9._+/-]* | [!/]*) die "MIGRATION_PROMETHEUS_TEXTFILE=$textfile: expected an absolute path of letters, digits, . _ - + /" ;;
+*) run_args="$run_args --prometheus-textfile $textfile" ;;
 esac
 
 want_systemd=false
@@ -187,6 +201,7 @@ for hook in "$files"/update-hooks/*; do
 	install -m 0755 "$hook" "$D$datadir/migration/update-hooks/"
 done
 install -m 0755 "$files/hooks/request-wipe" "$D$sysconfdir/migration/incompatible.d/50-request-wipe"
+subst "$files/mender-inventory-migration" "$D$datadir/mender/inventory/mender-inventory-migration" 0755
 
 if $want_systemd; then
 	unitdir="$D$systemd_system_unitdir"
@@ -223,6 +238,7 @@ if $want_systemd; then
 		echo "Environment=\"MIGRATION_RUN_ARGS=$run_args\""
 	} >"$dropin"
 	chmod 0644 "$dropin"
+	install -D -m 0644 "$files/migration.catalog" "$D$libdir/systemd/catalog/migration.catalog"
 	# A persistent home for the state dir goes on top of volatile-binds' /var/lib, not under it.
 	install -D -m 0644 "$files/after-volatile-binds.conf" \
 		"$unitdir/var-lib-migration.mount.d/50-after-volatile-binds.conf"
