@@ -491,6 +491,8 @@ def _run_locked(
             _leave_noop_key(state, manifest, image)
         return 0
     state.prepare()
+    if opts.phase != "update":
+        _prune(opts, state, _shas(scripts, manifest), say)
     snap = state.snapshot(_shas(scripts, manifest), repair=True)
     for d in snap.damaged:
         say(f"damaged state record moved aside to {d.path}: {d.reason}")
@@ -569,6 +571,18 @@ def _run_locked(
             + (f", {counts[DEFERRED]} deferred to the first boot" if counts[DEFERRED] else "")
         )
     return 0 if all(s in (APPLIED, DEFERRED) for s in final) else 1
+
+
+def _prune(opts: Options, state: State, shipped: List[str],
+           say: Callable[[str], None]) -> None:
+    """Drop the failed records and interrupted notes of content no script has any more
+    (State.prune). Not at update time: the scripts dir is then the new image's while the old
+    image runs, and the updater may still fall back to it, whose failures must stay."""
+    for p in state.prune(set(shipped)):
+        what = "failed record" if p.kind == FAILED else "interrupted note"
+        name = f" of {p.name}" if p.name else ""
+        say(f"pruned the {what}{name} (sha256 {p.sha256}): no script in {opts.scripts_dir} "
+            "has that content any more")
 
 
 def _run_one(opts: Options, state: State, item: Item, image: Dict[str, str], execute: Any,
