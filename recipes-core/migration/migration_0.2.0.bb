@@ -57,6 +57,7 @@ SRC_URI = "file://migration/__init__.py \
            file://migration.init \
            file://migration.service \
            file://migration.wrapper \
+           file://update-hook.conf \
            file://update-hooks/ArtifactInstall_Leave_50_migration \
            file://update-hooks/rauc-hook.sh \
            file://update-hooks/swupdate-postinst.sh \
@@ -144,6 +145,9 @@ PACKAGES =+ "${PN}-wipe-request"
 
 FILES:${PN}-wipe-request += "${sysconfdir}/migration/incompatible.d/50-request-wipe"
 FILES:${PN} += "${nonarch_libdir}/migration ${systemd_system_unitdir}"
+# The update hooks' settings on the device (read by the hooks of the image that replaces this
+# one): the device's own, so an upgrade of the package keeps local changes.
+CONFFILES:${PN} += "${sysconfdir}/migration/update-hook.conf"
 
 # What lib/migration's on-target modules import (directly and through the standard library),
 # checked against OE-core's python3-manifest.json. Before Python 3.13 (scarthgap) fcntl, which
