@@ -502,3 +502,41 @@ def test_a_python3_without_json_is_70_and_named(root, tmp_path):
 def test_help_documents_exit_70(root):
     text = " ".join(root("--help").stdout.split())
     assert "70 internal error" in text
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="symlinks are refused by root only")
+@pytest.mark.parametrize("with_manifest", [False, True])
+def test_a_symlink_to_applied_content_is_refused_by_run_and_status_alike(root, with_manifest):
+    """Identity is content, so a symlink to bytes that ran once read as `applied` in status,
+    while the same symlink to new bytes was refused: the entry is the problem, whatever its
+    content. With a manifest and a done stamp (the full path's cheap test) too."""
+    text = "echo ran\n"
+    if with_manifest:
+        _manifest_image(root, {"10-foo-a": ("foo", text)})
+        assert root("manifest").returncode == 0
+    else:
+        root.add("10-foo-a", text)
+    assert root("run").returncode == 0
+    if with_manifest:
+        assert os.listdir(root.state / "done")
+    elsewhere = root.path / "elsewhere"
+    elsewhere.write_text(text)
+    (root.scripts / "10-foo-a").unlink()
+    (root.scripts / "10-foo-a").symlink_to(elsewhere)
+    proc = root("run")
+    assert proc.returncode == 1, proc.stderr
+    assert "10-foo-a: refused: is a symlink" in proc.stderr
+    assert "ran" not in proc.stderr.replace("refused", "")  # not run again
+    row = root.status()["10-foo-a"]
+    assert (row["state"], row["reason"]) == ("refused", "is a symlink")
+    proc = root("status")
+    assert proc.returncode == 1
+    assert re.search(r"^refused +10-foo-a +is a symlink", proc.stdout, re.M), proc.stdout
+    proc = root("run", "--dry-run")
+    assert "would refuse 10-foo-a: is a symlink" in proc.stdout, proc.stdout
+    # The file back in place: applied again, nothing runs.
+    (root.scripts / "10-foo-a").unlink()
+    root.add("10-foo-a", text)
+    proc = root("run")
+    assert proc.returncode == 0 and "ran" not in proc.stderr, proc.stderr
+    assert root.status()["10-foo-a"]["state"] == "applied"

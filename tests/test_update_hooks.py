@@ -35,6 +35,7 @@ PKG = REPO / "lib" / "migration"
 HOOK_DIR = "usr/share/migration/update-hooks"
 HOOKS = ("rauc-hook.sh", "swupdate-postinst.sh", "ArtifactInstall_Leave_50_migration")
 RUNS = "var/lib/app/runs"
+CONF = "etc/migration/update-hook.conf"
 
 @dataclass
 class Mig:
@@ -144,6 +145,11 @@ class Device:
     def state(self) -> Path:
         return self.root / "var/lib/migration"
 
+    @property
+    def conf(self) -> Path:
+        """The running image's settings file of the update hooks."""
+        return self.root / CONF
+
     def move_to(self, image: Path) -> None:
         """The reboot into another image: the same /var under the new root."""
         if image != self.root:
@@ -181,15 +187,18 @@ def migration(image: Path, *args: str) -> "subprocess.CompletedProcess[str]":
 
 def run_hook(
     hook: str, device: Device, new: Path, extra_env: Optional[Dict[str, str]] = None,
-    args: Optional[List[str]] = None,
+    args: Optional[List[str]] = None, drop_env: Sequence[str] = (),
 ) -> "subprocess.CompletedProcess[str]":
     """Run the NEW image's copy of `hook` as its framework would, against `new` (its root,
-    mounted), with the running device's data root and state dir."""
+    mounted), with the running device's data root and state dir, and its settings file (the
+    running image's /etc/migration/update-hook.conf; `drop_env`: settings not in the
+    environment)."""
     path = new / HOOK_DIR / hook
     env = {
         "PATH": os.environ["PATH"],
         "MIGRATION_DATA_ROOT": str(device.root),
         "MIGRATION_STATE_DIR": str(device.state),
+        "MIGRATION_HOOK_CONF": str(device.conf),
     }
     if hook == "rauc-hook.sh":
         # RAUC's slot hook interface (docs/reference.rst, src/update_handler.c).
@@ -210,6 +219,8 @@ def run_hook(
         argv = args if args is not None else []
         env["MIGRATION_NEW_ROOT"] = str(new)
     env.update(extra_env or {})
+    for name in drop_env:
+        del env[name]
     return subprocess.run([str(path), *argv], env=env, capture_output=True, text=True,
                           check=False, cwd=str(new.parent))  # fmt: skip
 
@@ -247,6 +258,13 @@ def test_hooks_are_installed_executable(tmp_path: Path) -> None:
         assert path.read_bytes() == (SOURCES / hook).read_bytes()
     wipe = tmp_path / "etc/migration/incompatible.d/50-request-wipe"
     assert wipe.stat().st_mode & 0o777 == 0o755
+    # The hooks' settings file: every setting documented, none set (the defaults apply).
+    conf = tmp_path / CONF
+    assert conf.stat().st_mode & 0o777 == 0o644
+    text = conf.read_text()
+    assert all(not line or line.startswith("#") for line in text.splitlines())
+    for key in HOOK_SETTINGS:
+        assert f"#{key}=" in text, key
 
 
 def test_shellcheck_clean() -> None:
@@ -724,7 +742,7 @@ def test_a_refused_boot_runs_the_wipe_request_hook(tmp_path: Path) -> None:
 
 
 BUSYBOX_APPLETS = (
-    "cat", "cut", "dirname", "echo", "head", "mkdir", "mktemp", "mount", "mv", "rm", "rmdir",
+    "cat", "cut", "dirname", "echo", "head", "id", "mkdir", "mktemp", "mount", "mv", "rm", "rmdir",
     "sed", "stat", "sync", "umount",
 )  # fmt: skip
 
@@ -742,10 +760,11 @@ def test_hooks_need_only_busybox_and_python(v1_device: Device, tmp_path: Path) -
     (bindir / "python3").symlink_to(sys.executable)
     device = v1_device
     v2 = make_image(tmp_path / "v2", "2.0", V2)
+    device.conf.write_text("# busybox\nMIGRATION_UPDATE_ARGS='--lock-wait 5'\n")
     env = {
         "PATH": str(bindir), "MIGRATION_DATA_ROOT": str(device.root),
         "MIGRATION_STATE_DIR": str(device.state), "RAUC_SLOT_CLASS": "rootfs",
-        "RAUC_SLOT_MOUNT_POINT": str(v2),
+        "RAUC_SLOT_MOUNT_POINT": str(v2), "MIGRATION_HOOK_CONF": str(device.conf),
     }  # fmt: skip
     res = subprocess.run([busybox, "sh", str(v2 / HOOK_DIR / "rauc-hook.sh"), "slot-post-install"],
                          env=env, capture_output=True, text=True, check=False)  # fmt: skip
@@ -782,3 +801,116 @@ def test_deferred_one_way_migrations_keep_the_old_image_as_a_fallback(
     res = device.boot(v2)
     assert res.returncode == 0, res.stderr
     assert device.runs()[1:] == ["50-app-move.sh update 1", "80-app-to-user.sh boot 1"]
+
+
+# ------------------------------------------------------------------------------------------
+# The hooks' settings file (/etc/migration/update-hook.conf of the running system)
+
+HOOK_SETTINGS = (
+    "MIGRATION_PYTHON", "MIGRATION_COMMAND", "MIGRATION_DATA_ROOT", "MIGRATION_STATE_DIR",
+    "MIGRATION_UPDATE_ARGS", "MIGRATION_NEW_ROOT", "MIGRATION_RAUC_SLOT_CLASS",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_settings_come_from_the_running_systems_file_and_the_environment_wins(
+    hook: str, v1_device: Device, tmp_path: Path
+) -> None:
+    """RAUC, SWUpdate and Mender pass no environment of ours to a hook: the running system's
+    file carries the settings (here every one the test needs, none in the environment)."""
+    device = v1_device
+    oneway = Mig("app", "to-user.sh", recorder("to-user"), "80", oneway=1)
+    v2 = make_image(tmp_path / "v2", "2.0", [*V2, oneway])
+    device.conf.write_text(
+        "# the device's settings\n\n"
+        f"MIGRATION_DATA_ROOT={device.root}\n"
+        f'MIGRATION_STATE_DIR="{device.state}"\n'
+        "MIGRATION_UPDATE_ARGS=--defer-oneway --lock-wait 5\n"
+        "MIGRATION_RAUC_SLOT_CLASS=rootfs"  # no newline at the end: still read
+    )
+    # An interpreter (from the environment) that runs the runner only on the device's data
+    # and state dir: a hook that ignored the file must not update this machine's own /.
+    guard = tmp_path / "python-guard"
+    argv = tmp_path / "argv"
+    guard.write_text(
+        f'#!/bin/sh\necho "$*" >{argv}\n'
+        f'case " $* " in *" --root {device.root} --state-dir {device.state} update "*) ;;\n'
+        '*) echo "guard: not the device\'s data root and state dir" >&2; exit 99 ;;\nesac\n'
+        f'exec {sys.executable} "$@"\n'
+    )
+    guard.chmod(0o755)
+    env = {"MIGRATION_PYTHON": str(guard)}
+    drop = ("MIGRATION_DATA_ROOT", "MIGRATION_STATE_DIR")
+    res = run_hook(hook, device, v2, env, drop_env=drop)
+    assert res.returncode == 0, res.stderr
+    assert argv.read_text().endswith(f" update {v2} --defer-oneway --lock-wait 5\n")
+    assert (f"settings from {device.conf}: MIGRATION_DATA_ROOT MIGRATION_STATE_DIR "
+            "MIGRATION_UPDATE_ARGS MIGRATION_RAUC_SLOT_CLASS\n") in res.stderr  # fmt: skip
+    assert "80-app-to-user.sh: deferred to the first boot" in res.stderr
+    assert device.runs()[1:] == ["50-app-move.sh update 1"]
+    # The environment overrides the file, also with an empty value (the default).
+    res = run_hook(hook, device, v2, {**env, "MIGRATION_UPDATE_ARGS": ""}, drop_env=drop)
+    assert res.returncode == 0, res.stderr
+    assert "that the environment overrides: MIGRATION_UPDATE_ARGS\n" in res.stderr
+    assert device.runs()[1:] == ["50-app-move.sh update 1", "80-app-to-user.sh update 1"]
+
+
+HOSTILE = {
+    "command substitution": ("MIGRATION_UPDATE_ARGS=$(touch {pwned})\n", "line 1: the value"),
+    "backquotes": ("MIGRATION_PYTHON=`touch {pwned}`\n", "line 1: the value"),
+    "unknown key": ("# ok\nMIGRATION_TIMEOUT=5\n", "line 2: unknown setting MIGRATION_TIMEOUT"),
+    "shell syntax": ("export MIGRATION_UPDATE_ARGS=--defer-oneway\n", "line 1: not KEY=VALUE"),
+    "a command": ("touch {pwned}\n", "line 1: not KEY=VALUE"),
+    "set twice": ("MIGRATION_UPDATE_ARGS=\nMIGRATION_UPDATE_ARGS=--x\n", "line 2: "
+                  "MIGRATION_UPDATE_ARGS is set twice"),
+    "NUL byte": ("MIGRATION_UPDATE_ARGS=--defer\0-oneway\n", "holds control or non-ASCII bytes"),
+    "escape sequence": ("MIGRATION_UPDATE_ARGS=\x1b[2J--defer-oneway\n",
+                        "line 1: control or non-ASCII bytes"),
+    "non-ASCII byte": ("MIGRATION_COMMAND=/usr/sbin/migr\xe9tion\n",
+                       "line 1: control or non-ASCII bytes"),
+    "CR line end": ("MIGRATION_UPDATE_ARGS=--defer-oneway\r\n", "line 1: control or non-ASCII"),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_a_hostile_settings_file_is_refused_before_anything_runs(
+    case: str, v1_device: Device, tmp_path: Path
+) -> None:
+    """The file is parsed, never sourced: no command in it runs, and a line the parser does
+    not take aborts the update (exit 1) rather than updating with a setting ignored."""
+    device = v1_device
+    v2 = make_image(tmp_path / "v2", "2.0", V2)
+    pwned = tmp_path / "pwned"
+    text, words = HOSTILE[case]
+    device.conf.write_bytes(text.format(pwned=pwned).encode("latin-1"))
+    before = device.snapshot()
+    res = run_hook("rauc-hook.sh", device, v2)
+    assert res.returncode == 1, res.stderr
+    assert f"{device.conf}: {words}" in res.stderr or words in res.stderr, res.stderr
+    assert "not updating with a setting ignored" in res.stderr
+    assert "running:" not in res.stderr  # the runner never started
+    assert not pwned.exists()
+    assert device.snapshot() == before
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hook_refuses_a_settings_file_others_can_write(
+    hook: str, v1_device: Device, tmp_path: Path
+) -> None:
+    """MIGRATION_PYTHON is a command the hook runs as root: a file (or its directory) a local
+    user could write is refused, as the runner refuses such scripts; so is a file named by
+    MIGRATION_HOOK_CONF that does not exist (a setting silently ignored)."""
+    device = v1_device
+    v2 = make_image(tmp_path / "v2", "2.0", V2)
+    before = device.snapshot()
+    device.conf.chmod(0o666)
+    res = run_hook(hook, device, v2)
+    assert res.returncode == 1 and "is writable by group or others" in res.stderr, res.stderr
+    device.conf.chmod(0o644)
+    device.conf.parent.chmod(0o777)
+    res = run_hook(hook, device, v2)
+    assert res.returncode == 1 and "is writable by group or others" in res.stderr, res.stderr
+    device.conf.parent.chmod(0o755)
+    res = run_hook(hook, device, v2, {"MIGRATION_HOOK_CONF": str(tmp_path / "nothing.conf")})
+    assert res.returncode == 1 and "does not exist" in res.stderr, res.stderr
+    assert device.snapshot() == before

@@ -7,8 +7,9 @@ cover the decisions exhaustively; `run()` and `inspect()` do the I/O around them
 
 States (also the `state` of `migration status --json`):
 - applied: a record for the script's sha256 exists; it never runs again, whatever its name now.
-- refused: not run and reported. As root: the script is a symlink, not owned by root, writable by
-  group or others, or the scripts dir is writable by group/others or not owned by root. With a
+- refused: not run and reported. As root: the script is a symlink (even to applied content: the
+  entry is refused, not the content), not owned by root, writable by group or others, or the
+  scripts dir is writable by group/others or not owned by root. With a
   manifest: the content differs from it (tampered), the manifest does not list the script, or the
   manifest lists a script that is missing from the scripts dir.
 - interrupted: it started (durable note) but no outcome was recorded: power cut or kill. Runs again.
@@ -195,7 +196,10 @@ def plan(
                       or changed_refusal(s, entry, upper(s.name)))
             items.append(Item(s.name, s.sha256, REFUSED, reason, s, None, *pkg))
             continue
-        if s.sha256 in snap.applied:
+        # A symlink is refused whatever it points to: identity is content, but the entry, not
+        # the content, is what is refused (a link may lead to other bytes tomorrow), so status,
+        # run and dry-run say the same of it whether its content ran once or never.
+        if s.sha256 in snap.applied and not (euid == 0 and s.symlink):
             items.append(Item(s.name, s.sha256, APPLIED, "", s, snap.applied[s.sha256], *pkg))
             continue
         reason = dir_reason or script_refusal(s, euid) or manifest_refusal(s, manifest)
@@ -283,8 +287,11 @@ def _item_fields(item: Item) -> Dict[str, Any]:
 def _nothing_to_do(
     state: State, scripts: List[Script], manifest: Optional[manifest_mod.Manifest]
 ) -> bool:
-    """The cheap path: the stamp of this manifest exists and the dir holds exactly its scripts."""
+    """The cheap path: the stamp of this manifest exists and the dir holds exactly its scripts,
+    none of them a symlink (which root refuses: plan() decides)."""
     if manifest is None or not state.has_done(manifest.digest):
+        return False
+    if any(s.symlink for s in scripts):
         return False
     if len(scripts) != len(manifest.entries):
         return False
@@ -514,6 +521,8 @@ def _run_locked(
         return 0
     run_started = time.time()
     state.prepare()
+    if opts.phase != "update":
+        _prune(opts, state, _shas(scripts, manifest), say)
     snap = state.snapshot(_shas(scripts, manifest), repair=True)
     for d in snap.damaged:
         say(f"damaged state record moved aside to {d.path}: {d.reason}")
@@ -608,6 +617,18 @@ def _run_locked(
                result="failure" if code else "success", ran=ran,
                **{key: counts[key] for key in counts})
     return code
+
+
+def _prune(opts: Options, state: State, shipped: List[str],
+           say: Callable[[str], None]) -> None:
+    """Drop the failed records and interrupted notes of content no script has any more
+    (State.prune). Not at update time: the scripts dir is then the new image's while the old
+    image runs, and the updater may still fall back to it, whose failures must stay."""
+    for p in state.prune(set(shipped)):
+        what = "failed record" if p.kind == FAILED else "interrupted note"
+        name = f" of {p.name}" if p.name else ""
+        say(f"pruned the {what}{name} (sha256 {p.sha256}): no script in {opts.scripts_dir} "
+            "has that content any more")
 
 
 def _run_one(opts: Options, state: State, item: Item, image: Dict[str, str], execute: Any,

@@ -20,7 +20,9 @@ Layout (the project's most durable contract; every JSON file carries a "format" 
     <state>/lock              flock(2) target; one runner at a time (0600: flock needs only a
                               read fd, so a file others can read is a lock others can hold)
     <state>/applied/<sha256>  a script with this content succeeded (never runs again)
-    <state>/failed/<sha256>   its last attempt failed; "attempts" counts every start so far
+    <state>/failed/<sha256>   its last attempt failed; "attempts" counts every start so far;
+                              pruned, with started notes and logs, by a run that finds no script
+                              with that content any more (prune(); applied records stay forever)
     <state>/started/<sha256>  written durably before a script starts (one directory fsync; its
                               content may be lost to a power cut, its existence not), removed
                               after the outcome is durable (at the end of the run); found
@@ -98,7 +100,7 @@ import os
 import re
 import stat
 import time
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Collection, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 from migration import __version__, compat, files
 from migration.errors import MigrationError
@@ -340,6 +342,14 @@ def _superseded(note: Optional[Dict[str, Any]], failed: Optional[Dict[str, Any]]
 class Damaged(NamedTuple):
     path: str
     reason: str
+
+
+class Pruned(NamedTuple):
+    """A record State.prune() removed."""
+
+    kind: str  # "failed" or "started" (an interrupted script)
+    sha256: str
+    name: str  # the script's name in the record ("" for a note a power cut emptied)
 
 
 class Snapshot(NamedTuple):
@@ -1005,6 +1015,52 @@ class State:
 
     def drop_stale_started(self, sha: str) -> None:
         self._remove("started", sha)
+
+    def prune(self, shipped: Collection[str]) -> List[Pruned]:
+        """Remove the failed records and started notes (interrupted scripts) of content that no
+        script has any more: `shipped` holds the sha256 of every script (and manifest entry) the
+        run sees. Applied records stay forever (they are the proof), and so does a record
+        carrying a one-way level (without state.json, the records are the only memory of the
+        level: compat.state_facts) and a damaged one (not a record a runner wrote; snapshot()
+        moves it aside when its content is shipped again). Their logs go too, before them.
+
+        Only under the lock this State holds (RuntimeError otherwise). Nothing is followed: only
+        regular files of the trusted subdirs are removed (unlink never follows a symlink), a
+        record is read with O_NOFOLLOW. Crash-safe: each removal is of a whole file, the logs
+        are removed durably before their records, and the records' directories are fsynced at
+        the end; a power cut in between leaves records that are whole, read as before, and are
+        pruned by the next run."""
+        if self._lock_fd is None:
+            raise RuntimeError("State.prune() needs the runner lock held by this State")
+        found: List[Pruned] = []
+        for kind in ("failed", "started"):
+            if not self._subdir(kind):
+                continue
+            try:
+                names = sorted(os.listdir(os.path.join(self.path, kind)))
+            except OSError as e:
+                raise self._error(f"list {kind}/", e) from None
+            for sha in names:
+                if not is_sha256(sha) or sha in shipped or not self._is_file(kind, sha):
+                    continue
+                record, reason = self.read_record(kind, sha)
+                if record is None and (reason is None or kind != "started"):
+                    continue  # gone meanwhile, or damaged: not this path's to judge
+                if record is not None and "oneway" in record:
+                    continue
+                name = str(record.get("name", "")) if record is not None else ""
+                found.append(Pruned(kind, sha, name))
+        if not found:
+            return []
+        try:
+            logs = [f"{p.sha256}.log" for p in found if self._is_file("logs", f"{p.sha256}.log")]
+            _unlink_durably(os.path.join(self.path, "logs"), logs)
+            for kind in ("failed", "started"):
+                _unlink_durably(os.path.join(self.path, kind),
+                                [p.sha256 for p in found if p.kind == kind])
+        except OSError as e:
+            raise self._error("prune the records of scripts no longer shipped", e) from None
+        return found
 
     def forget(self, sha: str) -> List[str]:
         """Make `sha` pending again: remove its records (logs stay). Returns the kinds removed."""

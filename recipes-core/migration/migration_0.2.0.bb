@@ -64,6 +64,7 @@ SRC_URI = "file://migration/__init__.py \
            file://migration.init \
            file://migration.service \
            file://migration.wrapper \
+           file://update-hook.conf \
            file://update-hooks/ArtifactInstall_Leave_50_migration \
            file://update-hooks/rauc-hook.sh \
            file://update-hooks/swupdate-postinst.sh \
@@ -158,6 +159,9 @@ FILES:${PN}-wipe-request += "${sysconfdir}/migration/incompatible.d/50-request-w
 FILES:${PN}-mender-inventory += "${datadir}/mender/inventory/mender-inventory-migration"
 # The catalog: journalctl -x texts of the runner's structured journal entries.
 FILES:${PN} += "${nonarch_libdir}/migration ${systemd_system_unitdir} ${nonarch_libdir}/systemd/catalog"
+# The update hooks' settings on the device (read by the hooks of the image that replaces this
+# one): the device's own, so an upgrade of the package keeps local changes.
+CONFFILES:${PN} += "${sysconfdir}/migration/update-hook.conf"
 
 # What lib/migration's on-target modules import (directly and through the standard library),
 # checked against OE-core's python3-manifest.json. Before Python 3.13 (scarthgap) fcntl, which

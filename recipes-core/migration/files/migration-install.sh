@@ -45,6 +45,8 @@
 #   ${datadir}/migration/update-hooks/   update-time hooks for RAUC (rauc-hook.sh), SWUpdate
 #                           (swupdate-postinst.sh) and Mender (ArtifactInstall_Leave_50_migration),
 #                           for bundle/artifact recipes to copy; never run on this image itself
+#   ${sysconfdir}/migration/update-hook.conf   the update hooks' settings on this system (all
+#                           commented out), read when this system is being updated
 #   ${sysconfdir}/migration/incompatible.d/      the hooks dir of refusals (empty), and in it
 #   ${sysconfdir}/migration/incompatible.d/50-request-wipe   the example wipe-request hook: the
 #                           recipe packages it alone (migration-wipe-request, opt-in)
@@ -66,6 +68,7 @@ files=$2
 [ -f "$src/__init__.py" ] || die "$src is not the migration Python package (no __init__.py)"
 [ -f "$files/migration.service" ] || die "$files does not hold migration.service"
 [ -f "$files/hooks/request-wipe" ] || die "$files does not hold hooks/request-wipe"
+[ -f "$files/update-hook.conf" ] || die "$files does not hold update-hook.conf"
 [ -n "${D:-}" ] || die "D (the destination root) is not set"
 
 sbindir=${sbindir:-/usr/sbin}
@@ -195,11 +198,14 @@ printf '{"compat_level": %s, "upgrade_floor": "%s", "data_markers": [%s]}\n' \
 chmod 0644 "$D$datadir/migration/image-settings.json"
 install -D -m 0644 "$files/boot.md" "$D$datadir/doc/migration/boot.md"
 
-# Update-time hooks (copied into update bundles) and the refusal hooks dir with the example.
+# Update-time hooks (copied into update bundles), their settings on this system (a conffile:
+# the hooks of the image that replaces this one read it here), and the refusal hooks dir
+# with the example.
 install -d -m 0755 "$D$datadir/migration/update-hooks" "$D$sysconfdir/migration/incompatible.d"
 for hook in "$files"/update-hooks/*; do
 	install -m 0755 "$hook" "$D$datadir/migration/update-hooks/"
 done
+install -m 0644 "$files/update-hook.conf" "$D$sysconfdir/migration/update-hook.conf"
 install -m 0755 "$files/hooks/request-wipe" "$D$sysconfdir/migration/incompatible.d/50-request-wipe"
 subst "$files/mender-inventory-migration" "$D$datadir/mender/inventory/mender-inventory-migration" 0755
 

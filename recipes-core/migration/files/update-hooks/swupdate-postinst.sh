@@ -20,7 +20,10 @@ set -u
 hook_name=swupdate
 
 # --- common part: identical in the three update hooks (tests/test_update_hooks.py checks) ---
-# Settings (environment; all optional):
+# Settings (all optional), from the RUNNING system's /etc/migration/update-hook.conf (the old
+# image's: the hook runs there, and RAUC, SWUpdate and Mender pass a hook no environment of
+# ours; MIGRATION_HOOK_CONF in the environment names another file) and from the environment,
+# which wins over the file (also when set to the empty string, which means the default):
 #   MIGRATION_PYTHON       interpreter of the RUNNING system that runs the new image's runner
 #                          (default python3; the runner needs Python >= 3.8)
 #   MIGRATION_COMMAND      the migration command inside the new root (default /usr/sbin/migration)
@@ -28,6 +31,15 @@ hook_name=swupdate
 #   MIGRATION_STATE_DIR    the device's state dir (default DATA_ROOT/var/lib/migration; --state-dir)
 #   MIGRATION_UPDATE_ARGS  more options of `migration update`, split at blanks (e.g.
 #                          "--timeout 300 --defer-oneway")
+#   MIGRATION_NEW_ROOT     SWUpdate, Mender: the new root when the updater does not name it
+#   MIGRATION_RAUC_SLOT_CLASS  RAUC: the class of the root file system's slots (default rootfs)
+# The file is parsed, never run as shell: KEY=VALUE lines (no blanks around =; the value may be
+# in "" or ''), comment lines (#) and blank lines, printable ASCII only; only the keys above,
+# each once; values of letters, digits, blanks and / . _ - + , : = @ %. A file that is not
+# root's regular file, or that group or others can write, or whose directory they can (the
+# interpreter is a command run as root), anything else in it, or a MIGRATION_HOOK_CONF that
+# does not exist makes the hook exit 1 before anything runs: an update does not go on with a
+# setting ignored.
 # What the runner's exit status means for the update:
 #   0       everything applied: the new image's first boot starts no migration process;
 #   1, 75   a migration failed or is pending (1), or another runner held the lock (75; the
@@ -149,6 +161,161 @@ run_update() {
 		;;
 	esac
 }
+
+# The settings file (see above): read_settings sets what the environment does not; refusal()
+# says why the update stops.
+settings_max=65536
+value_chars='ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 /._+,:=@%-'
+refusal() {
+	say "ERROR: $conf: $*; not updating with a setting ignored: aborting the update"
+}
+untrusted() {
+	owner_mode=$(stat -L -c '%u %a' "$1") || {
+		refusal "cannot stat $1"
+		return 0
+	}
+	if [ "$(id -u)" = 0 ] && [ "${owner_mode% *}" != 0 ]; then
+		refusal "$1 is owned by uid ${owner_mode% *}, not root"
+	elif [ "$(id -u)" = 0 ] && [ $((0${owner_mode#* } & 022)) -ne 0 ]; then
+		refusal "$1 is writable by group or others (mode ${owner_mode#* })"
+	else
+		return 1
+	fi
+}
+read_settings() {
+	conf=${MIGRATION_HOOK_CONF:-/etc/migration/update-hook.conf}
+	if [ ! -e "$conf" ] && [ ! -L "$conf" ] && [ -z "${MIGRATION_HOOK_CONF:-}" ]; then
+		return 0 # no file: the defaults and the environment
+	elif [ ! -e "$conf" ]; then
+		refusal "does not exist (MIGRATION_HOOK_CONF, or a dangling symlink)"
+		return 1
+	elif [ ! -f "$conf" ]; then
+		refusal "not a regular file"
+		return 1
+	elif untrusted "$conf" || untrusted "$(dirname "$conf")"; then
+		return 1
+	fi
+	size=$(stat -L -c %s "$conf") || size=$((settings_max + 1))
+	if [ "$size" -gt "$settings_max" ]; then
+		refusal "larger than $settings_max bytes"
+		return 1
+	fi
+	seen=
+	used=
+	overridden=
+	lineno=0
+	bytes=0
+	while :; do
+		if IFS= read -r line; then
+			bytes=$((bytes + ${#line} + 1))
+		elif [ -n "$line" ]; then
+			bytes=$((bytes + ${#line})) # a last line without its newline
+		else
+			break
+		fi
+		lineno=$((lineno + 1))
+		setting "$line" || return 1
+	done <"$conf"
+	# The shell drops NUL bytes and counts a multibyte character once: either makes the
+	# count differ from the file's size.
+	if [ "$bytes" -ne "$size" ]; then
+		refusal "holds control or non-ASCII bytes (NUL, multibyte characters)"
+		return 1
+	fi
+	if [ -n "$used" ]; then
+		say "settings from $conf:$used"
+	fi
+	if [ -n "$overridden" ]; then
+		say "settings of $conf that the environment overrides:$overridden"
+	fi
+}
+# One line of the settings file ($1, line $lineno).
+setting() {
+	case $1 in
+	*[![:print:][:blank:]]*)
+		refusal "line $lineno: control or non-ASCII bytes"
+		return 1
+		;;
+	esac
+	case ${1#"${1%%[![:blank:]]*}"} in
+	'' | '#'*) return 0 ;;
+	esac
+	key=${1%%=*}
+	value=${1#*=}
+	case $key in
+	'' | *[!ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_]*)
+		refusal "line $lineno: not KEY=VALUE (a settings file, not shell)"
+		return 1
+		;;
+	esac
+	if [ "$key" = "$1" ]; then
+		refusal "line $lineno: not KEY=VALUE (a settings file, not shell)"
+		return 1
+	fi
+	case $value in
+	\"*\" | \'*\')
+		value=${value#?}
+		value=${value%?}
+		;;
+	esac
+	# shellcheck disable=SC2254 # value_chars is the set of characters, on purpose
+	case $value in
+	*[!$value_chars]*)
+		refusal "line $lineno: the value of $key holds characters other than letters, digits," \
+			"blanks and / . _ - + , : = @ %"
+		return 1
+		;;
+	esac
+	case " $seen " in
+	*" $key "*)
+		refusal "line $lineno: $key is set twice"
+		return 1
+		;;
+	esac
+	case $key in
+	MIGRATION_PYTHON)
+		from_env=${MIGRATION_PYTHON+set}
+		MIGRATION_PYTHON=${MIGRATION_PYTHON-$value}
+		;;
+	MIGRATION_COMMAND)
+		from_env=${MIGRATION_COMMAND+set}
+		MIGRATION_COMMAND=${MIGRATION_COMMAND-$value}
+		;;
+	MIGRATION_DATA_ROOT)
+		from_env=${MIGRATION_DATA_ROOT+set}
+		MIGRATION_DATA_ROOT=${MIGRATION_DATA_ROOT-$value}
+		;;
+	MIGRATION_STATE_DIR)
+		from_env=${MIGRATION_STATE_DIR+set}
+		MIGRATION_STATE_DIR=${MIGRATION_STATE_DIR-$value}
+		;;
+	MIGRATION_UPDATE_ARGS)
+		from_env=${MIGRATION_UPDATE_ARGS+set}
+		MIGRATION_UPDATE_ARGS=${MIGRATION_UPDATE_ARGS-$value}
+		;;
+	MIGRATION_NEW_ROOT)
+		from_env=${MIGRATION_NEW_ROOT+set}
+		MIGRATION_NEW_ROOT=${MIGRATION_NEW_ROOT-$value}
+		;;
+	MIGRATION_RAUC_SLOT_CLASS)
+		from_env=${MIGRATION_RAUC_SLOT_CLASS+set}
+		MIGRATION_RAUC_SLOT_CLASS=${MIGRATION_RAUC_SLOT_CLASS-$value}
+		;;
+	*)
+		refusal "line $lineno: unknown setting $key (known: MIGRATION_PYTHON, MIGRATION_COMMAND," \
+			"MIGRATION_DATA_ROOT, MIGRATION_STATE_DIR, MIGRATION_UPDATE_ARGS," \
+			"MIGRATION_NEW_ROOT, MIGRATION_RAUC_SLOT_CLASS)"
+		return 1
+		;;
+	esac
+	seen="$seen $key"
+	if [ -n "$from_env" ]; then
+		overridden="$overridden $key"
+	else
+		used="$used $key"
+	fi
+}
+read_settings || exit 1
 # --- end of common part ---
 
 case "${1:-}" in
