@@ -69,6 +69,7 @@ HOST_TOOLS = {
     "openssl": "openssl",  # the updater tests' throwaway signing CA
     "cpio": "cpio",  # test_boot_swupdate builds .swu archives
     "zstd": "zstd",  # (the root file system images in them)
+    "mender-artifact": "mender-artifact",  # test_boot_mender builds Mender Artifacts
 }
 APT_PACKAGES = sorted(set(HOST_TOOLS.values()))
 
