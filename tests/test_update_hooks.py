@@ -187,12 +187,12 @@ def migration(image: Path, *args: str) -> "subprocess.CompletedProcess[str]":
 
 def run_hook(
     hook: str, device: Device, new: Path, extra_env: Optional[Dict[str, str]] = None,
-    args: Optional[List[str]] = None, drop_env: Sequence[str] = (),
+    args: Optional[List[str]] = None, drop_env: Sequence[str] = (), wrapper: Sequence[str] = (),
 ) -> "subprocess.CompletedProcess[str]":
     """Run the NEW image's copy of `hook` as its framework would, against `new` (its root,
     mounted), with the running device's data root and state dir, and its settings file (the
     running image's /etc/migration/update-hook.conf; `drop_env`: settings not in the
-    environment)."""
+    environment), through `wrapper` (a command that runs its arguments) when given."""
     path = new / HOOK_DIR / hook
     env = {
         "PATH": os.environ["PATH"],
@@ -221,7 +221,7 @@ def run_hook(
     env.update(extra_env or {})
     for name in drop_env:
         del env[name]
-    return subprocess.run([str(path), *argv], env=env, capture_output=True, text=True,
+    return subprocess.run([*wrapper, str(path), *argv], env=env, capture_output=True, text=True,
                           check=False, cwd=str(new.parent))  # fmt: skip
 
 
@@ -586,6 +586,64 @@ def test_mender_hook_finds_the_new_root_from_the_bootloader_environment(
     printenv.write_text('#!/bin/sh\necho mender_boot_part=5\n')
     res = run_hook("ArtifactInstall_Leave_50_migration", device, v2, env)
     assert res.returncode == 1 and "is neither" in res.stderr
+
+
+# Runs its arguments in a private mount namespace whose /dev is the directory $1 (with the host's
+# null, zero, random and urandom bound into it): device links without touching the host's /dev.
+PRIVATE_DEV = r"""
+dev=$1
+shift
+for node in null zero random urandom; do
+    : >"$dev/$node" && mount --bind "/dev/$node" "$dev/$node" || exit 97
+done
+mount --rbind "$dev" /dev || exit 97
+exec "$@"
+"""
+
+
+def test_mender_hook_resolves_partition_links_as_mender_does(
+    v1_device: Device, tmp_path: Path
+) -> None:
+    """RootfsPartA/B as /dev/disk/by-partlabel or by-partuuid links (as integrators write them
+    when the device name is not stable): Mender resolves them to the partition, whose trailing
+    number mender_boot_part holds (3.4: installer/partitions.go maybeResolveLink); the hook took
+    the link's own name (rootfs-b, a UUID), found neither slot, and aborted the update. Here /dev
+    is private (unshare), its links point at directories named like partitions."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare (util-linux) for a private /dev")
+    device = v1_device
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    v2 = make_image(parts / "mmcblk0p3", "2.0", V2)
+    dev = tmp_path / "dev"
+    (dev / "disk/by-partlabel").mkdir(parents=True)
+    (dev / "disk/by-partuuid").mkdir(parents=True)
+    (dev / "disk/by-partlabel/rootfs-a").symlink_to(parts / "mmcblk0p2")
+    (dev / "disk/by-partuuid/0a6697f4-03").symlink_to(v2)
+    conf = tmp_path / "etc-mender"
+    conf.mkdir()
+    (conf / "mender.conf").write_text(json.dumps(
+        {"RootfsPartA": "/dev/disk/by-partlabel/rootfs-a",
+         "RootfsPartB": "/dev/disk/by-partuuid/0a6697f4-03"}))  # fmt: skip
+    fakebin = tmp_path / "bin"
+    fakebin.mkdir()
+    printenv = fakebin / "fw_printenv"
+    printenv.write_text('#!/bin/sh\necho mender_boot_part=3\n')
+    printenv.chmod(0o755)
+    env = {
+        "PATH": f"{fakebin}:{os.environ['PATH']}", "MENDER_CONF_DIR": str(conf),
+        "MENDER_DATASTORE_DIR": str(tmp_path / "nowhere"), "MIGRATION_NEW_ROOT": "",
+    }  # fmt: skip
+    wrapper = ["unshare", "--mount", "--propagation", "private", "sh", "-c", PRIVATE_DEV, "sh",
+               str(dev)]  # fmt: skip
+    res = run_hook("ArtifactInstall_Leave_50_migration", device, v2, env, wrapper=wrapper)
+    assert res.returncode == 0, res.stderr
+    assert device.runs()[-1] == "50-app-move.sh update 1"
+    # No number in the environment: not a partition, so no match by accident (every name ends
+    # in "" after a non-digit): the update is aborted.
+    printenv.write_text("#!/bin/sh\necho mender_boot_part=\n")
+    res = run_hook("ArtifactInstall_Leave_50_migration", device, v2, env, wrapper=wrapper)
+    assert res.returncode == 1 and "is not a partition number" in res.stderr, res.stderr
 
 
 @pytest.mark.parametrize("hook", HOOKS)

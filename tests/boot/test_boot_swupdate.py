@@ -40,8 +40,6 @@ import hashlib
 import json
 import re
 import shutil
-import struct
-import zlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Dict
@@ -49,6 +47,7 @@ from typing import Dict
 import bootharness as h
 import pytest
 from bootharness import lines
+from ubootenv import fw_env_config, parse_uboot_env, uboot_env
 from updatescripts import (
     MARK,
     assert_first_boot_retries_the_failed_one,
@@ -69,7 +68,6 @@ SWUPDATE_UNITS = ("swupdate.service", "swupdate.socket", "swupdate-progress.serv
 
 HWREVISION = ("meta-migration-test", "1.0")
 ENV_FILE = "/var/lib/boot-state/uboot.env"
-ENV_SIZE = 0x4000
 HOOK_IN_IMAGE = "usr/share/migration/update-hooks/swupdate-postinst.sh"
 SLOT_SIZE_MB = 400  # the harness's root image size: every slot holds a whole root image
 SLOT_DEVICE = {"A": "/dev/disk/by-id/virtio-slot-a", "B": "/dev/disk/by-id/virtio-slot-b"}
@@ -77,28 +75,6 @@ SLOT_DEVICE = {"A": "/dev/disk/by-id/virtio-slot-a", "B": "/dev/disk/by-id/virti
 INIT, MOVE, BOOT_ONLY = update_scripts("swu ")
 # Only in v9, which is refused: must never run.
 V9_NEW = h.Script("app", "v9.sh", recorder("swu v9"), priority="80", version="9.0-r0")
-
-
-def uboot_env(variables: Dict[str, str]) -> bytes:
-    """A U-Boot environment (single copy, as fw_env.config describes it): CRC32 of the data,
-    then `name=value` strings, each NUL-terminated, an empty one last, padded to ENV_SIZE."""
-    data = b"".join(f"{k}={v}".encode() + b"\0" for k, v in variables.items()) + b"\0"
-    data = data.ljust(ENV_SIZE - 4, b"\0")
-    return struct.pack("<I", zlib.crc32(data)) + data
-
-
-def parse_uboot_env(raw: bytes) -> Dict[str, str]:
-    """The variables of a U-Boot environment, after checking its CRC (as U-Boot does)."""
-    assert len(raw) == ENV_SIZE, len(raw)
-    (crc,) = struct.unpack("<I", raw[:4])
-    assert crc == zlib.crc32(raw[4:]), "bad CRC: U-Boot would fall back to its default env"
-    out = {}
-    for item in raw[4:].split(b"\0"):
-        if not item:
-            break
-        name, _, value = item.decode().partition("=")
-        out[name] = value
-    return out
 
 
 DATA = {
@@ -158,7 +134,7 @@ def swupdate_files(ca_pem: str) -> Dict[str, tuple]:
         "/etc/swupdate/swupdate.cfg": (SWUPDATE_CFG, 0o644),
         "/etc/swupdate/ca.cert.pem": (ca_pem, 0o644),
         "/etc/hwrevision": (" ".join(HWREVISION) + "\n", 0o644),
-        "/etc/fw_env.config": (f"{ENV_FILE} 0x0 {ENV_SIZE:#x}\n", 0o644),
+        "/etc/fw_env.config": (fw_env_config(ENV_FILE), 0o644),
         "/usr/local/sbin/harness-command": (INSTALL_SH, 0o755),
     }
 

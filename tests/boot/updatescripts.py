@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: MIT
-"""The migrations the update tests ship (test_boot_update, test_boot_rauc, test_boot_swupdate):
-each logs its name, phase and attempt to MARK/order on the data disk, so a test reads what ran,
-when and how often."""
+"""The migrations the update tests ship (test_boot_update, test_boot_rauc, test_boot_swupdate,
+test_boot_mender): each logs its name, phase and attempt to MARK/order on the data disk, so a
+test reads what ran, when and how often."""
 
 from pathlib import Path
 from typing import NamedTuple
