@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -122,6 +123,7 @@ chmod 0600 /var/lib/app/data
 test "$MIGRATION_NAME" = 50-app-upgrade.sh
 test "$MIGRATION_ROOT" = / && test "$(pwd)" = /
 test -d "$TMPDIR"
+test "$(cat /proc/self/net/dev | grep -c :)" = 1  # only lo: no network, as at boot
 """,
     )
     r = migration_test(s, "--root", str(old))
@@ -195,14 +197,14 @@ def test_cut_finds_a_script_that_is_not_power_cut_safe(old, scripts):
         """\
 if ! grep -q '^version=2' /etc/app.conf; then
   echo 'version=2' >> /etc/app.conf
-  sleep 0.4
+  sleep 1
   echo 'feature=on' >> /etc/app.conf
 fi
 """,
     )
-    r = migration_test(s, "--root", str(old), "--cut-at", "200")
+    r = migration_test(s, "--root", str(old), "--cut-at", "500")
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "not power-cut safe: 40-app-conf.sh killed after 200 ms" in r.stdout
+    assert "not power-cut safe: 40-app-conf.sh killed after 500 ms" in r.stdout
     assert "/etc/app.conf" in r.stdout
     assert snapshot(old) == before
 
@@ -216,7 +218,7 @@ def test_cut_passes_a_script_that_is_power_cut_safe(old, scripts):
 if ! grep -q '^version=2' /etc/app.conf; then
   cat /etc/app.conf > /etc/app.conf.tmp
   echo 'version=2' >> /etc/app.conf.tmp
-  sleep 0.4
+  sleep 1
   echo 'feature=on' >> /etc/app.conf.tmp
   mv -f /etc/app.conf.tmp /etc/app.conf
 fi
@@ -286,3 +288,36 @@ def test_help_names_the_kernel_and_the_limits():
     assert r.returncode == 0
     assert "5.11" in r.stdout and "--cut" in r.stdout and "--root OLDROOT" in r.stdout
     assert "``" not in r.stdout  # plain text, no reST
+
+
+def _pids_with_env(entry: bytes) -> List[int]:
+    pids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/environ", "rb") as f:
+                    if entry in f.read().split(b"\0"):
+                        pids.append(int(name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_a_runner_on_the_same_host_leaves_the_scripts_alone(old, scripts):
+    """A runner that stops a dead runner's leftovers (migration.leftovers) must not take the
+    sandbox's scripts for them: they carry the identity of the live `migration test`."""
+    from migration import leftovers
+
+    s = script(scripts, "10-slow.sh", "sleep 3\necho done > /etc/slow\n")
+    env = dict(os.environ, PYTHONPATH=str(LIB))
+    cmd = [sys.executable, "-m", "migration", "test", s, "--root", str(old)]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) as proc:
+        deadline = time.monotonic() + 20
+        while not (ours := _pids_with_env(b"MIGRATION_NAME=10-slow.sh")):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        orphans = {pid for pids in leftovers.orphans().values() for pid in pids}
+        assert not orphans & set(ours)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "added /etc/slow" in out

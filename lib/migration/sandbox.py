@@ -4,13 +4,13 @@ in, without root privileges and without writing to that tree.
 
 Two halves:
 
-- `launch()` (the caller's side): starts `python3 -m migration.trial WORK` in new user, mount and
-  pid namespaces with util-linux's `unshare`, and writes the id maps of the user namespace from
-  outside: the caller's uid and gid become root inside; a root caller maps every id to itself;
-  with `newuidmap`/`newgidmap` and an /etc/subuid and /etc/subgid entry, ids 1..65535 map to the
-  subordinate ids too, so a script may chown to other users. The child waits for its maps, then
-  execs Python again, as the namespace's root (an exec before the maps exist would drop the
-  capabilities it needs to mount).
+- `launch()` (the caller's side): starts `python3 -m migration.trial WORK` in new user, mount,
+  pid and network namespaces (no network: migrations run before it at boot) with util-linux's
+  `unshare`, and writes the id maps of the user namespace from outside: the caller's uid and gid
+  become root inside; a root caller maps every id to itself; with `newuidmap`/`newgidmap` and an
+  /etc/subuid and /etc/subgid entry, ids 1..65535 map to the subordinate ids too, so a script may
+  chown to other users. The child waits for its maps, then execs Python again, as the
+  namespace's root (an exec before the maps exist would drop the capabilities it needs to mount).
 - `Sandbox` (inside those namespaces, as their root): OLDROOT bind-mounted read-only as the lower
   layer of an overlayfs whose upper layer is a new dir under WORK, one per view; in each view a
   new /proc (of the pid namespace), a /dev of the harmless devices bound from the host, and a
@@ -153,6 +153,7 @@ def launch(work: str, ids: IdMap, python: str) -> int:
                 "--user",
                 "--mount",
                 "--pid",
+                "--net",
                 "--fork",
                 "--kill-child",
                 "/bin/sh",
@@ -171,8 +172,8 @@ def launch(work: str, ids: IdMap, python: str) -> int:
         if proc.stdout.readline() != b"ready\n":
             proc.wait()
             raise SandboxError(
-                "cannot create user, mount and pid namespaces: "
-                f"{_tail(errlog) or 'unshare exit ' + str(proc.returncode)}; "
+                "cannot create user, mount, pid and network namespaces: "
+                f"{log_tail(errlog) or 'unshare exit ' + str(proc.returncode)}; "
                 f"migration test needs {NEEDS}"
             )
         try:
@@ -192,7 +193,7 @@ def launch(work: str, ids: IdMap, python: str) -> int:
             proc.wait()
 
 
-def _tail(path: str, limit: int = 4000) -> str:
+def log_tail(path: str, limit: int = 4000) -> str:
     try:
         with open(path, "rb") as f:
             data = f.read()

@@ -17,7 +17,9 @@
 
 import json
 import os
+import shutil
 import signal
+import subprocess
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -79,7 +81,7 @@ class Trial:
             MIGRATION_IMAGE_ROOT="/",
             MIGRATION_PHASE="boot",
             MIGRATION_ATTEMPT=str(attempt),
-            MIGRATION_RUNNER=f"{os.getpid()}:migration-test",
+            MIGRATION_RUNNER=self.job["runner"],
             TMPDIR=tmpdir,
         )
         self.logs += 1
@@ -109,8 +111,6 @@ class Trial:
                 keep_fds=[sealed.fd],
                 timeout_signal=signal.SIGKILL,
             )
-        import shutil
-
         shutil.rmtree(merged + tmpdir, ignore_errors=True)
         out: Dict[str, Any] = {
             "name": name,
@@ -166,8 +166,6 @@ class Trial:
                     )
 
     def run_probe(self, merged: str, argv: List[str]) -> str:
-        import subprocess
-
         r = subprocess.run(
             [self.sandbox.chroot, merged, *argv],
             stdin=subprocess.DEVNULL,
@@ -248,7 +246,10 @@ def main(work: str) -> int:
     except SandboxError as e:
         result, code = {"error": str(e)}, 2
     finally:
-        sandbox.close()
+        try:
+            sandbox.close()
+        except (SandboxError, OSError) as e:  # the namespaces' end unmounts what is left
+            print(f"migration test: cleaning up: {e}", file=sys.stderr)
     with open(os.path.join(work, "result.json"), "w", encoding="utf-8") as f:
         json.dump(result, f)
     return code
