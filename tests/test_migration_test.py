@@ -51,6 +51,8 @@ def make_oldroot(root: Path) -> Path:
     (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
     (root / "etc" / "app.conf").write_text("mode=old\n")
     (root / "var" / "lib" / "app" / "data").write_text("v1\n")
+    (root / "var" / "lib" / "foo" / "sub").mkdir(parents=True)
+    (root / "var" / "lib" / "foo" / "sub" / "state").write_text("s\n")
     return root
 
 
@@ -134,6 +136,28 @@ test "$(cat /proc/self/net/dev | grep -c :)" = 1  # only lo: no network, as at b
     assert "added /var/lib/app/new/app.conf" in out
     assert "changed /var/lib/app/data: mode 0644 -> 0600" in out
     assert out.splitlines()[-1] == "verdict: idempotent"
+    assert snapshot(old) == before
+
+
+def test_directories_of_oldroot_can_be_moved_and_removed(old, scripts):
+    """The usual migration: move a package's data dir (a rename of a lower dir: overlayfs
+    copies it up, then whites it out)."""
+    before = snapshot(old)
+    s = script(
+        scripts,
+        "50-foo-move.sh",
+        "if [ -d /var/lib/foo ]; then mv /var/lib/foo /var/lib/bar; fi\n"
+        "rm -rf /var/lib/app\nmkdir -p /var/lib/app\n",
+    )
+    r = migration_test(s, "--root", str(old))
+    assert r.returncode == 0, r.stdout + r.stderr
+    for line in (
+        "removed /var/lib/foo",
+        "removed /var/lib/foo/sub/state",
+        "added /var/lib/bar/sub/state",
+        "removed /var/lib/app/data",
+    ):
+        assert line in r.stdout
     assert snapshot(old) == before
 
 

@@ -259,11 +259,12 @@ class Sandbox:
                 "overlay",
                 "overlay",
                 "-o",
-                f"lowerdir={self.lower},upperdir={upper},workdir={workdir}",
+                f"lowerdir={self.lower},upperdir={upper},workdir={workdir},userxattr",
                 merged,
             ],
-            "cannot mount an overlayfs in a user namespace (Linux >= 5.11 needed, and an upper "
-            f"dir on a file system that takes one: {self.work})",
+            "cannot mount an overlayfs in a user namespace (it needs Linux >= 5.11, and an upper "
+            "dir on a file system with user extended attributes: ext4, xfs, btrfs, tmpfs since "
+            f"Linux 6.6; choose it with --work-dir): {self.work}",
         )
         self.views[merged] = view
         for name in VIRTUAL:  # an unpacked rootfs has them; if not, made in the upper layer

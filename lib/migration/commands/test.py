@@ -39,7 +39,8 @@ are the namespace's ids.
 Needs Linux >= 5.11 (overlayfs in a user namespace), unprivileged user namespaces allowed (the
 default on Debian 12), util-linux (unshare, mount) and coreutils (chroot). Where they are missing
 the command exits 2 with the reason. Work files go to --work-dir (default $TMPDIR or /tmp): the
-copies of what the scripts change.
+copies of what the scripts change, on a file system with user extended attributes (ext4, xfs,
+btrfs, tmpfs since Linux 6.6).
 
 Exit status: 0 idempotent (and power-cut safe with --cut), 1 a script failed, is not idempotent
 or not power-cut safe, 2 usage error or no sandbox on this host.
