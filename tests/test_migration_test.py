@@ -254,6 +254,41 @@ fi
     assert snapshot(old) == before
 
 
+def test_no_user_namespaces_is_a_plain_error(old, scripts):
+    """Where user namespaces are not allowed: exit 2 with the reason, nothing run. Made here with
+    a user namespace whose user.max_user_namespaces is 0 (the limit is per namespace)."""
+    before = snapshot(old)
+    s = script(scripts, "10-a.sh", "echo x > /etc/x\n")
+    env = dict(os.environ, PYTHONPATH=str(LIB))
+    inner = (
+        f'echo 0 > /proc/sys/user/max_user_namespaces && exec {sys.executable} -m migration "$@"'
+    )
+    r = subprocess.run(
+        [
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "sh",
+            "-c",
+            inner,
+            "sh",
+            "test",
+            s,
+            "--root",
+            str(old),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "cannot create user, mount, pid and network namespaces" in r.stderr
+    assert "max_user_namespaces" in r.stderr and "Linux >= 5.11" in r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    assert snapshot(old) == before
+
+
 def _unprivileged_userns_allowed() -> Optional[str]:
     r = subprocess.run(
         [

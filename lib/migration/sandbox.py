@@ -132,6 +132,16 @@ def _write_maps(pid: int, ids: IdMap) -> None:
             f.write("".join(f"{i} {o} {n}\n" for i, o, n in ranges))
 
 
+#: What unshare's errno means here.
+_HINTS = (
+    ("No space left on device", " (the user.max_user_namespaces sysctl is 0 or reached)"),
+    (
+        "Operation not permitted",
+        " (unprivileged user namespaces are disabled: "
+        "kernel.unprivileged_userns_clone=0, or a security policy)",
+    ),
+)
+
 #: The child: say it is in its namespaces, wait for its maps, exec Python as the namespace's root.
 _CHILD = 'echo ready && read -r go && [ "$go" = go ] && exec "$0" -m migration.trial "$1"'
 
@@ -171,9 +181,10 @@ def launch(work: str, ids: IdMap, python: str) -> int:
     try:
         if proc.stdout.readline() != b"ready\n":
             proc.wait()
+            why = log_tail(errlog) or f"unshare exit {proc.returncode}"
+            hint = next((h for text, h in _HINTS if text in why), "")
             raise SandboxError(
-                "cannot create user, mount, pid and network namespaces: "
-                f"{log_tail(errlog) or 'unshare exit ' + str(proc.returncode)}; "
+                f"cannot create user, mount, pid and network namespaces: {why}{hint}; "
                 f"migration test needs {NEEDS}"
             )
         try:

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: MIT
 """migration test SCRIPT... --root OLDROOT [--json] [--cut | --cut-at MS,...] [--timeout S]
+               [--work-dir DIR]
 
 For recipe authors, on the build host: proves migration scripts idempotent before they ship.
 OLDROOT is a tree of the old release's data: an unpacked rootfs, or IMAGE_ROOTFS of the previous
@@ -8,13 +9,12 @@ image. Nothing is written to it, and no root privileges are needed.
 The scripts run in the runner's order (byte-wise order of their names), each as the runner runs
 it (errexit for shells, stdin /dev/null, its own process group, MIGRATION_NAME, MIGRATION_ROOT=/
 and the rest of the runner's environment, working directory /, a new TMPDIR), chrooted into a
-private copy-on-write view of OLDROOT (an overlayfs in user, mount, pid and network
-namespaces): /etc/passwd is
-OLDROOT's, and so are /bin/sh and every other program a script runs, as on the device. An OLDROOT
-without the script's interpreter (or one of another architecture without qemu-user binfmt) is a
-plain error, exit 2. The view has a new /proc, a /dev with null, zero, full, random and urandom,
-and a tmpfs on /run; those three are not compared. No /sys, and no network (at boot,
-migrations run before it).
+private copy-on-write view of OLDROOT (an overlayfs in user, mount, pid and network namespaces):
+/etc/passwd is OLDROOT's, and so are /bin/sh and every other program a script runs, as on the
+device. An OLDROOT without the script's interpreter (or one of another architecture without
+qemu-user binfmt) is a plain error, exit 2. The view has a new /proc, a /dev with null, zero,
+full, random and urandom, and a tmpfs on /run; those three are not compared. No /sys, and no
+network (at boot, migrations run before it).
 
 Then all of them run a second time on the result. The report lists what each script changed in
 the first run (files added, removed, changed: content, type, mode, owner; timestamps are not
