@@ -130,6 +130,16 @@ def test_timeout_escalates_to_sigkill(run):
     assert not res.ok and res.exit_code == 137
 
 
+@pytest.mark.parametrize(("sig", "trapped"), [(signal.SIGTERM, True), (signal.SIGKILL, False)])
+def test_timeout_signal_sigkill_leaves_no_time_for_a_trap(run, tmp_path, sig, trapped):
+    """`migration test --cut` kills as a power cut would: no TERM trap gets to clean up."""
+    flag = tmp_path / "trap-ran"
+    res = run(f"trap 'echo > {flag}' TERM\nsleep 60\n", timeout=0.3, kill_grace=2,
+              timeout_signal=sig)
+    assert not res.ok and "timed out after 0.3 s" in res.reason
+    assert flag.exists() is trapped
+
+
 def test_leftover_background_processes_are_killed(run, tmp_path):
     t0 = time.monotonic()
     res = run(

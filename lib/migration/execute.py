@@ -242,9 +242,11 @@ def run_script(
     echo: Optional[Writer] = None,
     header: str = "",
     keep_fds: Sequence[int] = (),
+    timeout_signal: int = signal.SIGTERM,
 ) -> Result:
     """Run `argv` as migration `name` and wait for it; see the module docstring. `header` is
-    written as the log's first line; `keep_fds` stay open in the script."""
+    written as the log's first line; `keep_fds` stay open in the script. `timeout_signal`
+    SIGKILL kills at the timeout with no grace, as a power cut would (`migration test --cut`)."""
     if echo is None:
         echo = console.stderr()
     out = _Output(name, log_path, echo)
@@ -301,7 +303,8 @@ def run_script(
             elif deadline is not None and now >= deadline and term_at is None:
                 timed_out = True
                 term_at = now
-                _killpg(proc.pid, signal.SIGTERM)
+                _killpg(proc.pid, timeout_signal)
+                killed = timeout_signal == signal.SIGKILL
             if term_at is not None and not killed and now - term_at >= kill_grace:
                 killed = True
                 _killpg(proc.pid, signal.SIGKILL)

@@ -32,6 +32,7 @@ SRC_URI = "file://migration/__init__.py \
            file://migration/commands/postinst.py \
            file://migration/commands/run.py \
            file://migration/commands/status.py \
+           file://migration/commands/test.py \
            file://migration/commands/update.py \
            file://migration/compat.py \
            file://migration/console.py \
@@ -49,9 +50,12 @@ SRC_URI = "file://migration/__init__.py \
            file://migration/noop.py \
            file://migration/overlay.py \
            file://migration/runner.py \
+           file://migration/sandbox.py \
            file://migration/scripts.py \
            file://migration/services.py \
            file://migration/state.py \
+           file://migration/treediff.py \
+           file://migration/trial.py \
            file://migration/units.py \
            file://migration/volatile.py \
            file://after-volatile-binds.conf \

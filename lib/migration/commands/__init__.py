@@ -11,7 +11,7 @@ import importlib
 from types import ModuleType
 from typing import Any, Dict, List, Optional
 
-NAMES = ["run", "update", "status", "forget", "check", "manifest", "postinst", "lint"]
+NAMES = ["run", "update", "status", "forget", "check", "manifest", "postinst", "lint", "test"]
 
 
 def load(names: Optional[List[str]] = None) -> List[ModuleType]:
