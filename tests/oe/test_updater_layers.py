@@ -50,7 +50,7 @@ def kas_repos(kasfile: str) -> Dict[str, dict]:
 
 def test_fragments_pin_their_repos_and_agree_on_shared_ones() -> None:
     """Every repo a fragment adds is pinned by commit, and a repo two fragments add is pinned to
-    the same commit (kas merges them: kas.yml:kas/swupdate.yml:kas/mender.yml builds)."""
+    the same commit (kas merges a repo two fragments of one command line add)."""
     seen: Dict[str, Tuple[str, str]] = {}
     for name, (kasfile, repos) in FRAGMENTS.items():
         declared = kas_repos(kasfile)
