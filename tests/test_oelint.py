@@ -23,12 +23,17 @@ def metadata_files() -> list:
             "recipes-*/*/*.bb",
             "recipes-*/*/*.bbappend",
             "meta-migration-example/recipes-*/*/*.bb",
+            "meta-migration-example/dynamic-layers/*/recipes-*/*/*.bb",
+            "meta-migration-example/dynamic-layers/*/recipes-*/*/*.bbappend",
             "tests/oe/data/*/recipes-*/*/*.bb",
         )
         for p in LAYER.glob(pattern)
     )
     assert "classes/migration.bbclass" in files
     assert "recipes-core/migration/migration_0.2.0.bb" in files
+    assert "meta-migration-example/dynamic-layers/rauc/recipes-core/rauc/rauc-conf.bbappend" in (
+        files
+    )
     return files
 
 

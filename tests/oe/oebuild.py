@@ -14,6 +14,11 @@ Environment:
                          other release), kas/<release>.yml for a release that has one
                          (scarthgap, whinlatter).
   MIGRATION_OE_SLOW=1    also run yocto-check-layer (12 to 25 minutes on 2 cores, fresh build dir)
+  MIGRATION_META_RAUC_DIR, MIGRATION_META_SWUPDATE_DIR, MIGRATION_META_MENDER_DIR,
+  MIGRATION_META_OE_DIR  checkouts of meta-rauc, meta-swupdate, meta-mender and
+                         meta-openembedded (the branch of the OE-core release) for
+                         test_updater_layers.py, which parses kas/rauc.yml, kas/swupdate.yml and
+                         kas/mender.yml with them; a fragment whose checkouts are not given skips
 
 How: the layer is copied (its git-tracked and untracked-but-not-ignored files) into the work
 dir, made a git repository of its own, and given `offline.yml`, which points the kas repos at the
@@ -30,7 +35,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Set
+from typing import Dict, List, Optional, Sequence, Set
 
 LAYER = Path(__file__).resolve().parents[2]
 TEST_LAYER_REL = "tests/oe/data/meta-migration-test"
@@ -129,7 +134,7 @@ local_conf_header:
 """
         (self.layer / "offline.yml").write_text(text)
 
-    def _kas_configure(self, builddir: Path) -> None:
+    def _kas_configure(self, builddir: Path, fragments: Sequence[str] = ()) -> None:
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": os.environ.get("HOME", "/root"),
@@ -143,7 +148,8 @@ local_conf_header:
             "GIT_CONFIG_VALUE_0": "*",
         }
         (self.root / "kaswork").mkdir(exist_ok=True)
-        cmd = [sys.executable, "-m", "kas", "shell", f"{self.kasfile}:offline.yml", "-c", "true"]
+        kasfiles = ":".join([self.kasfile, *fragments, "offline.yml"])
+        cmd = [sys.executable, "-m", "kas", "shell", kasfiles, "-c", "true"]
         proc = subprocess.run(
             cmd, cwd=self.layer, env=env, capture_output=True, text=True, check=False
         )
@@ -186,6 +192,24 @@ local_conf_header:
             with open(builddir / "conf/bblayers.conf", "a") as f:
                 for layer in extra_layers:
                     f.write(f'BBLAYERS += "{layer}"\n')
+            self._chown_config(builddir)
+            self._configured.add(name)
+        return builddir
+
+    def fragment_builddir(
+        self, name: str, fragments: List[str], checkouts: Dict[str, Path]
+    ) -> Path:
+        """A build dir configured from the kas file plus the kas ``fragments`` (such as
+        kas/rauc.yml), whose repos are pointed at the local ``checkouts`` (repo name: path) by an
+        override file after them. Configured again on every session, like the others."""
+        builddir = self.root / name
+        if name not in self._configured:
+            repos = "".join(
+                f"  {repo}:\n    url: null\n    path: {path}\n" for repo, path in checkouts.items()
+            )
+            override = f"offline-{name}.yml"
+            (self.layer / override).write_text(f"header:\n  version: 14\nrepos:\n{repos}")
+            self._kas_configure(builddir, [*fragments, override])
             self._chown_config(builddir)
             self._configured.add(name)
         return builddir
