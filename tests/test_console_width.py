@@ -226,3 +226,36 @@ def test_a_forged_log_is_read_safely(device: Device) -> None:
     log.unlink()
     os.mkfifo(log)
     assert _last_output(device) == ""  # and no hang: device() has a timeout
+
+
+def test_a_script_line_like_the_runners_note_is_shown_as_the_scripts(device: Device) -> None:
+    """The runner's own lines in the log are its header (the first line) and its closing note
+    (the last): a script that prints the closing note's form cannot pass it off as the
+    runner's under `last output:` (finding 11), as the log file holds it after the script's
+    own lines."""
+    device.add(FAILING, "echo 'converting'\necho '[migration: exit 0]'\nexit 1\n")
+    device.image("1.0")
+    assert device("run").returncode == 1
+    log = Path(device.rows()[FAILING]["log"])
+    assert log.read_bytes().endswith(b"\n[migration: exit 0]\n[migration: exit 1]\n")
+    assert _last_output(device) == "\\x5bmigration: exit 0]"
+
+
+def test_a_symlinked_logs_dir_is_not_read(device: Device) -> None:
+    """logs/ replaced by a symlink (a state dir restored from an archive, say) is read as
+    absent, like every other subdir of the state dir: no log path and no last output from
+    where it points (finding 8)."""
+    device.add(FAILING, "echo 'real words'\nexit 1\n")
+    device.image("1.0")
+    assert device("run").returncode == 1
+    assert _last_output(device) == "real words"
+    logs = device.state / "logs"
+    elsewhere = device.path / "elsewhere"
+    logs.rename(elsewhere)
+    for log in elsewhere.iterdir():
+        log.write_text("[migration: header]\nFORGED: all good, ignore this failure\n")
+    logs.symlink_to(elsewhere)
+    status = device("status")
+    assert status.returncode == 1
+    assert b"FORGED" not in status.stdout and b"log: " not in status.stdout, status.stdout
+    assert "log" not in device.rows()[FAILING]

@@ -162,14 +162,16 @@ def test_run_writes_the_textfile_atomically(tmp_path, capsys, monkeypatch):
     real_rename = os.rename
 
     def spy(src, dst, *a, **kw):
-        renames.append((os.fspath(src), os.fspath(dst)))
+        where = os.readlink(f"/proc/self/fd/{kw['dst_dir_fd']}") if "dst_dir_fd" in kw else ""
+        renames.append((os.path.join(where, src), os.path.join(where, dst)))
         return real_rename(src, dst, *a, **kw)
 
     monkeypatch.setattr(os, "rename", spy)
     assert cli.main(d.argv("run", "--prometheus-textfile", str(target))) == 0
     ((src, _dst),) = [r for r in renames if r[1] == str(target)]
-    # written beside it under a name node_exporter does not read, then renamed over it
-    assert os.path.dirname(src) == str(textdir) and not src.endswith(".prom")
+    # written beside it under a hidden name node_exporter does not read, then renamed over it
+    assert os.path.dirname(src) == str(textdir)
+    assert os.path.basename(src).startswith(".") and not src.endswith(".prom")
     assert sorted(os.listdir(textdir)) == ["migration.prom"]
     assert target.stat().st_mode & 0o777 == 0o644
     code, out = d.main(capsys, "status", "--format", "prometheus")
@@ -260,3 +262,119 @@ def test_mender_inventory_script_reports_an_error(tmp_path, device):
     proc = subprocess.run([str(script)], capture_output=True, text=True, check=False)
     assert proc.returncode == 0
     assert _inventory(proc.stdout) == {"migration_status_error": ["2"]}
+
+
+# --------------------------------------------------------------------------------------------
+# The textfile dir is often the exporter's, not root's: what a user who can write it plants
+# there must not become the runner's file, nor make root write through it (adversarial review
+# of session 5, finding 2).
+
+NOBODY = 65534
+
+
+def _one_script(tmp_path):
+    d = Device(tmp_path)
+    d.add("10-ok", "true")
+    d.write_manifest(["10-ok"])
+    textdir = tmp_path / "textfile"
+    textdir.mkdir()
+    return d, textdir, textdir / "migration.prom"
+
+
+def _written_by_root(capsys, d, target):
+    st = target.stat()
+    assert (st.st_uid, st.st_mode & 0o7777) == (0, 0o644)
+    _code, out = d.main(capsys, "status", "--format", "prometheus")
+    assert target.read_text() == out
+
+
+def test_a_planted_temporary_file_is_never_written_through(tmp_path, capsys):
+    """A user owning the textfile dir creates the runner's old temporary name (`.<name>.tmp.
+    <pid>`: pids are small and predictable at boot) as his own file, mode 0666, and as a hard
+    link to a root file (possible for any user where fs.protected_hardlinks is 0): the runner
+    must write neither, so the metrics file is root's, 0644, and the root file unchanged."""
+    d, textdir, target = _one_script(tmp_path)
+    os.chown(textdir, NOBODY, NOBODY)
+    planted = textdir / f".migration.prom.tmp.{os.getpid()}"
+    planted.write_text("migration_last_run_success 1\n")
+    os.chown(planted, NOBODY, NOBODY)
+    planted.chmod(0o666)
+    assert cli.main(d.argv("run", "--prometheus-textfile", str(target))) == 0
+    _written_by_root(capsys, d, target)
+    assert planted.read_text() == "migration_last_run_success 1\n"
+    assert planted.stat().st_uid == NOBODY
+    planted.unlink()
+    victim = tmp_path / "shadow"
+    victim.write_text("root:secret-hash\n")
+    victim.chmod(0o600)
+    os.link(victim, planted)
+    assert cli.main(d.argv("run", "--prometheus-textfile", str(target))) == 0
+    assert victim.read_text() == "root:secret-hash\n"
+    _written_by_root(capsys, d, target)
+
+
+def test_the_textfile_is_0644_whatever_the_umask(tmp_path, capsys):
+    """node_exporter runs as its own user: a root umask of 077 (a package manager's, a
+    hardened shell's) must not leave a file it cannot read."""
+    d, _textdir, target = _one_script(tmp_path)
+    old = os.umask(0o077)
+    try:
+        assert cli.main(d.argv("run", "--prometheus-textfile", str(target))) == 0
+    finally:
+        os.umask(old)
+    _written_by_root(capsys, d, target)
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o775, 0o757])
+def test_a_textfile_dir_others_can_write_is_refused_with_a_warning(tmp_path, capsys, mode):
+    """In a dir that group or others can write without the sticky bit anyone of them can
+    replace the file: metrics written there vouch for nothing, so the runner says so and
+    writes nothing (the run's exit code stands); with the sticky bit (/tmp's 1777) only the
+    file's owner can, and it is written."""
+    d, textdir, target = _one_script(tmp_path)
+    textdir.chmod(mode)
+    capsys.readouterr()
+    assert cli.main(d.argv("run", "--prometheus-textfile", str(target))) == 0
+    err = capsys.readouterr().err
+    assert "cannot write the Prometheus textfile" in err and "sticky" in err, err
+    assert os.listdir(textdir) == []
+    textdir.chmod(mode | 0o1000)
+    assert cli.main(d.argv("run", "--prometheus-textfile", str(target))) == 0
+    _written_by_root(capsys, d, target)
+    assert os.listdir(textdir) == ["migration.prom"]
+
+
+# --------------------------------------------------------------------------------------------
+# Fresh after an update and a package postinst too (finding 9): the boot after an update whose
+# migrations all applied starts no runner, so `update` must be able to write the file.
+
+
+def test_update_writes_the_textfile_of_the_new_image(tmp_path, capsys):
+    d, _textdir, target = _one_script(tmp_path)
+    assert cli.main(d.argv("run", "--prometheus-textfile", str(target))) == 0
+    old = parse_prometheus(target.read_text())
+    assert old[("migration_image_compat_level", "")] == 0
+    newroot = tmp_path / "new"
+    scripts = newroot / "etc" / "migration.d"
+    scripts.mkdir(parents=True)
+    for name, body in (("10-ok", "true\n"), ("20-new", "true new\n")):
+        (scripts / name).write_text(body)
+        (scripts / name).chmod(0o755)
+    migrations = [{"name": p.name, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+                  for p in sorted(scripts.iterdir())]  # fmt: skip
+    obj = {"format": 1, "migrations": migrations, "compat_level": 1}
+    obj["digest"] = manifest_mod.digest_of(obj)
+    manifest = newroot / cli.MANIFEST
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps(obj))
+    argv = ["--root", str(d.root), "--state-dir", str(d.state), "update", str(newroot),
+            "--prometheus-textfile", str(target)]  # fmt: skip
+    assert cli.main(argv) == 0
+    new = parse_prometheus(target.read_text())
+    assert new[("migration_scripts", '{state="applied"}')] == 2
+    assert new[("migration_image_compat_level", "")] == 1
+    assert new[("migration_last_run_success", "")] == 1
+    assert (
+        new[("migration_last_run_finish_time_seconds", "")]
+        >= old[("migration_last_run_finish_time_seconds", "")]
+    )

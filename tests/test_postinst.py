@@ -330,6 +330,23 @@ def test_without_systemd_it_applies_and_touches_no_service(tmp_path: Path) -> No
     assert device.calls() == []
 
 
+def test_postinst_writes_the_prometheus_textfile_whatever_the_outcome(tmp_path: Path) -> None:
+    """A package upgrade on a running device changes what monitoring must show (a failed
+    migration most of all); no boot follows to refresh the file."""
+    device = Device(tmp_path, systemd=False)
+    first_install(device)
+    target = tmp_path / "migration.prom"
+    argv = ("postinst", "--package", "foo", "--prometheus-textfile", str(target))
+    assert device(*argv).returncode == 0
+    assert "migration_last_run_success 1\n" in target.read_text()
+    device.ship("foo", "50-foo-two.sh", "#!/bin/sh\nexit 1\n")
+    proc = device(*argv)
+    assert proc.returncode == 1, proc.stderr
+    text = target.read_text()
+    assert 'migration_scripts{state="failed"} 1\n' in text
+    assert "migration_last_run_success 0\n" in text
+
+
 # --------------------------------------------------------------------------------------------
 # What a postinst stopped is remembered under /run/migration/stopped until it runs again, so a
 # retry, another process, starts it (F1); systemctl's failures stop the postinst (F2).

@@ -10,10 +10,13 @@ refused, and the last run that ran a script or left one not applied (state.json'
 written by the runner at the end of such a run).
 """
 
+import contextlib
+import errno
 import os
-from typing import Any, Dict, List, NamedTuple, Optional
+import stat
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-from migration import runner
+from migration import files, runner
 from migration.files import shown
 
 STATES = (runner.APPLIED, runner.PENDING, runner.FAILED, runner.REFUSED, runner.INTERRUPTED)
@@ -137,16 +140,77 @@ def mender_inventory(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_textfile(path: str, opts: "runner.Options") -> Optional[str]:
-    """Write the Prometheus text of `opts` to `path` atomically (a hidden temporary file in the
-    same directory, renamed over it: node_exporter never reads half a file, and it reads only
-    *.prom names); None, or why it could not (the run's outcome stands either way)."""
+#: Random temporary names tried before giving up (a user may fill the dir with names).
+_TRIES = 100
+
+
+def dir_problem(st: os.stat_result) -> Optional[str]:
+    """Why a textfile dir with this stat must not get the runner's metrics, or None: whoever
+    can write a dir without the sticky bit can replace any file in it, so metrics written there
+    would vouch for nothing. Its owner is not judged: node_exporter's textfile dir is often its
+    user's, and that user is the one who serves the metrics anyway."""
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        return (
+            f"its directory is writable by group or others without the sticky bit (mode "
+            f"{files.mode_text(st.st_mode)}): any of them could replace the file"
+        )
+    return None
+
+
+def replace(path: str, data: bytes) -> None:
+    """Replace `path` with `data`, mode 0644 whatever the umask, in a directory someone else
+    may own: the temporary file has a random hidden name (node_exporter reads only *.prom
+    names, so it never reads half a file) and is created anew (O_EXCL, O_NOFOLLOW), so nothing
+    planted there (a file, a symlink, a hard link to a root file) is ever written through;
+    every step goes through one fd of the directory, which a rename of it cannot redirect;
+    then fsync, rename over `path`, fsync the directory."""
     from migration.errors import MigrationError
-    from migration.state import atomic_write
+
+    directory, name = os.path.split(os.path.abspath(path))
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        problem = dir_problem(os.fstat(dfd))
+        if problem:
+            raise MigrationError(problem)
+        fd, tmp = _create(dfd, name)
+        try:
+            try:
+                os.fchmod(fd, 0o644)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dfd)
+            raise
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _create(dfd: int, name: str) -> Tuple[int, str]:
+    """(fd, name) of a new empty file `.<name>.<random>` in the directory `dfd`."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(_TRIES):
+        tmp = f".{name}.{os.urandom(8).hex()}"  # secrets, tempfile: not python3-core
+        try:
+            return os.open(tmp, flags, 0o600, dir_fd=dfd), tmp
+        except FileExistsError:
+            continue
+    raise OSError(errno.EEXIST, "no free temporary name in its directory")
+
+
+def write_textfile(path: str, opts: "runner.Options") -> Optional[str]:
+    """Write the Prometheus text of `opts` to `path` (replace); None, or why it could not (the
+    command's outcome stands either way)."""
+    from migration.errors import MigrationError
 
     try:
-        text = prometheus(collect(opts))
-        atomic_write(os.path.abspath(path), text.encode(), mode=0o644)
+        replace(path, prometheus(collect(opts)).encode())
     except (MigrationError, OSError) as e:
         return f"cannot write the Prometheus textfile {path}: {getattr(e, 'strerror', None) or e}"
     return None

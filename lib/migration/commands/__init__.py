@@ -105,3 +105,29 @@ def add_lock_wait(parser: Any) -> None:
         metavar="SECONDS",
         help="wait this long for another runner's lock, then exit 75 (default 60)",
     )
+
+
+def add_prometheus_textfile(parser: Any) -> None:
+    """--prometheus-textfile, for every command that runs migrations (run, update, postinst)."""
+    parser.add_argument(
+        "--prometheus-textfile",
+        metavar="FILE",
+        help="at the end, whatever the outcome, write `status --format prometheus` to FILE "
+        "(for node_exporter's textfile collector: a *.prom file in its directory); a FILE that "
+        "cannot be written is a warning",
+    )
+
+
+def write_prometheus_textfile(args: Any, opts: Any) -> None:
+    """Write --prometheus-textfile's FILE, if given, from `opts`' scripts, manifest and state
+    (migration.monitoring); a failure is a warning on the console, never a change of the
+    command's exit code."""
+    path = getattr(args, "prometheus_textfile", None)
+    if not path:
+        return
+    from migration import console, monitoring
+    from migration.files import shown
+
+    problem = monitoring.write_textfile(path, opts)
+    if problem:
+        console.say(f"migration: {shown(problem)}")

@@ -27,11 +27,20 @@ only on a retry (`dpkg --configure -a`, `opkg configure`). Exit 2 when systemctl
 the gated services are found or stopped: no migration runs while services that read the data
 may be running. 3, 70, 75, 130 as for `run`. Nothing is lost: a failed script is recorded as
 failed and retried by that retry, by the next package postinst and at the next boot.
+
+--prometheus-textfile FILE: as for `run`, FILE is written last, whatever the outcome (the
+postinst that migration.bbclass puts in packages does not give it).
 """
 
 from typing import Any
 
-from migration.commands import add_lock_wait, seconds
+from migration.commands import (
+    add_lock_wait,
+    add_prometheus_textfile,
+    options,
+    seconds,
+    write_prometheus_textfile,
+)
 
 name = "postinst"
 helpmsg = "a migration package's postinst on a running system: apply its migrations"
@@ -51,14 +60,22 @@ def setup_parser(parser: Any) -> None:
         "0: no limit)",
     )
     add_lock_wait(parser)
+    add_prometheus_textfile(parser)
 
 
 def run(args: Any) -> int:
+    try:
+        return _postinst(args)
+    finally:  # no boot follows to refresh it; last, after the services are started again
+        write_prometheus_textfile(args, options(args))
+
+
+def _postinst(args: Any) -> int:
     import sys
 
     from migration import cli, runner, services
     from migration import manifest as manifest_mod
-    from migration.commands import check, manifest, options
+    from migration.commands import check, manifest
     from migration.files import shown
     from migration.state import State
 

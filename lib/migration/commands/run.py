@@ -18,9 +18,10 @@ TMPDIR: a new private dir (0700, under /run, else under STATE/tmp) removed when 
 at early boot /var/tmp and the like may not exist yet.
 
 With --prometheus-textfile FILE, the run ends by writing what `status --format prometheus`
-prints to FILE (a temporary file in its directory renamed over it, mode 0644), whatever its
-outcome: refused (exit 3), failed or interrupted too; a FILE that cannot be written is a warning,
-not a change of the exit code.
+prints to FILE (a new temporary file with a random hidden name in its directory, renamed over
+it, mode 0644: migration.monitoring.replace), whatever its outcome: refused (exit 3), failed or
+interrupted too; a FILE that cannot be written, or whose directory group or others can write
+without the sticky bit, is a warning, not a change of the exit code.
 
 A state dir on a volatile file system (tmpfs, an overlay whose upper dir is on tmpfs: a
 read-only root's volatile /var/lib) forgets every record at reboot, so every migration would run
@@ -30,7 +31,13 @@ before anything runs or is written (update too).
 
 from typing import Any
 
-from migration.commands import add_run_options, options, run_settings
+from migration.commands import (
+    add_prometheus_textfile,
+    add_run_options,
+    options,
+    run_settings,
+    write_prometheus_textfile,
+)
 
 name = "run"
 helpmsg = "run every pending migration script once"
@@ -44,12 +51,7 @@ def setup_parser(parser: Any) -> None:
         help="run these executables when the image is refused "
         "(default ROOT/etc/migration/incompatible.d)",
     )
-    parser.add_argument(
-        "--prometheus-textfile",
-        metavar="FILE",
-        help="after the run, write `status --format prometheus` to FILE atomically (for "
-        "node_exporter's textfile collector: a *.prom file in its directory)",
-    )
+    add_prometheus_textfile(parser)
 
 
 def run(args: Any) -> int:
@@ -65,18 +67,7 @@ def run(args: Any) -> int:
     if args.dry_run:
         return runner.dry_run(opts, print)
     cli.install_signal_handlers()
-    textfile = args.prometheus_textfile
     try:
         return runner.run(opts)
-    finally:
-        if textfile:  # a refusal (exit 3) and a failed run are what monitoring must see
-            _write_textfile(textfile, opts)
-
-
-def _write_textfile(path: str, opts: Any) -> None:
-    from migration import console, monitoring
-    from migration.files import shown
-
-    problem = monitoring.write_textfile(path, opts)
-    if problem:
-        console.say(f"migration: {shown(problem)}")
+    finally:  # a refusal (exit 3) and a failed run are what monitoring must see
+        write_prometheus_textfile(args, opts)

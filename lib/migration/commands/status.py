@@ -29,7 +29,9 @@ The text form fits an 80-column serial console: longer lines wrap onto indented 
 that did not apply gets its log on a line of its own, as a shell glob of the first 12 hex digits
 of its sha256 that matches only that file (the full path is in --json); a failed one also gets
 the last non-empty line of its output, from the log, with control characters and invalid UTF-8
-escaped and cut to fit.
+escaped and cut to fit (a line in the form of the runner's own notes with its "[" escaped: the
+runner's are the log's first and last lines only). Logs are read only in a logs/ that is a real
+directory: a symlinked one reads as absent, as every subdir of the state dir does.
 """
 
 import json
@@ -181,8 +183,8 @@ def run(args: Any) -> int:
     running = state.lock_held_elsewhere()
     rows = []
     for item in items:
-        log = state.log_path(item.sha256)
-        rows.append(describe(item, log if os.path.exists(log) else "", running))
+        log = state.log_path(item.sha256)  # through a logs/ that is a real dir only
+        rows.append(describe(item, log if logs.present(log) else "", running))
     log_names = logs.listing(os.path.join(args.state_dir, "logs"))
     if verdict is not None and verdict.refused:
         code = 3

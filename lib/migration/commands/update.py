@@ -22,6 +22,10 @@ the new image's files only below NEWROOT.
 pending for the first boot of the new image, so the old image, still the fallback if the update
 is abandoned, keeps data it can read; exit 0 if everything else is applied.
 
+--prometheus-textfile FILE: as for `run`, FILE is written at the end whatever the outcome, as
+the new image sees it (its scripts, manifest and level). Without it, when every migration
+applies here, the new image's first boot starts no runner and FILE keeps the old image's values.
+
 Exit codes as `run`: 0 all applied (or deferred), 1 a script failed, was refused or is pending
 (the boot retries), 2 usage/configuration (no manifest in NEWROOT, --scripts-dir or --manifest
 given), 3 refused (this image cannot use the device's data), 70 internal error (a bug, or the old
@@ -31,7 +35,12 @@ lock busy (not refused: the verdict comes first), 130 interrupted.
 
 from typing import Any
 
-from migration.commands import add_run_options, run_settings
+from migration.commands import (
+    add_prometheus_textfile,
+    add_run_options,
+    run_settings,
+    write_prometheus_textfile,
+)
 
 name = "update"
 helpmsg = "apply a new image's migrations from its mounted root (at update time)"
@@ -45,6 +54,7 @@ def setup_parser(parser: Any) -> None:
         action="store_true",
         help="leave one-way migrations (and those after them) to the new image's first boot",
     )
+    add_prometheus_textfile(parser)
 
 
 def run(args: Any) -> int:
@@ -81,4 +91,7 @@ def run(args: Any) -> int:
     if args.dry_run:
         return runner.dry_run(opts, print)
     cli.install_signal_handlers()
-    return runner.run(opts)
+    try:
+        return runner.run(opts)
+    finally:  # the new image's first boot may start no runner: this is the fresh view
+        write_prometheus_textfile(args, opts)
