@@ -927,6 +927,20 @@ HOSTILE = {
     "non-ASCII byte": ("MIGRATION_COMMAND=/usr/sbin/migr\xe9tion\n",
                        "line 1: control or non-ASCII bytes"),
     "CR line end": ("MIGRATION_UPDATE_ARGS=--defer-oneway\r\n", "line 1: control or non-ASCII"),
+    # A blank at either end of a value is invisible, and the value would not resolve (no
+    # interpreter "python3 ", no slot class "rootfs "): the install would go on unchecked.
+    "trailing blank": (
+        "MIGRATION_PYTHON=python3 \n",
+        "line 1: the value of MIGRATION_PYTHON begins or ends with a blank",
+    ),
+    "slot class with a trailing blank": (
+        "MIGRATION_RAUC_SLOT_CLASS=rootfs \n",
+        "line 1: the value of MIGRATION_RAUC_SLOT_CLASS begins",
+    ),
+    "leading blank in quotes": (
+        'MIGRATION_COMMAND=" /usr/sbin/migration"\n',
+        "line 1: the value of MIGRATION_COMMAND begins or ends",
+    ),
 }
 
 
@@ -972,3 +986,225 @@ def test_every_hook_refuses_a_settings_file_others_can_write(
     res = run_hook(hook, device, v2, {"MIGRATION_HOOK_CONF": str(tmp_path / "nothing.conf")})
     assert res.returncode == 1 and "does not exist" in res.stderr, res.stderr
     assert device.snapshot() == before
+
+
+def attack_dir(tmp_path: Path, name: str) -> Path:
+    """A directory of an unprivileged user (uid 65534), as on a data partition."""
+    udir = tmp_path / name
+    udir.mkdir()
+    os.chown(udir, 65534, 65534)
+    return udir
+
+
+def roots_file(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o644)
+    os.chown(path, 0, 0)
+    return path
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_a_settings_file_that_is_a_symlink_is_refused(
+    hook: str, v1_device: Device, tmp_path: Path
+) -> None:
+    """The settings file must be the file itself: a symlink is refused wherever it points (here
+    to root's own file, mode 0644, in a directory everyone can write with the sticky bit, as
+    /tmp): whoever can change a directory on the way to the file could swap what is read."""
+    device = v1_device
+    v2 = make_image(tmp_path / "v2", "2.0", V2)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    target = roots_file(shared / "update-hook.conf", "MIGRATION_UPDATE_ARGS=--defer-oneway\n")
+    device.conf.unlink()
+    device.conf.symlink_to(target)
+    before = device.snapshot()
+    res = run_hook(hook, device, v2)
+    assert res.returncode == 1, res.stderr
+    assert f"{device.conf}: is a symlink" in res.stderr
+    assert "not updating with a setting ignored" in res.stderr
+    assert "running:" not in res.stderr
+    assert device.snapshot() == before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="owners and modes are checked when run as root")
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_directory_from_the_root_down_to_the_settings_file_is_checked(
+    hook: str, v1_device: Device, tmp_path: Path
+) -> None:
+    """Not only the file's own directory: whoever can rename any directory on the way (or the
+    directory a symlinked directory leads to) can put another file in its place between the
+    check and the read. Each must be root's and closed to group and others; a directory with
+    the sticky bit (as /tmp, above these test trees) is safe for root's entries in it."""
+    device = v1_device
+    v2 = make_image(tmp_path / "v2", "2.0", V2)
+    etc = device.root / "etc"
+    before = device.snapshot()
+    etc.chmod(0o777)
+    res = run_hook(hook, device, v2)
+    assert res.returncode == 1, res.stderr
+    assert f"{etc} is writable by group or others (mode 777)" in res.stderr
+    etc.chmod(0o755)
+    os.chown(etc, 65534, 65534)
+    res = run_hook(hook, device, v2)
+    assert res.returncode == 1 and f"{etc} is owned by uid 65534, not root" in res.stderr
+    os.chown(etc, 0, 0)
+    # A symlinked directory is followed, and where it leads is checked.
+    open_dir = tmp_path / "open"
+    (open_dir / "migration").mkdir(parents=True)
+    open_dir.chmod(0o777)
+    os.rename(device.conf.parent, open_dir / "migration")
+    device.conf.parent.symlink_to(open_dir / "migration")
+    res = run_hook(hook, device, v2)
+    assert res.returncode == 1 and f"{open_dir} is writable by group or others" in res.stderr
+    assert "running:" not in res.stderr
+    assert device.snapshot() == before
+    open_dir.chmod(0o755)
+    device.conf.write_text("MIGRATION_UPDATE_ARGS=--lock-wait 5\n")
+    res = run_hook(hook, device, v2)
+    assert res.returncode == 0, res.stderr
+    assert f"settings from {device.conf}: MIGRATION_UPDATE_ARGS" in res.stderr
+    assert device.runs()[-1] == "50-app-move.sh update 1"
+
+
+#: The attacker: swaps two names of its directory (an open fd of it, taken while root) for ever.
+SWAPPER = """\
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+os.setgroups([])
+os.setgid(65534)
+os.setuid(65534)
+a, b = sys.argv[2].encode(), sys.argv[3].encode()
+while True:
+    libc.renameat2(fd, a, fd, b, 2)  # RENAME_EXCHANGE
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the attacker is another uid: needs root")
+@pytest.mark.parametrize("way", ["symlinked file", "directory above"])
+def test_a_user_racing_the_hook_never_runs_code_as_root(
+    way: str, v1_device: Device, tmp_path: Path
+) -> None:
+    """A user who can write a directory on the way to the settings file swaps root's file with
+    one naming the user's program as MIGRATION_PYTHON, over and over while the hook runs: the
+    hook refuses the file every time, and the program never runs (it did in about one run in
+    four when only the file's own directory was checked, and the file read again by name)."""
+    device = v1_device
+    v2 = make_image(tmp_path / "v2", "2.0", V2)
+    udir = attack_dir(tmp_path, "user")
+    pwned = tmp_path / "pwned"
+    evil_python = udir / "python"
+    evil_python.write_text(f"#!/bin/sh\necho $(id -u) >{pwned}\n")
+    evil_python.chmod(0o755)
+    evil = f"MIGRATION_PYTHON={evil_python}\n"
+    harmless = "MIGRATION_UPDATE_ARGS=--lock-wait 5\n"
+    if way == "symlinked file":
+        roots_file(udir / "conf", harmless)
+        (udir / "evil").write_text(evil)
+        device.conf.unlink()
+        device.conf.symlink_to(udir / "conf")
+        conf, names = device.conf, ("conf", "evil")
+    else:
+        (udir / "sub").mkdir()
+        conf = roots_file(udir / "sub" / "update-hook.conf", harmless)
+        (udir / "other").mkdir()
+        (udir / "other" / "update-hook.conf").write_text(evil)
+        conf, names = udir / "sub" / "update-hook.conf", ("sub", "other")
+    for p in udir.rglob("*"):
+        if p.owner() != "root" or p.name not in ("conf", "sub", "update-hook.conf"):
+            os.lchown(p, 65534, 65534)
+    if way == "directory above":
+        os.chown(udir / "sub", 0, 0)
+        os.chown(udir / "sub" / "update-hook.conf", 0, 0)
+    swapper = subprocess.Popen([sys.executable, "-c", SWAPPER, str(udir), *names])
+    try:
+        results = [run_hook("rauc-hook.sh", device, v2, {"MIGRATION_HOOK_CONF": str(conf)})
+                   for _ in range(30)]  # fmt: skip
+    finally:
+        swapper.kill()
+        swapper.wait()
+    assert not pwned.exists(), pwned.read_text()
+    for res in results:
+        assert res.returncode == 1, res.stderr
+        assert "not updating with a setting ignored" in res.stderr
+        assert "running:" not in res.stderr
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+@pytest.mark.parametrize("where", ["file", "environment"])
+def test_a_configured_interpreter_or_command_that_is_not_there_aborts_the_install(
+    hook: str, where: str, v1_device: Device, tmp_path: Path
+) -> None:
+    """Left to the first boot only when the DEFAULTS do not resolve (no python3 on the running
+    system, no runner in the new image): a MIGRATION_PYTHON or MIGRATION_COMMAND set on purpose
+    that is not there is a mistake, and going on would install the image without the runner's
+    verdict (a refused downgrade, an image below the floor)."""
+    device = v1_device
+    v2 = make_image(tmp_path / "v2", "2.0", V2)
+    not_executable = tmp_path / "python3-not-executable"
+    not_executable.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    not_executable.chmod(0o644)
+    cases = {
+        "MIGRATION_PYTHON": [
+            (str(tmp_path / "no-python3"), "is not an executable file"),
+            (str(not_executable), "is not an executable file"),
+            ("python3.99", "is not a command on the running system (PATH"),
+        ],
+        "MIGRATION_COMMAND": [
+            ("/usr/sbin/no-migration", f"{v2}/usr/sbin/no-migration is not a file in the new"),
+        ],
+    }
+    before = device.snapshot()
+    for key, values in cases.items():
+        for value, words in values:
+            env: Dict[str, str] = {}
+            if where == "file":
+                device.conf.write_text(f"{key}={value}\n")
+            else:
+                env[key] = value
+            res = run_hook(hook, device, v2, env)
+            assert res.returncode == 1, (value, res.stderr)
+            assert f"ERROR: {key}={value}: {words}" in res.stderr, res.stderr
+            assert "aborting the update" in res.stderr
+            assert "running:" not in res.stderr
+            assert device.snapshot() == before
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_without_python3_and_no_setting_the_first_boot_applies_the_migrations(
+    hook: str, v1_device: Device, tmp_path: Path
+) -> None:
+    """The default interpreter missing on the running system (MIGRATION_PYTHON unset or empty)
+    is no mistake of the device's settings: the update goes on, the new image's first boot
+    runs its migrations."""
+    device = v1_device
+    v2 = make_image(tmp_path / "v2", "2.0", V2)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name in BUSYBOX_APPLETS:
+        found = shutil.which(name)
+        if found:
+            (bindir / name).symlink_to(found)
+    for env in ({}, {"MIGRATION_PYTHON": ""}):
+        res = run_hook(hook, device, v2, {"PATH": str(bindir), **env})
+        assert res.returncode == 0, res.stderr
+        assert "WARNING: no python3 on the running system: the new image's first boot" in res.stderr
+    assert device.runs() == ["10-base-init.sh boot 1"]
+
+
+def test_a_rauc_slot_class_that_cannot_be_a_class_is_refused(
+    v1_device: Device, tmp_path: Path
+) -> None:
+    """A slot class no slot has makes every slot "not ours" (exit 0, nothing checked): one
+    with a blank or a dot (a slot's name, not its class) is a mistake, refused."""
+    device = v1_device
+    v2 = make_image(tmp_path / "v2", "2.0", V2)
+    for value in ("rootfs ", "root fs", "rootfs.1"):
+        res = run_hook("rauc-hook.sh", device, v2, {"MIGRATION_RAUC_SLOT_CLASS": value})
+        assert res.returncode == 1, res.stderr
+        assert f"MIGRATION_RAUC_SLOT_CLASS='{value}' is not a slot class" in res.stderr
+    device.conf.write_text("MIGRATION_RAUC_SLOT_CLASS=root fs\n")
+    res = run_hook("rauc-hook.sh", device, v2)
+    assert res.returncode == 1 and "is not a slot class" in res.stderr, res.stderr
+    assert device.runs() == ["10-base-init.sh boot 1"]

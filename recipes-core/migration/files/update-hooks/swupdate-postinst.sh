@@ -35,11 +35,19 @@ hook_name=swupdate
 #   MIGRATION_RAUC_SLOT_CLASS  RAUC: the class of the root file system's slots (default rootfs)
 # The file is parsed, never run as shell: KEY=VALUE lines (no blanks around =; the value may be
 # in "" or ''), comment lines (#) and blank lines, printable ASCII only; only the keys above,
-# each once; values of letters, digits, blanks and / . _ - + , : = @ %. A file that is not
-# root's regular file, or that group or others can write, or whose directory they can (the
-# interpreter is a command run as root), anything else in it, or a MIGRATION_HOOK_CONF that
-# does not exist makes the hook exit 1 before anything runs: an update does not go on with a
-# setting ignored.
+# each once; values of letters, digits, blanks and / . _ - + , : = @ %, no blank at either end.
+# MIGRATION_PYTHON is a command run as root, so (when the hook runs as root) only root may be
+# able to change what is read: the file must not be a symlink, it must be root's regular file
+# that group and others cannot write, and so must every directory from / down to it (symlinked
+# directories resolved, then checked where they lead), a directory with the sticky bit (as /tmp)
+# excepted, where only root can rename or remove root's entries. Checking every directory, not
+# only the file's, is what stops a user who can rename one of them from swapping the file
+# between the check and the read; the hook then opens the file once and checks and parses that
+# open file (/proc/self/fd), never the name again. Anything else, or a MIGRATION_HOOK_CONF that
+# does not exist, makes the hook exit 1 before anything runs: an update does not go on with a
+# setting ignored. So does a MIGRATION_PYTHON or MIGRATION_COMMAND that is set (file or
+# environment) and not there: only the defaults missing (no python3 here, no runner in the new
+# image) leave the migrations to the new image's first boot.
 # What the runner's exit status means for the update:
 #   0       everything applied: the new image's first boot starts no migration process;
 #   1, 75   a migration failed or is pending (1), or another runner held the lock (75; the
@@ -107,6 +115,30 @@ run_update() {
 	root=$1
 	command=$root${MIGRATION_COMMAND:-/usr/sbin/migration}
 	python=${MIGRATION_PYTHON:-python3}
+	# Set on purpose (file or environment) and not there: a mistake, never a silent skip (the
+	# image would be installed without the runner's verdict).
+	if [ -n "${MIGRATION_PYTHON:-}" ]; then
+		case $python in
+		*/*)
+			if [ ! -f "$python" ] || [ ! -x "$python" ]; then
+				say "ERROR: MIGRATION_PYTHON=$python: is not an executable file: aborting the update"
+				return 1
+			fi
+			;;
+		*)
+			if ! command -v "$python" >/dev/null 2>&1; then
+				say "ERROR: MIGRATION_PYTHON=$python: is not a command on the running system" \
+					"(PATH=$PATH): aborting the update"
+				return 1
+			fi
+			;;
+		esac
+	fi
+	if [ -n "${MIGRATION_COMMAND:-}" ] && [ ! -f "$command" ]; then
+		say "ERROR: MIGRATION_COMMAND=$MIGRATION_COMMAND: $command is not a file in the new" \
+			"root: aborting the update"
+		return 1
+	fi
 	if [ ! -f "$command" ]; then
 		say "$command does not exist: the new image has no migration runner, nothing to do"
 		return 0
@@ -169,15 +201,21 @@ value_chars='ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 /._+
 refusal() {
 	say "ERROR: $conf: $*; not updating with a setting ignored: aborting the update"
 }
+# Refuses (returns 0, with the reason) $1 when only root must be able to change it and another
+# user can: not root's, or writable by group or others (a directory with the sticky bit
+# excepted); $2 names it in the message. Checked only when the hook runs as root.
 untrusted() {
 	owner_mode=$(stat -L -c '%u %a' "$1") || {
-		refusal "cannot stat $1"
+		refusal "cannot stat $2"
 		return 0
 	}
-	if [ "$(id -u)" = 0 ] && [ "${owner_mode% *}" != 0 ]; then
-		refusal "$1 is owned by uid ${owner_mode% *}, not root"
-	elif [ "$(id -u)" = 0 ] && [ $((0${owner_mode#* } & 022)) -ne 0 ]; then
-		refusal "$1 is writable by group or others (mode ${owner_mode#* })"
+	if [ "$(id -u)" != 0 ]; then
+		return 1
+	elif [ "${owner_mode% *}" != 0 ]; then
+		refusal "$2 is owned by uid ${owner_mode% *}, not root"
+	elif [ $((0${owner_mode#* } & 022)) -ne 0 ] &&
+		{ [ ! -d "$1" ] || [ $((0${owner_mode#* } & 01000)) -eq 0 ]; }; then
+		refusal "$2 is writable by group or others (mode ${owner_mode#* })"
 	else
 		return 1
 	fi
@@ -186,16 +224,56 @@ read_settings() {
 	conf=${MIGRATION_HOOK_CONF:-/etc/migration/update-hook.conf}
 	if [ ! -e "$conf" ] && [ ! -L "$conf" ] && [ -z "${MIGRATION_HOOK_CONF:-}" ]; then
 		return 0 # no file: the defaults and the environment
-	elif [ ! -e "$conf" ]; then
-		refusal "does not exist (MIGRATION_HOOK_CONF, or a dangling symlink)"
-		return 1
-	elif [ ! -f "$conf" ]; then
-		refusal "not a regular file"
-		return 1
-	elif untrusted "$conf" || untrusted "$(dirname "$conf")"; then
+	elif [ ! -e "$conf" ] && [ ! -L "$conf" ]; then
+		refusal "does not exist (MIGRATION_HOOK_CONF)"
 		return 1
 	fi
-	size=$(stat -L -c %s "$conf") || size=$((settings_max + 1))
+	# The directories from / down to the file, symlinks resolved: each checked before the
+	# next, so none can be swapped under the checks once its parent passed.
+	dir=$(CDPATH='' cd -P -- "$(dirname -- "$conf")" && pwd -P) || {
+		refusal "cannot resolve its directory"
+		return 1
+	}
+	if untrusted / /; then
+		return 1
+	fi
+	rest=${dir#/}
+	path=
+	while [ -n "$rest" ]; do
+		path=$path/${rest%%/*}
+		case $rest in
+		*/*) rest=${rest#*/} ;;
+		*) rest= ;;
+		esac
+		untrusted "$path" "$path" && return 1
+	done
+	file=${dir%/}/${conf##*/}
+	if [ -L "$file" ]; then
+		refusal "is a symlink (keep the file itself there: a symlink could lead anywhere)"
+		return 1
+	elif [ ! -f "$file" ]; then
+		refusal "not a regular file"
+		return 1
+	fi
+	# Opened once: what is checked and parsed is this open file, whatever the name becomes.
+	exec 3<"$file" || {
+		refusal "cannot open $file"
+		return 1
+	}
+	parse_settings
+	parsed=$?
+	exec 3<&-
+	return $parsed
+}
+# Checks the open settings file (fd 3) and parses it.
+parse_settings() {
+	if [ ! -f /proc/self/fd/3 ]; then
+		refusal "not a regular file"
+		return 1
+	elif untrusted /proc/self/fd/3 "$conf"; then
+		return 1
+	fi
+	size=$(stat -L -c %s /proc/self/fd/3) || size=$((settings_max + 1))
 	if [ "$size" -gt "$settings_max" ]; then
 		refusal "larger than $settings_max bytes"
 		return 1
@@ -215,7 +293,7 @@ read_settings() {
 		fi
 		lineno=$((lineno + 1))
 		setting "$line" || return 1
-	done <"$conf"
+	done <&3
 	# The shell drops NUL bytes and counts a multibyte character once: either makes the
 	# count differ from the file's size.
 	if [ "$bytes" -ne "$size" ]; then
@@ -263,6 +341,14 @@ setting() {
 	*[!$value_chars]*)
 		refusal "line $lineno: the value of $key holds characters other than letters, digits," \
 			"blanks and / . _ - + , : = @ %"
+		return 1
+		;;
+	esac
+	# Invisible, and the value would not resolve: no interpreter "python3 ", no slot class
+	# "rootfs " (every slot "not ours", the install unchecked).
+	case $value in
+	[[:blank:]]* | *[[:blank:]])
+		refusal "line $lineno: the value of $key begins or ends with a blank"
 		return 1
 		;;
 	esac
