@@ -39,7 +39,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 from migration import compat, files, journal, leftovers, overlay, volatile
 from migration import manifest as manifest_mod
 from migration.errors import Incompatible, Interrupted, MigrationError
-from migration.scripts import Script, discover, interpreter, is_ignored
+from migration.scripts import Script, discover, interpreter, is_ignored, list_dir
 from migration.state import Snapshot, State, now_iso, read_os_release
 
 POLICIES = ("continue", "stop")
@@ -324,8 +324,10 @@ def run(opts: Options, say: Callable[[str], None] = _stderr) -> int:
     is_volatile = volatile_check(opts, say)
     state = State(opts.state_dir, say)
     manifest = manifest_mod.load(opts.manifest_path) if opts.manifest_path else None
-    # A missing scripts dir fails here, before the state dir is touched.
-    scripts, warnings = discover(opts.scripts_dir)
+    # A missing scripts dir fails here, before the state dir is touched. The scripts are read
+    # under the lock (_run_locked): a runner that went first while this one waited may have
+    # shipped, run and failed a script, whose record prune() must see as shipped.
+    list_dir(opts.scripts_dir)
     # The verdict needs no lock (status and dry-run compute it too), so it comes before the
     # wait: a refused image is refused (exit 3) even when another runner holds the lock, which
     # an updater would otherwise take for "the boot retries" (75) and install the image. Under
@@ -341,6 +343,9 @@ def run(opts: Options, say: Callable[[str], None] = _stderr) -> int:
             say(f"stopped {stopped} process(es) left running by the scripts of a killed runner")
     state.lock(opts.lock_wait)
     try:
+        if opts.manifest_path:  # a postinst may have refreshed it while this runner waited
+            manifest = manifest_mod.load(opts.manifest_path)
+        scripts, warnings = discover(opts.scripts_dir)
         return _run_locked(opts, state, scripts, warnings, manifest, say, is_volatile)
     except BaseException:
         # Interrupted or failing: the outcomes recorded so far still become durable (the first
@@ -626,6 +631,10 @@ def _prune(opts: Options, state: State, shipped: List[str],
     image runs, and the updater may still fall back to it, whose failures must stay."""
     for p in state.prune(set(shipped)):
         what = "failed record" if p.kind == FAILED else "interrupted note"
+        if p.moved_to:
+            say(f"moved the unreadable {what} (sha256 {p.sha256}) of content no script in "
+                f"{opts.scripts_dir} has any more aside to {p.moved_to}")
+            continue
         name = f" of {p.name}" if p.name else ""
         say(f"pruned the {what}{name} (sha256 {p.sha256}): no script in {opts.scripts_dir} "
             "has that content any more")

@@ -135,6 +135,18 @@ def interpreter(path_or_bytes: Union[str, bytes, "os.PathLike[str]"]) -> Interpr
     return Interpreter(command, name, name in SHELLS)
 
 
+def list_dir(scripts_dir: str) -> List[str]:
+    """The names in `scripts_dir` (unsorted); ScriptsDirError when it cannot be listed."""
+    try:
+        return os.listdir(scripts_dir)
+    except FileNotFoundError:
+        raise ScriptsDirError(f"scripts dir {scripts_dir} does not exist") from None
+    except NotADirectoryError:
+        raise ScriptsDirError(f"scripts dir {scripts_dir} is not a directory") from None
+    except OSError as e:
+        raise ScriptsDirError(f"cannot read scripts dir {scripts_dir}: {e.strerror}") from None
+
+
 def discover(scripts_dir: str) -> Tuple[List[Script], List[str]]:
     """Candidate migrations in `scripts_dir`, in byte-wise order of their names, and warnings.
 
@@ -143,14 +155,7 @@ def discover(scripts_dir: str) -> Tuple[List[Script], List[str]]:
     dangling symlinks are skipped with a warning. Raises ScriptsDirError when the directory
     cannot be listed.
     """
-    try:
-        names = os.listdir(scripts_dir)
-    except FileNotFoundError:
-        raise ScriptsDirError(f"scripts dir {scripts_dir} does not exist") from None
-    except NotADirectoryError:
-        raise ScriptsDirError(f"scripts dir {scripts_dir} is not a directory") from None
-    except OSError as e:
-        raise ScriptsDirError(f"cannot read scripts dir {scripts_dir}: {e.strerror}") from None
+    names = list_dir(scripts_dir)
     scripts: List[Script] = []
     warnings: List[str] = []
     for name in sorted(names, key=os.fsencode):
