@@ -275,7 +275,9 @@ def generate(
             fragment_of[entry.name] = path
     scripts_dir = os.path.join(root, SCRIPTS_REL)
     if os.path.isdir(scripts_dir) or declared:
-        scripts, _warnings = discover(scripts_dir)
+        # Every script is read, whoever owns it (the runner refuses by owner, not this);
+        # a symlink is followed, and named below.
+        scripts, _warnings = discover(scripts_dir, refuse_unsafe=False)
     else:
         scripts = []
     found = {s.name: s for s in scripts}
@@ -285,6 +287,8 @@ def generate(
         script = found.get(name)
         if script is None:
             problems.append(f"{name} (package {entry.package}) is missing from {scripts_dir}")
+        elif script.refusal:
+            problems.append(f"{script.path} {script.refusal}")
         elif script.sha256 != entry.sha256:
             problems.append(
                 f"{name}: package {entry.package} declares sha256 {entry.sha256}, "

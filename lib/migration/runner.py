@@ -39,7 +39,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 from migration import compat, files, journal, leftovers, overlay, volatile
 from migration import manifest as manifest_mod
 from migration.errors import Incompatible, Interrupted, MigrationError
-from migration.scripts import Script, discover, interpreter, is_ignored, list_dir
+from migration.scripts import Script, discover, interpreter, is_ignored, list_dir, owner_refusal
 from migration.state import Snapshot, State, now_iso, read_os_release
 
 POLICIES = ("continue", "stop")
@@ -101,23 +101,11 @@ def dir_refusal(scripts_dir: str, euid: int) -> Optional[str]:
     return f"scripts dir {scripts_dir} {reason}" if reason else None
 
 
-def _mode(mode: int) -> str:
-    return oct(stat.S_IMODE(mode))[2:].rjust(4, "0")
-
-
-def owner_refusal(uid: int, mode: int, euid: int) -> Optional[str]:
-    """Why root must not run a file of this owner and mode, or None (scripts and hooks)."""
-    if euid != 0:
-        return None
-    if uid != 0:
-        return f"is owned by uid {uid}, not root"
-    if mode & 0o022:
-        return f"is writable by group or others (mode {_mode(mode)})"
-    return None
-
-
 def script_refusal(script: Script, euid: int) -> Optional[str]:
-    """Why root must not run `script`, or None. Not checked for other users (by design)."""
+    """Why root must not run `script`, or None. Not checked for other users (by design), except
+    what discover() refused unread (Script.refusal: too big for anyone)."""
+    if script.refusal:
+        return script.refusal
     if euid == 0 and script.symlink:
         return "is a symlink"
     return owner_refusal(script.uid, script.mode, euid)
@@ -233,7 +221,7 @@ def plan(
 
 
 def _shas(scripts: List[Script], manifest: Optional[manifest_mod.Manifest]) -> List[str]:
-    shas = [s.sha256 for s in scripts]
+    shas = [s.sha256 for s in scripts if s.sha256]  # "": refused unread
     if manifest is not None:
         shas += [e.sha256 for e in manifest.entries.values()]
     return shas
@@ -291,7 +279,7 @@ def _nothing_to_do(
     none of them a symlink (which root refuses: plan() decides)."""
     if manifest is None or not state.has_done(manifest.digest):
         return False
-    if any(s.symlink for s in scripts):
+    if any(s.symlink or s.refusal for s in scripts):
         return False
     if len(scripts) != len(manifest.entries):
         return False
@@ -650,7 +638,7 @@ def _run_one(opts: Options, state: State, item: Item, image: Dict[str, str], exe
     # Read once, hash what was read, run exactly that: the sha256 in the record is the sha256 of
     # the bytes the interpreter reads, checked against the manifest (plan()).
     try:
-        sealed = execute.seal(path, item.name)
+        sealed = execute.seal(path, item.name, follow=script.symlink)
     except OSError as e:
         say(f"{item.name}: not run: cannot read {path}: {e.strerror}")
         return PENDING

@@ -181,8 +181,8 @@ def run(args: Any) -> int:
     running = state.lock_held_elsewhere()
     rows = []
     for item in items:
-        log = state.log_path(item.sha256)
-        rows.append(describe(item, log if os.path.exists(log) else "", running))
+        log = state.log_path(item.sha256) if item.sha256 else ""  # "": refused unread
+        rows.append(describe(item, log if log and os.path.exists(log) else "", running))
     log_names = logs.listing(os.path.join(args.state_dir, "logs"))
     if verdict is not None and verdict.refused:
         code = 3
