@@ -39,7 +39,15 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 from migration import compat, files, journal, leftovers, overlay, volatile
 from migration import manifest as manifest_mod
 from migration.errors import Incompatible, Interrupted, MigrationError
-from migration.scripts import Script, discover, interpreter, is_ignored, list_dir, owner_refusal
+from migration.scripts import (
+    Script,
+    ScriptsDirError,
+    discover,
+    interpreter,
+    is_ignored,
+    list_dir,
+    owner_refusal,
+)
 from migration.state import Snapshot, State, now_iso, read_os_release
 
 POLICIES = ("continue", "stop")
@@ -240,6 +248,38 @@ def inspect(opts: Options, state: State, repair: bool = False) -> Tuple[List[Ite
     items = plan(scripts, snap, manifest, euid, dir_refusal(opts.scripts_dir, euid),
                  opts.scripts_dir, overlay.finder(opts.scripts_dir))
     return items, warnings
+
+
+def unapplied(opts: Options, state: State, manifest: manifest_mod.Manifest,
+              package: Optional[str] = None) -> Dict[str, List[Item]]:
+    """Package -> the items of its manifest entries that are not applied, as `run` and
+    `status` judge them: no applied record, or refused (a symlink, a file root must not run,
+    other bytes than the manifest's, missing and never run). Packages with everything applied
+    are left out; `package`: that one only (the gate: only its scripts are read). Needs no lock
+    and writes nothing; with the done stamp of the manifest's digest no record is read (the
+    stamp vouches for every entry's content, which the scripts in the dir must still be)."""
+    names = None
+    if package is not None:
+        names = {e.name for e in manifest.entries.values() if e.package == package}
+    try:
+        scripts, _warnings = discover(opts.scripts_dir, only=names)
+    except ScriptsDirError:
+        scripts = []  # every entry is then missing: refused unless it ran
+    if state.has_done(manifest.digest):
+        snap = Snapshot({e.sha256: {} for e in manifest.entries.values()}, {}, {}, [])
+    else:
+        snap = state.snapshot(_shas(scripts, manifest))
+    euid = os.geteuid()
+    try:
+        dir_reason = dir_refusal(opts.scripts_dir, euid)
+    except OSError:
+        dir_reason = None  # no scripts dir: nothing in it to refuse
+    out: Dict[str, List[Item]] = {}
+    for item in plan(scripts, snap, manifest, euid, dir_reason, opts.scripts_dir,
+                     overlay.finder(opts.scripts_dir)):
+        if item.package and item.state != APPLIED and package in (None, item.package):
+            out.setdefault(item.package, []).append(item)
+    return out
 
 
 def _stderr(msg: str) -> None:

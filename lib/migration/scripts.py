@@ -10,7 +10,7 @@ import errno
 import os
 import re
 import stat
-from typing import List, NamedTuple, Optional, Tuple, Union
+from typing import Collection, List, NamedTuple, Optional, Tuple, Union
 
 from migration import files
 from migration.errors import MigrationError
@@ -214,8 +214,8 @@ def list_dir(scripts_dir: str) -> List[str]:
         raise ScriptsDirError(f"cannot read scripts dir {scripts_dir}: {e.strerror}") from None
 
 
-def discover(scripts_dir: str, refuse_unsafe: Optional[bool] = None
-             ) -> Tuple[List[Script], List[str]]:
+def discover(scripts_dir: str, refuse_unsafe: Optional[bool] = None,
+             only: Optional[Collection[str]] = None) -> Tuple[List[Script], List[str]]:
     """Candidate migrations in `scripts_dir`, in byte-wise order of their names, and warnings.
 
     Regular files (and symlinks to regular files) are candidates. Ignored names are skipped
@@ -225,8 +225,11 @@ def discover(scripts_dir: str, refuse_unsafe: Optional[bool] = None
     are, with `refuse_unsafe` (default: running as root, what the runner refuses), a symlink and
     a file whose owner or mode root must not run: root never reads what it will not run, so a
     link to /proc/kmsg or a user's sparse file cannot hold up a boot. Raises ScriptsDirError
-    when the directory cannot be listed."""
+    when the directory cannot be listed. `only`: look at these names only (the gate: one
+    package's entries)."""
     names = list_dir(scripts_dir)
+    if only is not None:
+        names = [n for n in names if n in only]
     euid = os.geteuid()
     if refuse_unsafe is None:
         refuse_unsafe = euid == 0
