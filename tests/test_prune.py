@@ -309,3 +309,16 @@ def test_a_failed_record_and_an_interrupted_note_of_one_content_are_pruned_toget
     assert sorted(p.kind for p in state.prune(set())) == ["failed", "started"]
     assert not log.exists()
     assert _names(state, "failed") == [] and _names(state, "started") == []
+
+
+def test_a_run_says_where_a_damaged_note_of_unshipped_content_went(root: Path) -> None:
+    scripts, state = root / "etc/migration.d", root / "var/lib/migration"
+    (scripts / "10-a").write_text("true\n")
+    assert _cli(root, "run").returncode == 0
+    (state / "started" / C).write_text('{"format": 1, "oneway": 2, "attem')
+    proc = _cli(root, "run")
+    assert proc.returncode == 0, proc.stderr
+    assert f"moved the unreadable interrupted note (sha256 {C})" in proc.stderr, proc.stderr
+    moved = os.listdir(state / "damaged")
+    assert len(moved) == 1 and moved[0].startswith(f"started-{C}.")
+    assert (state / "damaged" / moved[0]).read_text().endswith('"attem')
