@@ -110,8 +110,10 @@ def owner_refusal(uid: int, mode: int, euid: int) -> Optional[str]:
 
 
 def too_big(size: int) -> str:
-    return (f"is larger than {SCRIPT_MAX >> 20} MiB ({size} bytes): not read (a payload belongs "
-            "in a file of its package that the script uses)")
+    return (
+        f"is larger than {SCRIPT_MAX >> 20} MiB ({size} bytes): not read (a payload belongs "
+        "in a file of its package that the script uses)"
+    )
 
 
 def open_script(path: str, follow: bool, expect: Optional[os.stat_result] = None) -> int:
@@ -214,8 +216,9 @@ def list_dir(scripts_dir: str) -> List[str]:
         raise ScriptsDirError(f"cannot read scripts dir {scripts_dir}: {e.strerror}") from None
 
 
-def discover(scripts_dir: str, refuse_unsafe: Optional[bool] = None,
-             only: Optional[Collection[str]] = None) -> Tuple[List[Script], List[str]]:
+def discover(
+    scripts_dir: str, refuse_unsafe: Optional[bool] = None, only: Optional[Collection[str]] = None
+) -> Tuple[List[Script], List[str]]:
     """Candidate migrations in `scripts_dir`, in byte-wise order of their names, and warnings.
 
     Regular files (and symlinks to regular files) are candidates. Ignored names are skipped
@@ -249,8 +252,7 @@ def discover(scripts_dir: str, refuse_unsafe: Optional[bool] = None,
     return scripts, warnings
 
 
-def _candidate(name: str, path: str, refuse_unsafe: bool,
-               warnings: List[str]) -> Optional[Script]:
+def _candidate(name: str, path: str, refuse_unsafe: bool, warnings: List[str]) -> Optional[Script]:
     symlink = False
     try:
         st = os.lstat(path)

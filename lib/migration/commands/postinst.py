@@ -88,6 +88,5 @@ def run(args: Any) -> int:
             runner.run(opts)
     finally:
         if gates:
-            gates.restore(check.not_applied(args, loaded, State(args.state_dir)) if loaded
-                          else {})
+            gates.restore(check.not_applied(args, loaded, State(args.state_dir)) if loaded else {})
     return check.run(args)
