@@ -540,3 +540,31 @@ def test_a_symlink_to_applied_content_is_refused_by_run_and_status_alike(root, w
     proc = root("run")
     assert proc.returncode == 0 and "ran" not in proc.stderr, proc.stderr
     assert root.status()["10-foo-a"]["state"] == "applied"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="symlinks are refused by root only")
+@pytest.mark.parametrize("entry", ["symlink", "user's file"])
+def test_the_gate_fails_on_an_entry_that_run_and_status_refuse(root, entry):
+    """adv5 finding 10: a symlinked (or user-owned) script of an applied package is refused by
+    run and status; the gate must not say the opposite, also with the done stamp in place."""
+    text = "echo ran\n"
+    _manifest_image(root, {"10-foo-a": ("foo", text), "20-bar-b": ("bar", "true\n")})
+    assert root("manifest").returncode == 0
+    assert root("run").returncode == 0
+    assert root("check", "--package", "foo").returncode == 0
+    path = root.scripts / "10-foo-a"
+    if entry == "symlink":
+        elsewhere = root.path / "elsewhere"
+        elsewhere.write_text(text)
+        path.unlink()
+        path.symlink_to(elsewhere)
+        reason = "is a symlink"
+    else:
+        os.chown(path, NOBODY, NOBODY)
+        reason = f"is owned by uid {NOBODY}, not root"
+    assert root("run").returncode == 1
+    proc = root("check", "--package", "foo")
+    no_traceback(proc)
+    assert proc.returncode == 1
+    assert f"10-foo-a: refused: {reason}" in proc.stderr, proc.stderr
+    assert root("check", "--package", "bar").returncode == 0  # another package's gate passes

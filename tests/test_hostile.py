@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from test_cli import LIB, Root, cli, no_traceback
+from test_cli import LIB, Root, as_nobody, cli, no_traceback, world  # noqa: F401
 
 DEEP = b"[" * 200000 + b"]" * 200000
 
@@ -190,3 +190,118 @@ def test_noop_fast_path_never_raises_from_a_deleted_cwd(tmp_path):
         assert noop.fast_run(["--root", "rel", "run"]) is None
     finally:
         os.chdir(here)
+
+
+# -- adversarial review 5, finding 5: refused before read, never read without bound ---------
+
+HUGE = 2 << 40  # a sparse 2 TB file: hours to hash, no disk used
+
+
+def _sparse(path, size=HUGE, owner=0):
+    with open(path, "wb") as f:
+        f.truncate(size)
+    os.chmod(path, 0o644)
+    os.chown(path, owner, owner)
+    return path
+
+
+def _manifest_and_noop_key(root):
+    """10-foo-a and 20-foo-b applied from an image manifest: the done stamp and the no-op key
+    exist, so the next run takes the no-op fast path (migration.noop)."""
+    from test_cli import _manifest_image
+
+    _manifest_image(root, {"10-foo-a": ("foo", "echo a\n"), "20-foo-b": ("foo", "true\n")})
+    assert root("manifest").returncode == 0
+    assert root("run").returncode == 0
+    assert (root.state / "noop-key").is_file() and os.listdir(root.state / "done")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown and the root-only refusals need root")
+def test_a_huge_script_is_refused_unread_by_run_status_and_dry_run(root):
+    root.add("10-ok", "true\n")
+    _sparse(root.scripts / "20-huge")
+    proc = root("run", timeout=20)  # hashing it would take hours
+    no_traceback(proc)
+    assert proc.returncode == 1, proc.stderr
+    assert "20-huge: refused: is larger than 64 MiB" in proc.stderr, proc.stderr
+    rows = root.status()
+    assert (rows["20-huge"]["state"], rows["10-ok"]["state"]) == ("refused", "applied")
+    assert rows["20-huge"]["sha256"] == ""  # never read: no content, no identity
+    assert "would refuse 20-huge: is larger than 64 MiB" in root("run", "--dry-run").stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the root-only refusals need root")
+@pytest.mark.parametrize("entry", ["symlink", "user's file in a writable dir", "user's file"])
+def test_root_refuses_an_unsafe_entry_before_reading_it(root, tmp_path, entry):
+    """A symlink (to /proc/kmsg it would block and eat the kernel log; to a sparse file it never
+    ends), or a file a user planted: refused by its lstat, never opened."""
+    root.add("10-ok", "true\n")
+    if entry == "symlink":
+        (root.scripts / "20-x").symlink_to(_sparse(tmp_path / "elsewhere"))
+        reason = "is a symlink"
+    elif entry == "user's file":
+        _sparse(root.scripts / "20-x", owner=65534)
+        reason = "is owned by uid 65534, not root"
+    else:
+        root.scripts.chmod(0o777)
+        _sparse(root.scripts / "20-x", owner=65534)
+        reason = "is writable by group or others"
+    for args in (["run"], ["status"], ["run", "--dry-run"]):
+        proc = root(*args, timeout=20)
+        no_traceback(proc)
+        assert proc.returncode == 1, (args, proc.stderr)
+        assert reason in proc.stdout + proc.stderr, (args, proc.stdout, proc.stderr)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_the_noop_fast_path_reads_no_huge_or_unsafe_script(root):
+    """With the no-op key in place a huge file, or one a user now owns, under a listed name
+    must not be hashed by the fast path: the full path refuses it unread."""
+    _manifest_and_noop_key(root)
+    path = root.scripts / "20-foo-b"
+    path.unlink()
+    _sparse(path)
+    proc = root("run", timeout=20)
+    assert proc.returncode == 1 and "20-foo-b: refused: is larger than 64 MiB" in proc.stderr
+    path.unlink()
+    root.add("20-foo-b", "true\n")
+    assert root("run").returncode == 0  # back to applied
+    os.chown(path, 65534, 65534)  # the entry, not its content, is judged (as for a symlink)
+    proc = root("run", timeout=20)
+    assert proc.returncode == 1, proc.stderr
+    assert "20-foo-b: refused: is owned by uid 65534, not root" in proc.stderr
+
+
+def test_an_unprivileged_runner_refuses_a_huge_script_unread(world):  # noqa: F811
+    """The size cap holds for every user (the ownership rules are root's only)."""
+    base, _ = world
+    scripts = os.path.join(base, "huge-scripts")
+    os.mkdir(scripts, 0o755)
+    with open(os.path.join(scripts, "10-ok"), "w") as f:
+        f.write("true\n")
+    _sparse(os.path.join(scripts, "20-huge"))
+    os.symlink(os.path.join(scripts, "20-huge"), os.path.join(scripts, "30-link"))
+    state = os.path.join(base, "huge-state")
+    proc = as_nobody(world, "--scripts-dir", scripts, "--state-dir", state, "status", "--json")
+    no_traceback(proc)
+    assert proc.returncode == 1
+    rows = {row["name"]: row for row in json.loads(proc.stdout)}
+    for name in ("20-huge", "30-link"):
+        assert rows[name]["state"] == "refused"
+        assert rows[name]["reason"].startswith("is larger than 64 MiB"), rows[name]
+
+
+def test_the_sealed_copy_never_follows_a_symlink_the_check_did_not_see(tmp_path):
+    """What runs is what was hashed: a script swapped for a symlink after the check is not read
+    through it (the hash would differ anyway, but a link to a huge file must not be copied)."""
+    from migration import execute
+
+    target = tmp_path / "target"
+    target.write_text("true\n")
+    link = tmp_path / "10-x"
+    link.symlink_to(target)
+    with pytest.raises(OSError):
+        execute.seal(str(link), "10-x", follow=False)
+    sealed = execute.seal(str(link), "10-x", follow=True)
+    os.close(sealed.fd)
+    assert sealed.sha256 == hashlib.sha256(b"true\n").hexdigest()

@@ -717,3 +717,23 @@ def test_migration_service_runs_nothing_once_the_boot_is_past_it(
     assert (res.returncode == 0) == runs, res
     if not runs:
         assert "migration postinst" in res.stdout + res.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="symlinks are refused by root only")
+def test_a_symlinked_script_is_reported_as_run_reports_it(device: Device) -> None:
+    """adv5 finding 10: a symlink in place of an applied script is refused by run, status and
+    the gate (exit 1); the postinst says the same (exit 1 with the refusal), not exit 2, which
+    means systemctl failed."""
+    first_install(device)
+    script = device.scripts / "50-foo-one.sh"
+    elsewhere = device.root / "elsewhere.sh"
+    elsewhere.write_bytes(script.read_bytes())
+    script.unlink()
+    script.symlink_to(elsewhere)
+    proc = device("postinst", "--package", "foo")
+    assert proc.returncode == 1, proc.stderr
+    assert "50-foo-one.sh: refused: is a symlink" in proc.stderr
+    assert "Traceback" not in proc.stderr and "error:" not in proc.stderr
+    assert device("check", "--package", "foo").returncode == 1  # the gate keeps it down
+    # Nothing runs, so nothing is stopped (as `run` stops nothing for a refusal).
+    assert device.calls() == [] and device.active("foo.service")

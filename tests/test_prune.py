@@ -200,3 +200,125 @@ def test_an_update_does_not_prune_the_running_images_records(root: Path, tmp_pat
                           phase="update", image_root=str(new), lock_wait=1.0)  # fmt: skip
     assert runner.run(opts, say=lambda _m: None) == 0
     assert (state / "failed" / _sha("exit 1\n")).is_file()
+
+
+# -- adversarial review 5 (findings 4, 6, 7) ----------------------------------------------
+
+
+def _killed_after_a_successful_retry(state: State, sha: str, name: str) -> Path:
+    """A script failed, then its retry succeeded, and the runner was killed (or the power cut)
+    before settle(): applied/, failed/ and started/ of the same sha, and the applied run's log."""
+    state.mark_started(name, sha, 1, {})
+    state.record_outcome("failed", _outcome("failed", sha, name))
+    state.mark_started(name, sha, 2, {})
+    log = _log(state, sha)
+    state.record_outcome("applied", _outcome("applied", sha, name, attempts=2), batch=True)
+    return log  # no settle(): killed here
+
+
+def test_prune_never_removes_the_log_of_an_applied_record(state: State) -> None:
+    """Finding 6: a stale failed record next to an applied one, of content no longer shipped:
+    the log is the applied record's, kept forever with it."""
+    log = _killed_after_a_successful_retry(state, A, "10-x")
+    assert [p for p in state.prune(set()) if p.sha256 == A] == []
+    assert log.read_text() == "output\n"
+    assert _names(state, "applied") == [A]
+
+
+def test_the_next_run_drops_a_failed_record_left_next_to_an_applied_one(
+    state: State, tmp_path: Path
+) -> None:
+    """Finding 6: prepare() drops the stale failed record (as it drops the started note), so it
+    cannot outlive its applied record and its log stays."""
+    log = _killed_after_a_successful_retry(state, A, "10-x")
+    state.unlock()
+    again = State(state.path)
+    again.lock(0)
+    try:
+        again.prepare()
+        assert _names(again, "failed") == [] and _names(again, "started") == []
+        assert _names(again, "applied") == [A] and log.exists()
+        assert again.prune(set()) == []
+        assert log.exists()
+    finally:
+        again.unlock()
+
+
+def test_prune_moves_damaged_interrupted_notes_aside_and_removes_only_emptied_ones(
+    state: State,
+) -> None:
+    """Finding 7: README "damaged/: moved aside (never deleted)". Only a note whose content a
+    power cut lost (empty, or zeros on some file systems) is a power-cut note: pruned."""
+    bad = {"format": 1, "kind": "started", "sha256": B, "name": "20-oneway", "attempt": 1,
+           "oneway": 3, "image": {}, "pid": -1}  # fmt: skip
+    texts = {B: json.dumps(bad).encode(),
+             C: b'{"format": 1, "kind": "started", "oneway": 2, "attem'}  # fmt: skip
+    for sha, data in texts.items():
+        Path(state.path, "started", sha).write_bytes(data)
+    Path(state.path, "started", D).write_bytes(b"\0" * 300)  # emptied by a cut (XFS: zeros)
+    pruned = state.prune(set())
+    assert _names(state, "started") == []
+    assert [p.sha256 for p in pruned if not p.moved_to] == [D]
+    moved = {p.sha256: p.moved_to for p in pruned if p.moved_to}
+    assert sorted(moved) == [B, C]
+    for sha, path in moved.items():
+        assert os.path.dirname(path) == os.path.join(state.path, "damaged")
+        assert Path(path).read_bytes() == texts[sha]  # kept whole
+
+
+def test_a_run_prunes_against_the_scripts_it_sees_under_the_lock(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding 4: a runner that waited for the lock must not judge "shipped" from what it saw
+    before the wait: a runner that went first may have run (and failed) a script shipped in
+    the meantime, whose failed record and log are the only trace of that failure."""
+    scripts, state = root / "etc/migration.d", root / "var/lib/migration"
+    (scripts / "10-old").write_text("true\n")
+    assert _cli(root, "run").returncode == 0
+    new = "echo 'N: cannot convert foo' >&2\nexit 1\n"
+    opts = runner.Options(str(scripts), str(state), str(root), None, lock_wait=5.0)
+    real_lock = State.lock
+    other_ran: List[int] = []
+
+    def lock(self: State, wait: float) -> None:
+        if not other_ran:  # while this runner waits, another ships 20-new, runs it first
+            other_ran.append(1)
+            (scripts / "20-new").write_text(new)
+            other_ran.append(runner.run(opts, say=lambda _m: None))
+        real_lock(self, wait)
+
+    monkeypatch.setattr(State, "lock", lock)
+    said: List[str] = []
+    assert runner.run(opts, say=said.append) == 1
+    assert other_ran == [1, 1]
+    assert not [m for m in said if "pruned" in m], said
+    record = json.loads((state / "failed" / _sha(new)).read_text())
+    assert record["attempts"] == 2  # this runner saw it under the lock and ran it again
+    assert (state / "logs" / f"{_sha(new)}.log").is_file()
+
+
+def test_a_failed_record_and_an_interrupted_note_of_one_content_are_pruned_together(
+    state: State,
+) -> None:
+    """Attempt 1 failed, attempt 2 was cut, then the script was edited: one log for both, removed
+    once (removing it twice failed the whole run with exit 2)."""
+    state.mark_started("20-x", B, 1, {})
+    state.record_outcome("failed", _outcome("failed", B, "20-x"))
+    state.mark_started("20-x", B, 2, {})
+    log = _log(state, B)
+    assert sorted(p.kind for p in state.prune(set())) == ["failed", "started"]
+    assert not log.exists()
+    assert _names(state, "failed") == [] and _names(state, "started") == []
+
+
+def test_a_run_says_where_a_damaged_note_of_unshipped_content_went(root: Path) -> None:
+    scripts, state = root / "etc/migration.d", root / "var/lib/migration"
+    (scripts / "10-a").write_text("true\n")
+    assert _cli(root, "run").returncode == 0
+    (state / "started" / C).write_text('{"format": 1, "oneway": 2, "attem')
+    proc = _cli(root, "run")
+    assert proc.returncode == 0, proc.stderr
+    assert f"moved the unreadable interrupted note (sha256 {C})" in proc.stderr, proc.stderr
+    moved = os.listdir(state / "damaged")
+    assert len(moved) == 1 and moved[0].startswith(f"started-{C}.")
+    assert (state / "damaged" / moved[0]).read_text().endswith('"attem')

@@ -87,15 +87,22 @@ def test_discover_orders_bytewise_and_skips(tmp_path):
     os.mkfifo(d / "fifo")
     os.symlink("nowhere", d / "dangling")
     os.symlink("10-x", d / "link")
-    scripts, warnings = discover(str(d))
-    assert [s.name for s in scripts] == ["10-x", "9-y", "B-1", "a.b", "b-2", "link"]
-    assert [s.symlink for s in scripts] == [False] * 5 + [True]
-    text = "\n".join(warnings)
-    assert len(warnings) == 4, text
-    assert "bad name" in text and "directory" in text
-    assert "fifo: not a regular file" in text and "dangling: dangling symlink" in text
-    for s in scripts:
-        assert s.sha256 == hashlib.sha256(b"true\n").hexdigest()
+    for refuse_unsafe in (False, True):
+        scripts, warnings = discover(str(d), refuse_unsafe=refuse_unsafe)
+        assert [s.name for s in scripts] == ["10-x", "9-y", "B-1", "a.b", "b-2", "link"]
+        assert [s.symlink for s in scripts] == [False] * 5 + [True]
+        text = "\n".join(warnings)
+        assert len(warnings) == 4, text
+        assert "bad name" in text and "directory" in text
+        assert "fifo: not a regular file" in text and "dangling: dangling symlink" in text
+        for s in scripts[:5]:
+            assert s.sha256 == hashlib.sha256(b"true\n").hexdigest()
+        # root (the default as root) refuses a symlink without reading what it leads to
+        link = scripts[5]
+        if refuse_unsafe:
+            assert (link.sha256, link.refusal) == ("", "is a symlink")
+        else:
+            assert (link.sha256, link.refusal) == (hashlib.sha256(b"true\n").hexdigest(), "")
 
 
 def test_discover_reports_owner_and_mode(tmp_path):

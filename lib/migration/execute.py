@@ -25,16 +25,16 @@ No knowledge of the state dir: the caller passes the log path and gets a Result.
 """
 
 import contextlib
+import errno
 import fcntl
 import os
 import select
 import signal
-import stat
 import subprocess
 import time
 from typing import Dict, List, NamedTuple, Optional, Protocol, Sequence
 
-from migration import console, interrupts
+from migration import console, interrupts, scripts
 from migration.noop import sha256
 
 # Never follow a symlink planted where a record, temp file or log is created.
@@ -76,25 +76,28 @@ def high_fd(fd: int) -> int:
     return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, INHERITED_FD_MIN)
 
 
-def seal(path: str, name: str) -> Sealed:
+def seal(path: str, name: str, follow: bool = False) -> Sealed:
     """Read `path` once into a sealed memfd, hashing what is read. The caller compares the hash
     with the one it checked and runs `Sealed.path`: no later write, rename or package upgrade
-    of `path` can change what runs. Needs Linux >= 3.17 and /proc (OSError otherwise). A FIFO
-    or device planted at `path` is refused, never read."""
+    of `path` can change what runs. Needs Linux >= 3.17 and /proc (OSError otherwise). Opened
+    as discover() opens it (scripts.open_script): a symlink only with `follow` (the entry was
+    one when it was checked), never a FIFO or device, never more than SCRIPT_MAX bytes."""
     if not os.path.isdir("/proc/self/fd"):
         raise OSError(0, "/proc is not mounted (scripts run as /proc/self/fd/N)", path)
-    src = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    src = scripts.open_script(path, follow)
     try:
-        if not stat.S_ISREG(os.fstat(src).st_mode):
-            raise OSError(0, "not a regular file", path)
         mem = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             digest = sha256()
             head = b""
+            size = 0
             while True:
                 chunk = os.read(src, _COPY_CHUNK)
                 if not chunk:
                     break
+                size += len(chunk)
+                if size > scripts.SCRIPT_MAX:
+                    raise OSError(errno.EFBIG, scripts.too_big(size), path)
                 digest.update(chunk)
                 head = head or chunk[:256]
                 view = memoryview(chunk)

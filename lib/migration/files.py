@@ -33,6 +33,9 @@ RECORD_MAX = 1 << 20
 MANIFEST_MAX = 16 << 20
 KEY_MAX = 16 << 20
 OS_RELEASE_MAX = 64 << 10
+#: A migration script (migration.scripts.SCRIPT_MAX): a program; a payload belongs in a file of
+#: its package.
+SCRIPT_MAX = 64 << 20
 
 def read_bytes(path: str, limit: int, follow: bool = False) -> bytes:
     """The content of the regular file `path`, at most `limit` bytes. Raises OSError: as open(2)

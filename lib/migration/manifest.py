@@ -237,6 +237,7 @@ def generate(
     compat_level: int = 0,
     upgrade_floor: str = "",
     data_markers: Sequence[str] = (),
+    allow_symlinks: bool = False,
 ) -> Dict[str, Any]:
     """Build and write `<root>/usr/share/migration/manifest.json` and the done symlink from the
     fragments and the files really in `<root>/etc/migration.d`; returns the manifest.
@@ -246,7 +247,8 @@ def generate(
     (MIGRATION_DATA_MARKERS, absolute paths) are written only when set (see migration.compat).
 
     Raises ManifestError when two packages ship one name (naming both) or a fragment lists one
-    twice, when a script is a symlink (the runner would refuse it), when a fragment's hash
+    twice, when a script is a symlink (the runner would refuse it; unless `allow_symlinks`: a
+    package postinst on a device leaves the refusal to the runner), when a fragment's hash
     differs from the installed file, when a declared script is missing, when the scripts dir
     holds a migration that no fragment declares, or when the floor is not a version or a marker
     not an absolute path.
@@ -275,16 +277,20 @@ def generate(
             fragment_of[entry.name] = path
     scripts_dir = os.path.join(root, SCRIPTS_REL)
     if os.path.isdir(scripts_dir) or declared:
-        scripts, _warnings = discover(scripts_dir)
+        # Every script is read, whoever owns it (the runner refuses by owner, not this);
+        # a symlink is followed, and named below.
+        scripts, _warnings = discover(scripts_dir, refuse_unsafe=False)
     else:
         scripts = []
     found = {s.name: s for s in scripts}
     problems = [f"{s.path} is a symlink: the runner refuses symlinked scripts (as root); "
-                "install the script itself" for s in scripts if s.symlink]
+                "install the script itself" for s in scripts if s.symlink and not allow_symlinks]
     for name, entry in declared.items():
         script = found.get(name)
         if script is None:
             problems.append(f"{name} (package {entry.package}) is missing from {scripts_dir}")
+        elif script.refusal:
+            problems.append(f"{script.path} {script.refusal}")
         elif script.sha256 != entry.sha256:
             problems.append(
                 f"{name}: package {entry.package} declares sha256 {entry.sha256}, "

@@ -22,6 +22,8 @@ path's decision is checked:
 - The done stamp `<state>/done/<digest>` must exist (`forget` removes it: the next run is full).
 - Every non-ignored name in the scripts dir must be a regular file (not a symlink) listed in the
   entries with the same sha256, and the count must match: no warning, no refusal, no pending.
+  Its fstat comes before its first byte is read: larger than files.SCRIPT_MAX, or (as root) not
+  root's or writable by group or others, means the full path, which refuses it unread.
 - state.json must be byte-identical to the one the key was written with (so its format is known
   and update_meta would not write), and the image's os-release VERSION_ID/BUILD_ID and this
   runner's version must be those recorded.
@@ -300,12 +302,12 @@ def _check(root: str, scripts_dir: str, state_dir: str, manifest: str,
     # Names opened relative to the directory's fd: one path component to resolve, not all.
     dfd = os.open(scripts_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        return _check_dir(dfd, entries)
+        return _check_dir(dfd, entries, euid)
     finally:
         os.close(dfd)
 
 
-def _check_dir(dfd: int, entries: dict[str, str]) -> int | None:
+def _check_dir(dfd: int, entries: dict[str, str], euid: int) -> int | None:
     seen = 0
     with os.scandir(dfd) as it:
         for entry in it:
@@ -316,22 +318,35 @@ def _check_dir(dfd: int, entries: dict[str, str]) -> int | None:
                     continue
                 return None  # an unlisted name: the full path warns or refuses
             # d_type from the listing (no syscall) and O_NOFOLLOW: a regular file, not a symlink
-            if not entry.is_file(follow_symlinks=False) or _hash(name, dfd) != expected:
+            if not entry.is_file(follow_symlinks=False) or _hash(name, dfd, euid) != expected:
                 return None  # changed content or not a regular file: the full path decides
             seen += 1
     return 0 if seen == len(entries) else None
 
 
-def _hash(name: str, dfd: int) -> str | None:
-    """file_sha256 with one read for the usual small script (a short read of a regular file is
-    its end); only a file of a chunk or more pays for fstat and more reads."""
+def _hash(name: str, dfd: int, euid: int) -> str | None:
+    """file_sha256 of a script the full path would read (a regular file of at most SCRIPT_MAX
+    bytes; as root, root's and not writable by group or others: its fstat is checked before a
+    byte is read), else None. One read for the usual small script (a short read of a regular
+    file is its end)."""
     fd = os.open(name, _READ_FLAGS, dir_fd=dfd)
     try:
+        st = os.fstat(fd)
+        if (not stat.S_ISREG(st.st_mode) or st.st_size > files.SCRIPT_MAX
+                or files.owner_problem(st, euid) is not None):
+            return None
         data = os.read(fd, _CHUNK)
         if len(data) < _CHUNK:
             return sha256(data).hexdigest()
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        return _digest_rest(fd, sha256(data))
+        digest = sha256(data)
+        size = len(data)
+        while True:
+            chunk = os.read(fd, _CHUNK)
+            if not chunk:
+                return digest.hexdigest()
+            size += len(chunk)
+            if size > files.SCRIPT_MAX:
+                return None  # grew (or a /proc file): the full path refuses it
+            digest.update(chunk)
     finally:
         os.close(fd)

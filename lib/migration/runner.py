@@ -39,7 +39,15 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 from migration import compat, files, journal, leftovers, overlay, volatile
 from migration import manifest as manifest_mod
 from migration.errors import Incompatible, Interrupted, MigrationError
-from migration.scripts import Script, discover, interpreter, is_ignored
+from migration.scripts import (
+    Script,
+    ScriptsDirError,
+    discover,
+    interpreter,
+    is_ignored,
+    list_dir,
+    owner_refusal,
+)
 from migration.state import Snapshot, State, now_iso, read_os_release
 
 POLICIES = ("continue", "stop")
@@ -101,23 +109,11 @@ def dir_refusal(scripts_dir: str, euid: int) -> Optional[str]:
     return f"scripts dir {scripts_dir} {reason}" if reason else None
 
 
-def _mode(mode: int) -> str:
-    return oct(stat.S_IMODE(mode))[2:].rjust(4, "0")
-
-
-def owner_refusal(uid: int, mode: int, euid: int) -> Optional[str]:
-    """Why root must not run a file of this owner and mode, or None (scripts and hooks)."""
-    if euid != 0:
-        return None
-    if uid != 0:
-        return f"is owned by uid {uid}, not root"
-    if mode & 0o022:
-        return f"is writable by group or others (mode {_mode(mode)})"
-    return None
-
-
 def script_refusal(script: Script, euid: int) -> Optional[str]:
-    """Why root must not run `script`, or None. Not checked for other users (by design)."""
+    """Why root must not run `script`, or None. Not checked for other users (by design), except
+    what discover() refused unread (Script.refusal: too big for anyone)."""
+    if script.refusal:
+        return script.refusal
     if euid == 0 and script.symlink:
         return "is a symlink"
     return owner_refusal(script.uid, script.mode, euid)
@@ -233,7 +229,7 @@ def plan(
 
 
 def _shas(scripts: List[Script], manifest: Optional[manifest_mod.Manifest]) -> List[str]:
-    shas = [s.sha256 for s in scripts]
+    shas = [s.sha256 for s in scripts if s.sha256]  # "": refused unread
     if manifest is not None:
         shas += [e.sha256 for e in manifest.entries.values()]
     return shas
@@ -252,6 +248,38 @@ def inspect(opts: Options, state: State, repair: bool = False) -> Tuple[List[Ite
     items = plan(scripts, snap, manifest, euid, dir_refusal(opts.scripts_dir, euid),
                  opts.scripts_dir, overlay.finder(opts.scripts_dir))
     return items, warnings
+
+
+def unapplied(opts: Options, state: State, manifest: manifest_mod.Manifest,
+              package: Optional[str] = None) -> Dict[str, List[Item]]:
+    """Package -> the items of its manifest entries that are not applied, as `run` and
+    `status` judge them: no applied record, or refused (a symlink, a file root must not run,
+    other bytes than the manifest's, missing and never run). Packages with everything applied
+    are left out; `package`: that one only (the gate: only its scripts are read). Needs no lock
+    and writes nothing; with the done stamp of the manifest's digest no record is read (the
+    stamp vouches for every entry's content, which the scripts in the dir must still be)."""
+    names = None
+    if package is not None:
+        names = {e.name for e in manifest.entries.values() if e.package == package}
+    try:
+        scripts, _warnings = discover(opts.scripts_dir, only=names)
+    except ScriptsDirError:
+        scripts = []  # every entry is then missing: refused unless it ran
+    if state.has_done(manifest.digest):
+        snap = Snapshot({e.sha256: {} for e in manifest.entries.values()}, {}, {}, [])
+    else:
+        snap = state.snapshot(_shas(scripts, manifest))
+    euid = os.geteuid()
+    try:
+        dir_reason = dir_refusal(opts.scripts_dir, euid)
+    except OSError:
+        dir_reason = None  # no scripts dir: nothing in it to refuse
+    out: Dict[str, List[Item]] = {}
+    for item in plan(scripts, snap, manifest, euid, dir_reason, opts.scripts_dir,
+                     overlay.finder(opts.scripts_dir)):
+        if item.package and item.state != APPLIED and package in (None, item.package):
+            out.setdefault(item.package, []).append(item)
+    return out
 
 
 def _stderr(msg: str) -> None:
@@ -291,7 +319,7 @@ def _nothing_to_do(
     none of them a symlink (which root refuses: plan() decides)."""
     if manifest is None or not state.has_done(manifest.digest):
         return False
-    if any(s.symlink for s in scripts):
+    if any(s.symlink or s.refusal for s in scripts):
         return False
     if len(scripts) != len(manifest.entries):
         return False
@@ -324,8 +352,10 @@ def run(opts: Options, say: Callable[[str], None] = _stderr) -> int:
     is_volatile = volatile_check(opts, say)
     state = State(opts.state_dir, say)
     manifest = manifest_mod.load(opts.manifest_path) if opts.manifest_path else None
-    # A missing scripts dir fails here, before the state dir is touched.
-    scripts, warnings = discover(opts.scripts_dir)
+    # A missing scripts dir fails here, before the state dir is touched. The scripts are read
+    # under the lock (_run_locked): a runner that went first while this one waited may have
+    # shipped, run and failed a script, whose record prune() must see as shipped.
+    list_dir(opts.scripts_dir)
     # The verdict needs no lock (status and dry-run compute it too), so it comes before the
     # wait: a refused image is refused (exit 3) even when another runner holds the lock, which
     # an updater would otherwise take for "the boot retries" (75) and install the image. Under
@@ -341,6 +371,9 @@ def run(opts: Options, say: Callable[[str], None] = _stderr) -> int:
             say(f"stopped {stopped} process(es) left running by the scripts of a killed runner")
     state.lock(opts.lock_wait)
     try:
+        if opts.manifest_path:  # a postinst may have refreshed it while this runner waited
+            manifest = manifest_mod.load(opts.manifest_path)
+        scripts, warnings = discover(opts.scripts_dir)
         return _run_locked(opts, state, scripts, warnings, manifest, say, is_volatile)
     except BaseException:
         # Interrupted or failing: the outcomes recorded so far still become durable (the first
@@ -626,6 +659,10 @@ def _prune(opts: Options, state: State, shipped: List[str],
     image runs, and the updater may still fall back to it, whose failures must stay."""
     for p in state.prune(set(shipped)):
         what = "failed record" if p.kind == FAILED else "interrupted note"
+        if p.moved_to:
+            say(f"moved the unreadable {what} (sha256 {p.sha256}) of content no script in "
+                f"{opts.scripts_dir} has any more aside to {p.moved_to}")
+            continue
         name = f" of {p.name}" if p.name else ""
         say(f"pruned the {what}{name} (sha256 {p.sha256}): no script in {opts.scripts_dir} "
             "has that content any more")
@@ -641,7 +678,7 @@ def _run_one(opts: Options, state: State, item: Item, image: Dict[str, str], exe
     # Read once, hash what was read, run exactly that: the sha256 in the record is the sha256 of
     # the bytes the interpreter reads, checked against the manifest (plan()).
     try:
-        sealed = execute.seal(path, item.name)
+        sealed = execute.seal(path, item.name, follow=script.symlink)
     except OSError as e:
         say(f"{item.name}: not run: cannot read {path}: {e.strerror}")
         return PENDING

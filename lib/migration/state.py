@@ -350,6 +350,7 @@ class Pruned(NamedTuple):
     kind: str  # "failed" or "started" (an interrupted script)
     sha256: str
     name: str  # the script's name in the record ("" for a note a power cut emptied)
+    moved_to: str = ""  # a damaged note: moved to damaged/ (this path), not removed
 
 
 class Snapshot(NamedTuple):
@@ -809,12 +810,20 @@ class State:
 
     def _clean_tmp(self, sub: str) -> None:
         """Remove what a killed runner left in <state>/<sub>: its temporary files and, in
-        started/, the notes of scripts whose success it recorded (applied wins)."""
+        started/ and failed/, the notes and older failures of scripts whose success it recorded
+        (applied wins; a failed record left there would outlive it and, once the content is no
+        longer shipped, be pruned). The applied/ dir is fsynced first: those records' renames
+        are durable before anything that depends on them is removed."""
         path = os.path.join(self.path, sub)
+        stale = []
         for name in os.listdir(path):
-            leftover = name.startswith(".") and _TMP_MARK in name
-            if leftover or (sub == "started" and self._is_file("applied", name)):
+            if name.startswith(".") and _TMP_MARK in name:
                 os.unlink(os.path.join(path, name))
+            elif sub in ("started", "failed") and self._is_file("applied", name):
+                stale.append(name)
+        if stale:
+            _fsync_dir(os.path.join(self.path, "applied"))
+            _unlink_durably(path, stale)
 
     def _is_file(self, kind: str, name: str) -> bool:
         try:
@@ -1019,10 +1028,14 @@ class State:
     def prune(self, shipped: Collection[str]) -> List[Pruned]:
         """Remove the failed records and started notes (interrupted scripts) of content that no
         script has any more: `shipped` holds the sha256 of every script (and manifest entry) the
-        run sees. Applied records stay forever (they are the proof), and so does a record
-        carrying a one-way level (without state.json, the records are the only memory of the
-        level: compat.state_facts) and a damaged one (not a record a runner wrote; snapshot()
-        moves it aside when its content is shipped again). Their logs go too, before them.
+        run sees. Applied records stay forever (they are the proof), with their logs, so a
+        failed record or note next to one is not this path's (prepare() drops those); so does a
+        record carrying a one-way level (without state.json, the records are the only memory of
+        the level: compat.state_facts), and a damaged failed record (snapshot() moves it aside
+        when its content is shipped again). A started note that does not validate is removed
+        only when a power cut emptied it (empty, or zeros: see mark_started); any other is moved
+        to damaged/ (`Pruned.moved_to`), never deleted. The logs of removed records go too,
+        before them.
 
         Only under the lock this State holds (RuntimeError otherwise). Nothing is followed: only
         regular files of the trusted subdirs are removed (unlink never follows a symlink), a
@@ -1033,6 +1046,7 @@ class State:
         if self._lock_fd is None:
             raise RuntimeError("State.prune() needs the runner lock held by this State")
         found: List[Pruned] = []
+        damaged: List[Pruned] = []
         for kind in ("failed", "started"):
             if not self._subdir(kind):
                 continue
@@ -1041,26 +1055,40 @@ class State:
             except OSError as e:
                 raise self._error(f"list {kind}/", e) from None
             for sha in names:
-                if not is_sha256(sha) or sha in shipped or not self._is_file(kind, sha):
+                if (not is_sha256(sha) or sha in shipped or not self._is_file(kind, sha)
+                        or self._is_file("applied", sha)):
                     continue
                 record, reason = self.read_record(kind, sha)
                 if record is None and (reason is None or kind != "started"):
                     continue  # gone meanwhile, or damaged: not this path's to judge
+                if record is None and not self._emptied(kind, sha):
+                    damaged.append(Pruned(kind, sha, "", self.move_aside(kind, sha)))
+                    continue
                 if record is not None and "oneway" in record:
                     continue
                 name = str(record.get("name", "")) if record is not None else ""
                 found.append(Pruned(kind, sha, name))
         if not found:
-            return []
+            return damaged
         try:
-            logs = [f"{p.sha256}.log" for p in found if self._is_file("logs", f"{p.sha256}.log")]
+            shas = dict.fromkeys(p.sha256 for p in found)  # a failed record and a note: one log
+            logs = [f"{sha}.log" for sha in shas if self._is_file("logs", f"{sha}.log")]
             _unlink_durably(os.path.join(self.path, "logs"), logs)
             for kind in ("failed", "started"):
                 _unlink_durably(os.path.join(self.path, kind),
                                 [p.sha256 for p in found if p.kind == kind])
         except OSError as e:
             raise self._error("prune the records of scripts no longer shipped", e) from None
-        return found
+        return damaged + found
+
+    def _emptied(self, kind: str, sha: str) -> bool:
+        """Is <kind>/<sha> a file whose content a power cut lost: empty, or only zeros (what XFS
+        shows of blocks never written)? Anything else that does not validate is damage."""
+        try:
+            data = files.read_bytes(self._file(kind, sha), files.RECORD_MAX)
+        except OSError:
+            return False
+        return not data.strip(b"\0")
 
     def forget(self, sha: str) -> List[str]:
         """Make `sha` pending again: remove its records (logs stay). Returns the kinds removed."""

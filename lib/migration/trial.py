@@ -216,7 +216,7 @@ class Trial:
 
     def run(self) -> Dict[str, Any]:
         for item in self.scripts:
-            self.sealed[item["name"]] = execute.seal(item["path"], item["name"])
+            self.sealed[item["name"]] = execute.seal(item["path"], item["name"], follow=True)
         merged = self.sandbox.fresh_view()
         self.check_interpreters(merged)
         start = self.picture(merged)

@@ -4,6 +4,10 @@
 Used by the gate unit migration-gate@PKG.service, which services of the package are ordered
 after (MIGRATION_BEFORE), so they do not start on data their migrations did not convert.
 A package without entries in the manifest passes. Needs no lock and writes nothing.
+"Applied" is what `run` and `status` say (runner.unapplied): an entry whose script `run`
+refuses (a symlink, not root's, writable by others, other bytes than the manifest's) fails the
+gate too, with the reason, even when its content ran once; only the package's own scripts are
+read.
 Exit 1 with the reason also when this image cannot use the device's data (migration.compat:
 an incompatible downgrade, below the upgrade floor, data older than the framework), so gated
 services do not start on data they cannot read.
@@ -19,16 +23,19 @@ def setup_parser(parser: Any) -> None:
     parser.add_argument("--package", required=True, metavar="PKG", help="package name")
 
 
-def not_applied(manifest: Any, state: Any) -> Dict[str, List[str]]:
-    """Package -> names of its manifest entries without an applied record (in name order);
-    packages with everything applied are left out. Reads no record when the done stamp of the
-    manifest's digest exists."""
-    if state.has_done(manifest.digest):
-        return {}
+def not_applied(args: Any, manifest: Any, state: Any,
+                refused: bool = True) -> Dict[str, List[str]]:
+    """Package -> names of its manifest entries that are not applied (in name order), the
+    refused ones too unless not `refused` (what a run would run); packages with nothing to
+    name are left out (runner.unapplied)."""
+    from migration import runner
+    from migration.commands import options
+
     out: Dict[str, List[str]] = {}
-    for e in manifest.entries.values():
-        if state.read_record("applied", e.sha256)[0] is None:
-            out.setdefault(e.package, []).append(e.name)
+    for pkg, items in runner.unapplied(options(args), state, manifest).items():
+        names = [i.name for i in items if refused or i.state != runner.REFUSED]
+        if names:
+            out[pkg] = names
     return out
 
 
@@ -53,12 +60,15 @@ def run(args: Any) -> int:
         print(shown(f"migration: package {args.package}: this image cannot use the device's "
                     f"data ({verdict.kind}): {verdict.message}"), file=sys.stderr)
         return 1
-    missing = not_applied(manifest, state).get(args.package)
+    items = runner.unapplied(options(args), state, manifest, args.package).get(args.package)
+    if not items:
+        return 0
+    for item in items:
+        if item.state == runner.REFUSED:
+            print(shown(f"migration: package {args.package}: {item.name}: refused: "
+                        f"{item.reason}"), file=sys.stderr)
+    missing = [i.name for i in items if i.state != runner.REFUSED]
     if missing:
-        print(
-            shown(f"migration: package {args.package}: not applied: {', '.join(missing)} "
-                  "(see `migration status`)"),
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+        print(shown(f"migration: package {args.package}: not applied: {', '.join(missing)} "
+                    "(see `migration status`)"), file=sys.stderr)
+    return 1

@@ -35,7 +35,7 @@ def run(args: Any) -> int:
     except ScriptsDirError:
         scripts = []
     for s in scripts:
-        if s.name == args.name:
+        if s.name == args.name and s.sha256:  # "": refused unread, no content to forget
             targets[s.sha256] = "script in " + args.scripts_dir
     for kind in KINDS:
         for sha, record in state.all_records(kind):

@@ -68,10 +68,13 @@ def run(args: Any) -> int:
     return 0
 
 
-def refresh(root: str, level: Any = None, floor: Any = None, markers: Any = None) -> str:
+def refresh(root: str, level: Any = None, floor: Any = None, markers: Any = None,
+            allow_symlinks: bool = False) -> str:
     """Write ROOT's manifest; a setting that is None keeps the current manifest's, or, without
     one, takes the image settings the runner package carries (the distro's, written by the
-    runner recipe). Returns the line that says what was written."""
+    runner recipe). `allow_symlinks`: a symlinked script is no error here (postinst: the runner
+    refuses it, exit 1, as run, status and the gate do). Returns the line that says what was
+    written."""
     import os
 
     from migration import manifest as manifest_mod
@@ -94,7 +97,8 @@ def refresh(root: str, level: Any = None, floor: Any = None, markers: Any = None
         if markers is None:
             markers = list(defaults[2])
     result = manifest_mod.generate(
-        root, compat_level=level, upgrade_floor=floor, data_markers=markers
+        root, compat_level=level, upgrade_floor=floor, data_markers=markers,
+        allow_symlinks=allow_symlinks,
     )
     extra = f", compatibility level {result['compat_level']}"
     if result.get("upgrade_floor"):

@@ -82,10 +82,14 @@ def _postinst(args: Any) -> int:
     def say(msg: str) -> None:
         print(shown(f"migration: {msg}"), file=sys.stderr, flush=True)
 
-    print(manifest.refresh(args.root), flush=True)
+    # A symlinked script is the runner's to refuse (exit 1, as run, status and the gate say),
+    # not a configuration error of this command (exit 2 means systemctl failed).
+    print(manifest.refresh(args.root, allow_symlinks=True), flush=True)
     loaded = manifest_mod.load(args.manifest)
     state = State(args.state_dir)
-    pending = check.not_applied(loaded, state) if loaded else {}
+    # Services are stopped for what will run; a refused script does not (as at boot, the gate
+    # reports it and keeps them from starting).
+    pending = check.not_applied(args, loaded, state, refused=False) if loaded else {}
     # Reads what earlier postinsts stopped (and refuses a directory root must not trust).
     gates = services.Gates(say, args.root) if services.systemd_running(args.root) else None
     if not pending and not (gates and gates.remembered):
@@ -101,5 +105,5 @@ def _postinst(args: Any) -> int:
             runner.run(opts)
     finally:
         if gates:
-            gates.restore(check.not_applied(loaded, State(args.state_dir)) if loaded else {})
+            gates.restore(check.not_applied(args, loaded, State(args.state_dir)) if loaded else {})
     return check.run(args)

@@ -183,8 +183,9 @@ def run(args: Any) -> int:
     running = state.lock_held_elsewhere()
     rows = []
     for item in items:
-        log = state.log_path(item.sha256)  # through a logs/ that is a real dir only
-        rows.append(describe(item, log if logs.present(log) else "", running))
+        # "": refused unread; a log only through a logs/ that is a real dir
+        log = state.log_path(item.sha256) if item.sha256 else ""
+        rows.append(describe(item, log if log and logs.present(log) else "", running))
     log_names = logs.listing(os.path.join(args.state_dir, "logs"))
     if verdict is not None and verdict.refused:
         code = 3
