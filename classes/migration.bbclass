@@ -93,6 +93,12 @@
 #                              Example: MIGRATION_INTERPRETER_RDEPENDS[python3] = "python3"
 #   MIGRATION_LINT_TOOLS       Computed, not set: the host tools do_migration_lint runs and
 #                              their versions, part of its signature.
+#   MIGRATION_TEST_ROOTS       Opt-in: old releases' trees (absolute paths of directories, such
+#                              as a previous image's IMAGE_ROOTFS, or a rootfs tarball unpacked
+#                              as the build user) that `bitbake <recipe> -c migration_test`
+#                              runs the recipe's scripts on, twice, with `migration test` (see
+#                              do_migration_test below). Empty: no such task. Default: empty.
+#                              Example: MIGRATION_TEST_ROOTS = "/srv/releases/1.0/rootfs"
 #
 # QA issues (ERROR_QA by default, migration-idempotence WARN_QA; move one to a warning with
 # ERROR_QA:remove = "migration-shellcheck" and WARN_QA:append = " migration-shellcheck", or skip
@@ -194,6 +200,28 @@ do_migration_lint[file-checksums] += "${@migration.tasksources.file_checksums('l
 # and no package's signature takes in the lint's, so builders with other host tools
 # (MIGRATION_LINT_TOOLS) still share the packages' sstate.
 addtask migration_lint after do_unpack before do_package_qa do_build
+
+MIGRATION_TEST_ROOTS ?= ""
+MIGRATION_TEST_ROOTS[doc] = "Old releases' trees (absolute paths of directories: a previous image's IMAGE_ROOTFS, an unpacked rootfs) that do_migration_test runs the scripts on; empty: no do_migration_test."
+
+# Opt-in (MIGRATION_TEST_ROOTS): `bitbake <recipe> -c migration_test` runs the scripts that
+# do_migration_lint read, under their installed names, twice on a private copy-on-write view of
+# each tree (`migration test`: lib/migration/commands/test.py), and fails on a script that
+# fails or changes something again in the second run, naming the recipe, the tree, the script
+# and the path; the full report is in the task log. setup() adds the task only when the
+# variable is set: other recipes have no such task and the same signatures. Never part of a
+# build (nothing depends on it). nostamp: the trees can change under the same path.
+# network: the sandbox maps ids in user namespaces of its own, and BitBake's no-network
+# namespace maps the build user alone, so newuidmap could not map the subordinate ids a script
+# needs to chown to other users; the scripts still get no network (a network namespace of their
+# own, as at boot before the network is up).
+python do_migration_test() {
+    migration.bitbake.test_task(d)
+}
+do_migration_test[doc] = "Runs the migration scripts twice on each tree of MIGRATION_TEST_ROOTS (migration test) and fails on a script that fails or is not idempotent."
+do_migration_test[nostamp] = "1"
+# nooelint: oelint.task.network
+do_migration_test[network] = "1"
 
 python migration_install() {
     migration.bitbake.install(d)

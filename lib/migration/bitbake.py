@@ -33,6 +33,10 @@ PER_PACKAGE_VARS = (
 LINT_TOOLS = ("sh", "bash", "shellcheck")
 """Host tools whose verdict do_migration_lint reports (:func:`lint_tools`)."""
 
+SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+"""Where do_migration_test finds the sandbox's tools (unshare, mount, umount, chroot, newuidmap,
+newgidmap) after the task's PATH: HOSTTOOLS lists none of them (:func:`test_task`)."""
+
 
 class PackageConfig(typing.NamedTuple):
     """What one package ships: plain values read from the datastore."""
@@ -177,6 +181,21 @@ def setup(d: typing.Any) -> None:
 
         # The lint must read the patched bytes, which are the installed ones.
         bb.build.addtask("do_migration_lint", None, "do_patch", d)
+    roots = test_roots(d)
+    for root in roots:
+        if not os.path.isabs(root):
+            _fatal(
+                d,
+                f"MIGRATION_TEST_ROOTS names {root!r}, which is not an absolute path: give the "
+                "old release's trees (directories, e.g. a previous image's IMAGE_ROOTFS) as "
+                "absolute paths",
+            )
+    if roots:
+        import bb.build
+
+        # Only here: a recipe without MIGRATION_TEST_ROOTS has no such task, and its task list
+        # and signatures are what they were (nothing depends on this task).
+        bb.build.addtask("do_migration_test", None, "do_migration_lint", d)
     if not qa_names_in_signatures():
         # Before wrynose, oe.qa.handle_error has no visitorcode: the QA names of report()
         # reach no signature, so the lint depends on the whole QA lists.
@@ -513,6 +532,76 @@ def lint_task(d: typing.Any) -> None:
     for finding in lint.check_duplicates(origins):
         report(d, finding, d.getVar("PN"))
     oe.qa.exit_if_errors(d)
+
+
+def test_roots(d: typing.Any) -> typing.List[str]:
+    """MIGRATION_TEST_ROOTS: the old trees do_migration_test runs the scripts on."""
+    return (d.getVar("MIGRATION_TEST_ROOTS") or "").split()
+
+
+def test_task(d: typing.Any) -> None:
+    """do_migration_test: `migration test` (:func:`migration.commands.test.check`) of the
+    recipe's scripts, the bytes do_migration_lint read, under their installed names (so in the
+    runner's order), on each tree of MIGRATION_TEST_ROOTS in turn, with BitBake's Python.
+
+    Each report goes to the task log. A script that fails or is not idempotent fails the task,
+    naming the recipe, the tree, the installed name, the path and the recipe's script; so does
+    what `migration test` exits 2 on (no user namespaces, a tree whose /bin/sh this host cannot
+    run), with its reason. Not a QA issue: the check was asked for, and the QA lists (part of
+    the lint's signature before wrynose) stay as they are.
+    """
+    import shutil
+
+    import bb
+
+    from .commands import test as trial
+    from .errors import MigrationError
+
+    pn = d.getVar("PN")
+    srcdir = source_dir(d)
+    work = os.path.join(d.getVar("WORKDIR"), "migration-test")
+    scriptsdir = os.path.join(work, "scripts")
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(scriptsdir)
+    paths: typing.List[str] = []
+    origins: typing.Dict[str, str] = {}
+    for cfg in package_configs(d):
+        for script, inst in cfg.installed():
+            src = os.path.join(srcdir, script)
+            if not os.path.isfile(src):
+                bb.fatal(
+                    f"{pn}: {script} of package {cfg.package} is not in {srcdir}: "
+                    f"add file://{script} to SRC_URI"
+                )
+            target = os.path.join(scriptsdir, inst)
+            shutil.copyfile(src, target)
+            os.chmod(target, 0o755)
+            paths.append(target)
+            origins[inst] = f"{script} of package {cfg.package}"
+    if not paths:
+        bb.note(f"migration: {pn} has no migration script to test")
+        return
+    problems: typing.List[str] = []
+    saved_path = os.environ.get("PATH", "")
+    # The sandbox's tools are the host's: mount, chroot, unshare are no HOSTTOOLS.
+    os.environ["PATH"] = f"{saved_path}:{SANDBOX_PATH}" if saved_path else SANDBOX_PATH
+    try:
+        for root in test_roots(d):
+            try:
+                report = trial.check(root, paths, work_dir=work)
+            except MigrationError as e:
+                bb.fatal(f"{pn}: migration test cannot run on {root}: {e}")
+            bb.note(f"migration test of {pn} on {root}:\n{trial.report_text(report)}")
+            for problem in report["problems"]:
+                names = [f"{i} is {o}" for i, o in origins.items() if f" {i} " in f" {problem} "]
+                problems.append(
+                    f"{pn}: migration test on {root}: {problem}"
+                    + (f" ({'; '.join(names)})" if names else "")
+                )
+    finally:
+        os.environ["PATH"] = saved_path
+    if problems:
+        bb.fatal("\n".join(problems) + "\n(what each script changed is in the task log)")
 
 
 def install(d: typing.Any) -> None:

@@ -319,6 +319,10 @@ def test_setup_packages_files_and_rdepends(bbmods: Any, tmp_path: Path) -> None:
             "MIGRATION_PRIORITY = '5' for package foo is not two digits",
         ),
         ({"MIGRATION_BEFORE": "foo"}, "MIGRATION_BEFORE of package foo names 'foo', which is not"),
+        (
+            {"MIGRATION_TEST_ROOTS": "/srv/old old/rootfs"},
+            "MIGRATION_TEST_ROOTS names 'old/rootfs', which is not an absolute path",
+        ),
     ],
 )
 def test_setup_misconfiguration_is_fatal(
@@ -722,3 +726,126 @@ def test_the_migration_snippets_come_first_in_the_maintainer_scripts(
             # the recipe's own text ran after ours, and ended the script there
             assert calls[-1] == ("systemctl restart foo.service" if script == "postinst"
                                  else "systemctl daemon-reload"), calls  # fmt: skip
+
+
+# do_migration_test (MIGRATION_TEST_ROOTS): `migration test` at build time (issue 12).
+
+
+def tasks(d: Any) -> List[str]:
+    return list(d.getVar("__BBTASKS", False) or [])
+
+
+def test_the_test_task_exists_only_with_test_roots(bbmods: Any, tmp_path: Path) -> None:
+    from migration import bitbake as glue
+
+    d = datastore(bbmods, tmp_path, "foo", PACKAGES="foo", MIGRATION_SCRIPTS="a.sh")
+    glue.setup(d)
+    assert "do_migration_test" not in tasks(d)
+    d = datastore(
+        bbmods, tmp_path, "foo", PACKAGES="foo", MIGRATION_SCRIPTS="a.sh",
+        MIGRATION_TEST_ROOTS="/srv/old-1.0 /srv/old-1.1",
+    )  # fmt: skip
+    glue.setup(d)
+    assert "do_migration_test" in tasks(d)
+    # After the lint, so on the bytes it read (patched, when there are patches).
+    assert d.getVarFlag("do_migration_test", "deps") == ["do_migration_lint"]
+
+
+def oldroot(tmp_path: Path) -> Path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    try:
+        from test_migration_test import make_oldroot
+    finally:
+        del sys.path[0]
+    return make_oldroot(tmp_path / "old")
+
+
+IDEMPOTENT = b"#!/bin/sh\nset -eu\nmkdir -p /var/lib/app/v2\n"
+REPEATS = b"#!/bin/sh\nset -eu\necho x >> /var/lib/app/data\n"
+
+
+def trial_datastore(bbmods: Any, tmp_path: Path, roots: str, **scripts: bytes) -> Any:
+    d = datastore(
+        bbmods,
+        tmp_path,
+        "foo",
+        PACKAGES="foo",
+        MIGRATION_SCRIPTS=" ".join(scripts),
+        MIGRATION_TEST_ROOTS=roots,
+    )
+    for name, data in scripts.items():
+        unpack(d, name, data)
+    return d
+
+
+def test_the_test_task_passes_idempotent_scripts_with_the_report_in_the_log(
+    bbmods: Any, tmp_path: Path, messages: Messages
+) -> None:
+    from migration import bitbake as glue
+
+    old = oldroot(tmp_path)
+    d = trial_datastore(bbmods, tmp_path, str(old), **{"v2.sh": IDEMPOTENT})
+    glue.test_task(d)
+    (report,) = [line for line in messages.lines if line.startswith("migration test of foo")]
+    assert report.startswith(f"migration test of foo on {old}:\n")
+    assert "  50-foo-v2.sh: ok" in report  # the installed name
+    assert "added /var/lib/app/v2" in report
+    assert report.endswith("verdict: idempotent")
+    assert not (old / "var/lib/app/v2").exists()
+
+
+def test_the_test_task_fails_naming_recipe_tree_script_and_path(
+    bbmods: Any, tmp_path: Path, messages: Messages
+) -> None:
+    from migration import bitbake as glue
+
+    old = oldroot(tmp_path)
+    d = trial_datastore(bbmods, tmp_path, str(old), **{"v2.sh": IDEMPOTENT, "append.sh": REPEATS})
+    with pytest.raises(bbmods.BBHandledException):
+        glue.test_task(d)
+    assert (
+        f"foo: migration test on {old}: not idempotent: 50-foo-append.sh changed "
+        "/var/lib/app/data again (50-foo-append.sh is append.sh of package foo)"
+    ) in messages.lines[-1].splitlines()
+    report = next(line for line in messages.lines if line.startswith("migration test of foo"))
+    assert "changed /var/lib/app/data: content" in report
+
+
+def test_the_test_task_tries_every_tree(bbmods: Any, tmp_path: Path, messages: Messages) -> None:
+    from migration import bitbake as glue
+
+    good = oldroot(tmp_path / "a")
+    bad = oldroot(tmp_path / "b")
+    (bad / "var/lib/app/data").unlink()  # the script's `cat` fails on this release's tree
+    script = b"#!/bin/sh\nset -eu\ncat /var/lib/app/data >/dev/null\n"
+    d = trial_datastore(bbmods, tmp_path, f"{good} {bad}", **{"read.sh": script})
+    with pytest.raises(bbmods.BBHandledException):
+        glue.test_task(d)
+    assert [line for line in messages.lines if line.startswith("migration test of foo")] != []
+    failure = messages.lines[-1]
+    assert f"foo: migration test on {bad}: failed: 50-foo-read.sh failed in the first run" in (
+        failure
+    )
+    assert str(good) + ":" not in failure
+
+
+def test_the_test_task_names_the_cause_when_it_cannot_test(
+    bbmods: Any, tmp_path: Path, messages: Messages
+) -> None:
+    from migration import bitbake as glue
+
+    old = oldroot(tmp_path)
+    (old / "bin/sh").unlink()
+    d = trial_datastore(bbmods, tmp_path, str(old), **{"v2.sh": IDEMPOTENT})
+    with pytest.raises(bbmods.BBHandledException):
+        glue.test_task(d)
+    assert messages.lines[-1].startswith(
+        f"foo: migration test cannot run on {old}: OLDROOT has no /bin/sh"
+    ), messages.lines
+    d = trial_datastore(bbmods, tmp_path, str(tmp_path / "missing"), **{"v2.sh": IDEMPOTENT})
+    with pytest.raises(bbmods.BBHandledException):
+        glue.test_task(d)
+    assert messages.lines[-1] == (
+        f"foo: migration test cannot run on {tmp_path / 'missing'}: "
+        f"OLDROOT {tmp_path / 'missing'} is not a directory"
+    )

@@ -182,3 +182,12 @@ def test_the_lint_runs_after_do_patch_when_there_are_patches(
     assert ":do_patch" in lint_dependencies(oe, builddir, "migration-patched")
     # Without patches, no native tool (quilt-native) stands between the sources and the lint.
     assert lint_dependencies(oe, builddir, "exampled") == "['exampled:do_unpack']"
+
+
+def test_test_roots_change_no_task_of_a_build(oe: OEBuild, builddir: Path, base: Hashes) -> None:
+    """MIGRATION_TEST_ROOTS (the opt-in do_migration_test) costs a build nothing: set for every
+    recipe, no task of TARGETS changes its hash and none is added to the build."""
+    roots = signatures(
+        oe, builddir, "test-roots", 'MIGRATION_TEST_ROOTS = "/srv/release-1.0/rootfs"\n'
+    )
+    assert roots == base

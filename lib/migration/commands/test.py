@@ -160,19 +160,48 @@ def _workdir(base: Optional[str]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run the scripts twice (and cut) in a sandbox; report; 0 only when all is well."""
+    import json
+
+    oldroot = args.oldroot or (args.root if args.root != "/" else None)
+    if not oldroot:
+        raise MigrationError("give the old release's tree with --root OLDROOT")
+    report = check(
+        oldroot,
+        args.scripts,
+        timeout=args.timeout,
+        cut=args.cut,
+        cut_at=args.cut_at,
+        work_dir=args.work_dir,
+    )
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(report_text(report))
+    return int(report["exit_code"])
+
+
+def check(
+    oldroot: str,
+    paths: List[str],
+    *,
+    timeout: Optional[float] = None,
+    cut: bool = False,
+    cut_at: Optional[List[int]] = None,
+    work_dir: Optional[str] = None,
+) -> Dict[str, Any]:
+    """The report of `migration test` on the scripts at `paths` (their file names are their
+    installed names) and `oldroot`: what --json prints. MigrationError (SandboxError among them)
+    for what the command exits 2 on. Also the API of the BitBake task (migration.bitbake)."""
     # Imported here: every `migration` invocation (the boot run too) imports all command modules.
     import json
     import shutil
 
     from migration import leftovers, sandbox
 
-    oldroot = args.oldroot or (args.root if args.root != "/" else None)
-    if not oldroot:
-        raise MigrationError("give the old release's tree with --root OLDROOT")
     oldroot = os.path.abspath(oldroot)
     if not os.path.isdir(oldroot):
         raise MigrationError(f"OLDROOT {oldroot} is not a directory")
-    jobs = _jobs(args.scripts)
+    jobs = _jobs(paths)
     ids = sandbox.plan_ids()
     warnings = []
     if ids.kind != "identity":
@@ -184,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
                 "changes them fails (Value too large for defined data type); unpack "
                 "OLDROOT as yourself"
             )
-    work = _workdir(args.work_dir)
+    work = _workdir(work_dir)
     try:
         job = {
             # The identity of this live process (pid as the host sees it): a runner on this host
@@ -192,9 +221,9 @@ def run(args: argparse.Namespace) -> int:
             "runner": leftovers.identity(),
             "oldroot": oldroot,
             "scripts": jobs,
-            "timeout": args.timeout or None,
-            "cut": bool(args.cut or args.cut_at),
-            "cut_at": args.cut_at,
+            "timeout": timeout or None,
+            "cut": bool(cut or cut_at),
+            "cut_at": cut_at,
         }
         with open(os.path.join(work, "job.json"), "w", encoding="utf-8") as f:
             json.dump(job, f)
@@ -206,11 +235,7 @@ def run(args: argparse.Namespace) -> int:
     report.update(
         oldroot=oldroot, scripts=[j["name"] for j in jobs], ids=ids.kind, warnings=warnings
     )
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        _print(report, ids.describe())
-    return int(report["exit_code"])
+    return report
 
 
 def _result(work: str, code: int) -> Dict[str, Any]:
@@ -261,8 +286,10 @@ def _verdict(result: Dict[str, Any]) -> Dict[str, Any]:
     return dict(result, verdict=verdict, problems=problems, exit_code=1 if problems else 0)
 
 
-def _print(report: Dict[str, Any], ids: str) -> None:
+def report_text(report: Dict[str, Any]) -> str:
+    """The report of :func:`check` as the command prints it (without --json)."""
     from migration.files import shown
+    from migration.sandbox import IdMap
     from migration.treediff import Change, Entry
 
     def change_line(c: Dict[str, Any]) -> str:
@@ -282,48 +309,52 @@ def _print(report: Dict[str, Any], ids: str) -> None:
             ).describe()
         )
 
-    print(
+    lines: List[str] = []
+    out = lines.append
+    ids = IdMap(report["ids"], [], []).describe()
+    out(
         f"migration test: {len(report['scripts'])} script(s) on a private view of "
         f"{shown(report['oldroot'])} (not written to); ids: {ids}"
     )
     for warning in report["warnings"]:
-        print(f"WARNING: {shown(warning)}")
+        out(f"WARNING: {shown(warning)}")
     for title, key in (
         ("first run", "first_run"),
         ("second run (on the first run's result)", "second_run"),
     ):
         if not report[key]:
             continue
-        print(f"{title}:")
+        out(f"{title}:")
         for step in report[key]:
             status = "ok" if step["ok"] else f"FAILED: {step['reason']}"
-            print(
+            out(
                 f"  {shown(step['name'])}: {status} in {step['duration_s']:.2f} s"
                 + ("" if step["changes"] else ", no changes")
             )
             for c in step["changes"]:
-                print(f"    {change_line(c)}")
+                out(f"    {change_line(c)}")
             if "output" in step:
-                print("    output:")
+                out("    output:")
                 for line in step["output"].rstrip("\n").split("\n"):
-                    print(f"      | {shown(line)}")
+                    out(f"      | {shown(line)}")
     if report["cuts"]:
-        print("cuts (killed, then run to completion):")
+        out("cuts (killed, then run to completion):")
         for cut in report["cuts"]:
             where = f"  {shown(cut['name'])} killed after {cut['at_ms']} ms: "
             if not cut.get("cut") and "failed" not in cut:
-                print(where + "finished before the cut")
+                out(where + "finished before the cut")
             elif "failed" in cut:
                 failed = cut["failed"]
-                print(where + f"then {shown(failed['name'])} FAILED: {failed['reason']}")
+                out(where + f"then {shown(failed['name'])} FAILED: {failed['reason']}")
                 for line in failed.get("output", "").rstrip("\n").split("\n"):
-                    print(f"      | {shown(line)}")
+                    out(f"      | {shown(line)}")
             elif cut["differences"]:
-                print(where + "the result differs from the uninterrupted run:")
+                out(where + "the result differs from the uninterrupted run:")
                 for c in cut["differences"]:
-                    print(f"    {change_line(c)}")
+                    out(f"    {change_line(c)}")
             else:
-                print(where + "same result as the uninterrupted run")
+                out(where + "same result as the uninterrupted run")
     for problem in report["problems"]:
-        print(shown(problem))
-    print(f"verdict: {report['verdict']}")
+        out(shown(problem))
+    out(f"verdict: {report['verdict']}")
+    return "\n".join(lines)
