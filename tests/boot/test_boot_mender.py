@@ -31,13 +31,18 @@ successful boot), then runs `mender install` on each Artifact, in order. Three b
    migration): the state script applies it in phase `update`, the install succeeds,
    mender_boot_part=3 and upgrade_available=1 (a);
 2. v2 (slot B, as Mender switched it): migration.service starts no process (a); `mender commit`
-   succeeds; installs v3 into slot A, whose new migration cannot run at update time: the state
-   script warns, the install succeeds (c);
-3. v3 (slot A): its first boot retries that migration (c); `mender commit` succeeds.
+   succeeds; installs v3 into slot A: the state script applies v3's one-way migration (level 1)
+   and warns about its other new migration, which cannot run at update time; the install
+   succeeds (c);
+3. v3 (slot A): its first boot retries that migration (c); `mender commit` succeeds; installs
+   v2's Artifact again, a one-way downgrade (level 0 on data of level 1): the state script
+   refuses, Mender rolls back (mender_boot_part=2, upgrade_available=0) and `mender install`
+   fails; the state and the data are byte-identical (d).
 """
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import struct
@@ -51,8 +56,11 @@ from bootharness import lines
 from ubootenv import fw_env_config, parse_uboot_env, uboot_env
 from updatescripts import (
     MARK,
+    V3_UPDATE_ORDER,
     assert_first_boot_retries_the_failed_one,
     assert_first_boot_runs_nothing,
+    assert_one_way_downgrade_left_everything,
+    one_way,
     recorder,
     update_scripts,
 )
@@ -78,6 +86,7 @@ PARTITIONS = {1: (1, 1), 2: (2, SLOT_SIZE_MB), 3: (2 + SLOT_SIZE_MB, SLOT_SIZE_M
 SLOT_PART = {"A": 2, "B": 3}
 
 INIT, MOVE, BOOT_ONLY = update_scripts("mender ")
+ONEWAY = one_way("mender ")
 # Only in v9, which is refused: must never run.
 V9_NEW = h.Script("app", "v9.sh", recorder("mender v9"), priority="80", version="9.0-r0")
 
@@ -242,14 +251,17 @@ def chain(mender_base: h.Base, boot_root: Path, tmp_path_factory: pytest.TempPat
     v9 = image("v9", [INIT, MOVE, V9_NEW], "9.0", manifest_args=["--upgrade-floor", "1.5"],
                var_img=v1.var_img)  # fmt: skip
     v2 = image("v2", [INIT, MOVE], "2.0", var_img=v1.var_img)
-    v3 = image("v3", [INIT, MOVE, BOOT_ONLY], "3.0", var_img=v1.var_img)
+    v3 = image("v3", [INIT, MOVE, ONEWAY, BOOT_ONLY], "3.0", var_img=v1.var_img)
     updates = {name: make_artifact(key, s, version, tmp / f"{name}.mender")
                for name, s, version in (("v9", v9, "9.0"), ("v2", v2, "2.0"),
                                         ("v3", v3, "3.0"))}  # fmt: skip
+    # The downgrade: v2's very Artifact, under a name of its own in the guest's reports.
+    updates["v2-again"] = tmp / "v2-again.mender"
+    os.link(updates["v2"], updates["v2-again"])
     disk = system_disk(v1.root_img, root / "system-disk.img")
     serials: Dict[Path, str] = {}
     # (the image expected in the slot that boots, updates it installs) per boot.
-    steps = [(v1, ["v9", "v2"]), (v2, ["v3"]), (v3, [])]
+    steps = [(v1, ["v9", "v2"]), (v2, ["v3"]), (v3, ["v2-again"])]
     out: dict = {"reports": [], "order": [], "booted": [], "env": [], "var": v1.var_img}
     booted = "A"
     for i, (expected, names) in enumerate(steps):
@@ -277,6 +289,7 @@ def chain(mender_base: h.Base, boot_root: Path, tmp_path_factory: pytest.TempPat
                   f"in {float(span[1]) - float(span[0]):.1f} s")  # fmt: skip
         # The bootloader: the partition mender_boot_part names.
         booted = {str(n): slot for slot, n in SLOT_PART.items()}[env["mender_boot_part"]]
+    out["next"] = booted  # what the bootloader would boot after the last boot
     return out
 
 
@@ -363,10 +376,33 @@ def test_failed_update_time_migration_lets_the_install_go_on_and_is_retried_at_b
     assert "needs the new system running" in out, out
     assert re.search(r"migration-update \(mender\): WARNING: not every migration of the new "
                      r"image could be applied now", out), out  # fmt: skip
-    assert chain["order"][1] == [*chain["order"][0], "70-app-needs-system.sh update 1"]
+    assert chain["order"][1] == [*chain["order"][0], *V3_UPDATE_ORDER]
     assert boot_vars(env_after(second, "v3")) == {"mender_boot_part": "2",
                                                   "upgrade_available": "1"}  # fmt: skip
     assert chain["booted"] == ["A", "B", "A"]
     assert_first_boot_retries_the_failed_one(chain, third)
     assert third.files["commit.rc"].strip() == "0", third.files["commit.out"]
+    assert third.files["show-artifact"].strip() == "release-3.0"
+
+
+def test_one_way_downgrade_fails_the_install_and_leaves_everything_as_it_was(
+    chain: dict,
+) -> None:
+    """(d) v3 (slot A, data at level 1) -> v2's Artifact (level 0) into slot B: the state script
+    refuses the incompatible downgrade, Mender rolls back and `mender install` fails, slot A is
+    booted next and v3 stays the installed Artifact, the state and the data are
+    byte-identical."""
+    third = chain["reports"][2]
+    rc, out = install(third, "v2-again")
+    assert rc == 1, out
+    assert re.search(rf"statescript: error executing '{SCRIPT_NAME}': 1", out), out
+    assert "ArtifactInstall_Leave script failed" in out, out
+    assert re.search(r"migration-update \(mender\): REFUSED: the new image cannot use this "
+                     r"device's data", out), out  # fmt: skip
+    assert "Rolling back to the active partition: (2)" in out, out
+    assert_one_way_downgrade_left_everything(chain, third, "v2-again", out)
+    assert boot_vars(env_after(third, "v2-again")) == {"mender_boot_part": "2",
+                                                       "upgrade_available": "0"}  # fmt: skip
+    assert boot_vars(chain["env"][2]) == {"mender_boot_part": "2", "upgrade_available": "0"}
+    assert chain["next"] == "A"
     assert third.files["show-artifact"].strip() == "release-3.0"

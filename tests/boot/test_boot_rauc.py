@@ -23,8 +23,11 @@ install` on each, in order. Three boots (a boot is 30-60 s under TCG, an install
    the data are byte-identical (b); then v2 (one new migration): the hook applies it in phase
    `update`, `rauc install` succeeds, B becomes primary (a);
 2. v2 (slot B, as RAUC wrote it): migration.service starts no process (a); installs v3 into slot
-   A, whose new migration cannot run at update time: the hook warns, the install succeeds (c);
-3. v3 (slot A): its first boot retries that migration (c).
+   A: the hook applies v3's one-way migration (level 1) and warns about its other new migration,
+   which cannot run at update time; the install succeeds (c);
+3. v3 (slot A): its first boot retries that migration (c); installs v2's bundle again, a
+   one-way downgrade (level 0 on data of level 1): the hook refuses, `rauc install` fails, slot
+   B stays marked bad and A primary, the state and the data are byte-identical (d).
 """
 
 import hashlib
@@ -41,8 +44,11 @@ import pytest
 from bootharness import lines
 from updatescripts import (
     MARK,
+    V3_UPDATE_ORDER,
     assert_first_boot_retries_the_failed_one,
     assert_first_boot_runs_nothing,
+    assert_one_way_downgrade_left_everything,
+    one_way,
     recorder,
     update_scripts,
 )
@@ -63,6 +69,7 @@ HOOK_IN_IMAGE = "usr/share/migration/update-hooks/rauc-hook.sh"
 SLOT_SIZE_MB = 400  # the harness's root image size: every slot holds a whole root image
 
 INIT, MOVE, BOOT_ONLY = update_scripts()
+ONEWAY = one_way()
 # Only in v9, which is refused: must never run.
 V9_NEW = h.Script("app", "v9.sh", recorder("v9"), priority="80", version="9.0-r0")
 DATA = {
@@ -252,18 +259,21 @@ def chain(rauc_base: h.Base, boot_root: Path, tmp_path_factory: pytest.TempPathF
                       manifest_args=["--upgrade-floor", "1.5"], var_img=v1.var_img)  # fmt: skip
     v2 = h.new_system(rauc_base, root / "v2", [INIT, MOVE], version="2.0", extra=files,
                       var_img=v1.var_img)  # fmt: skip
-    v3 = h.new_system(rauc_base, root / "v3", [INIT, MOVE, BOOT_ONLY], version="3.0",
+    v3 = h.new_system(rauc_base, root / "v3", [INIT, MOVE, ONEWAY, BOOT_ONLY], version="3.0",
                       extra=files, var_img=v1.var_img)  # fmt: skip
     bundles = {name: make_bundle(pki, s, version, tmp / f"{name}.raucb")
                for name, s, version in (("v9", v9, "9.0"), ("v2", v2, "2.0"),
                                         ("v3", v3, "3.0"))}  # fmt: skip
+    # The downgrade: v2's very bundle, under a name of its own in the guest's reports.
+    bundles["v2-again"] = tmp / "v2-again.raucb"
+    os.link(bundles["v2"], bundles["v2-again"])
     # Slot A holds v1 (the image the device was flashed with); slot B is blank.
     slots = {"A": v1.root_img, "B": root / "slot-b.img"}
     with open(slots["B"], "wb") as f:
         f.truncate(SLOT_SIZE_MB * 2**20)
     serials = {slots["A"]: "slot-a", slots["B"]: "slot-b"}
     # (the image expected in the slot that boots, bundles its updater installs) per boot.
-    steps = [(v1, ["v9", "v2"]), (v2, ["v3"]), (v3, [])]
+    steps = [(v1, ["v9", "v2"]), (v2, ["v3"]), (v3, ["v2-again"])]
     out: dict = {"reports": [], "order": [], "booted": [], "boot_state": [], "var": v1.var_img,
                  "bundles": bundles}  # fmt: skip
     booted = "A"
@@ -293,6 +303,7 @@ def chain(rauc_base: h.Base, boot_root: Path, tmp_path_factory: pytest.TempPathF
             h.log(f"  rauc install {name}: exit {files.get(f'{name}.install.rc', '?').strip()} "
                   f"in {float(span[1]) - float(span[0]):.1f} s: {said}")  # fmt: skip
         booted = bootloader_choice(v1.var_img, booted)
+    out["next"] = booted  # what the bootloader would boot after the last boot
     return out
 
 
@@ -370,7 +381,30 @@ def test_failed_update_time_migration_lets_the_install_go_on_and_is_retried_at_b
         r"rauc\[\d+\]: migration-update \(rauc\): WARNING: not every migration of the new image "
         r"could be applied now"
     )
-    assert chain["order"][1] == [*chain["order"][0], "70-app-needs-system.sh update 1"]
+    assert chain["order"][1] == [*chain["order"][0], *V3_UPDATE_ORDER]
     assert backend_calls(chain["boot_state"][1])["v3"] == ["set-state A bad", "set-primary A"]
     assert chain["booted"] == ["A", "B", "A"]
     assert_first_boot_retries_the_failed_one(chain, third)
+
+
+def test_one_way_downgrade_fails_the_install_and_leaves_everything_as_it_was(
+    chain: dict,
+) -> None:
+    """(d) v3 (slot A, data at level 1) -> v2's bundle (level 0) into slot B: the hook refuses
+    the incompatible downgrade, `rauc install` fails, slot A stays primary and is booted next,
+    the state and the data are byte-identical."""
+    third = chain["reports"][2]
+    rc, out = install(third, "v2-again")
+    assert rc == 1, out
+    assert re.search(r"Failed updating slot rootfs\.1: failed to run slot hook: Child process "
+                     r"exited with code 1", out), out  # fmt: skip
+    assert out.rstrip().endswith("Installing `/mnt/bundles/v2-again.raucb` failed"), out
+    said = "\n".join(third.journal_lines(r"rauc\[\d+\]: "))
+    assert re.search(r"migration-update \(rauc\): REFUSED: the new image cannot use this "
+                     r"device's data", said), said  # fmt: skip
+    assert_one_way_downgrade_left_everything(chain, third, "v2-again", said)
+    assert backend_calls(chain["boot_state"][2])["v2-again"] == ["set-state B bad"]
+    assert chain["boot_state"][2]["primary"] == "A\n"
+    assert chain["next"] == "A"
+    status = json.loads(third.files["rauc-status.json"])
+    assert status["boot_primary"] == "rootfs.0"

@@ -31,13 +31,16 @@ Three boots (a boot is 30-60 s under TCG, an install 10-40 s):
    recovery_status=failed, the state and the data are byte-identical (b); then v2 (one new
    migration): the hook applies it in phase `update`, the install succeeds, rootslot=B (a);
 2. v2 (slot B, as SWUpdate wrote it): migration.service starts no process (a); installs v3 into
-   slot A, whose new migration cannot run at update time: the hook warns, the install succeeds
-   (c);
-3. v3 (slot A): its first boot retries that migration (c).
+   slot A: the hook applies v3's one-way migration (level 1) and warns about its other new
+   migration, which cannot run at update time; the install succeeds (c);
+3. v3 (slot A): its first boot retries that migration (c); installs v2's .swu again, a one-way
+   downgrade (level 0 on data of level 1): the hook refuses, `swupdate -i` fails, the
+   environment keeps rootslot=A, the state and the data are byte-identical (d).
 """
 
 import hashlib
 import json
+import os
 import re
 import shutil
 from dataclasses import replace
@@ -50,8 +53,11 @@ from bootharness import lines
 from ubootenv import fw_env_config, parse_uboot_env, uboot_env
 from updatescripts import (
     MARK,
+    V3_UPDATE_ORDER,
     assert_first_boot_retries_the_failed_one,
     assert_first_boot_runs_nothing,
+    assert_one_way_downgrade_left_everything,
+    one_way,
     recorder,
     update_scripts,
 )
@@ -73,6 +79,7 @@ SLOT_SIZE_MB = 400  # the harness's root image size: every slot holds a whole ro
 SLOT_DEVICE = {"A": "/dev/disk/by-id/virtio-slot-a", "B": "/dev/disk/by-id/virtio-slot-b"}
 
 INIT, MOVE, BOOT_ONLY = update_scripts("swu ")
+ONEWAY = one_way("swu ")
 # Only in v9, which is refused: must never run.
 V9_NEW = h.Script("app", "v9.sh", recorder("swu v9"), priority="80", version="9.0-r0")
 
@@ -241,18 +248,21 @@ def chain(swupdate_base: h.Base, boot_root: Path, tmp_path_factory: pytest.TempP
                       **common)  # fmt: skip
     v2 = h.new_system(swupdate_base, root / "v2", [INIT, MOVE], version="2.0",
                       var_img=v1.var_img, **common)  # fmt: skip
-    v3 = h.new_system(swupdate_base, root / "v3", [INIT, MOVE, BOOT_ONLY], version="3.0",
-                      var_img=v1.var_img, **common)  # fmt: skip
+    v3 = h.new_system(swupdate_base, root / "v3", [INIT, MOVE, ONEWAY, BOOT_ONLY],
+                      version="3.0", var_img=v1.var_img, **common)  # fmt: skip
     updates = {name: make_swu(pki, s, version, tmp / f"{name}.swu")
                for name, s, version in (("v9", v9, "9.0"), ("v2", v2, "2.0"),
                                         ("v3", v3, "3.0"))}  # fmt: skip
+    # The downgrade: v2's very .swu, under a name of its own in the guest's reports.
+    updates["v2-again"] = tmp / "v2-again.swu"
+    os.link(updates["v2"], updates["v2-again"])
     # Slot A holds v1 (the image the device was flashed with); slot B is blank.
     slots = {"A": v1.root_img, "B": root / "slot-b.img"}
     with open(slots["B"], "wb") as f:
         f.truncate(SLOT_SIZE_MB * 2**20)
     serials = {slots["A"]: "slot-a", slots["B"]: "slot-b"}
     # (the image expected in the slot that boots, updates it installs) per boot.
-    steps = [(v1, ["v9", "v2"]), (v2, ["v3"]), (v3, [])]
+    steps = [(v1, ["v9", "v2"]), (v2, ["v3"]), (v3, ["v2-again"])]
     out: dict = {"reports": [], "order": [], "booted": [], "env": [], "var": v1.var_img}
     booted = "A"
     for i, (image, names) in enumerate(steps):
@@ -281,6 +291,7 @@ def chain(swupdate_base: h.Base, boot_root: Path, tmp_path_factory: pytest.TempP
                   f"in {float(span[1]) - float(span[0]):.1f} s")  # fmt: skip
         # The bootloader: the slot the environment names.
         booted = env.get("rootslot", "A")
+    out["next"] = booted  # what the bootloader would boot after the last boot
     return out
 
 
@@ -356,7 +367,28 @@ def test_failed_update_time_migration_lets_the_install_go_on_and_is_retried_at_b
     assert "needs the new system running" in out, out
     assert re.search(r"migration-update \(swupdate\): WARNING: not every migration of the new "
                      r"image could be applied now", out), out  # fmt: skip
-    assert chain["order"][1] == [*chain["order"][0], "70-app-needs-system.sh update 1"]
+    assert chain["order"][1] == [*chain["order"][0], *V3_UPDATE_ORDER]
     assert env_after(second, "v3") == {"rootslot": "A", "ustate": "1"}
     assert chain["booted"] == ["A", "B", "A"]
     assert_first_boot_retries_the_failed_one(chain, third)
+
+
+def test_one_way_downgrade_fails_the_install_and_leaves_everything_as_it_was(
+    chain: dict,
+) -> None:
+    """(d) v3 (slot A, data at level 1) -> v2's .swu (level 0) into slot B: the hook refuses
+    the incompatible downgrade, `swupdate -i` fails, the bootloader keeps slot A, the state and
+    the data are byte-identical."""
+    third = chain["reports"][2]
+    rc, out = install(third, "v2-again")
+    assert rc == 1, out
+    assert re.search(r"/tmp/scripts/swupdate-postinst\.sh postinst /dev/disk/by-id/virtio-slot-b "
+                     r"command returned 1", out), out  # fmt: skip
+    assert "execute postinstall scripts failed" in out, out
+    assert "SWUpdate *failed* !" in out, out
+    assert re.search(r"migration-update \(swupdate\): REFUSED: the new image cannot use this "
+                     r"device's data", out), out  # fmt: skip
+    assert_one_way_downgrade_left_everything(chain, third, "v2-again", out)
+    assert env_after(third, "v2-again") == {"rootslot": "A", "recovery_status": "failed",
+                                            "ustate": "3"}  # fmt: skip
+    assert chain["next"] == "A"

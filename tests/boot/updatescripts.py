@@ -3,6 +3,8 @@
 test_boot_mender): each logs its name, phase and attempt to MARK/order on the data disk, so a
 test reads what ran, when and how often."""
 
+import json
+import re
 from pathlib import Path
 from typing import NamedTuple
 
@@ -49,6 +51,19 @@ def update_scripts(prefix: str = "") -> UpdateScripts:
     )
 
 
+def one_way(prefix: str = "") -> h.Script:
+    """v3's one-way migration (level 1): it writes the data in a format older images cannot
+    read, so the device's state reaches level 1 and an image of level 0 must refuse it. Priority
+    60: applied at update time, before the script that fails there."""
+    return h.Script("app", "convert.sh", recorder(
+        f"{prefix}convert", f"echo format=3 >{MARK}/v2/format\n",
+    ), priority="60", version="3.0-r0", oneway=1)  # fmt: skip
+
+
+#: The update-phase lines of the update to v3: the one-way conversion, then the failed one.
+V3_UPDATE_ORDER = ["60-app-convert.sh update 1", "70-app-needs-system.sh update 1"]
+
+
 def assert_first_boot_runs_nothing(report: h.Report, var: Path, slot_arg: str) -> None:
     """The first boot of the slot an updater wrote, after its hook applied every migration: the
     done stamp holds, migration.service starts no process, nothing runs again."""
@@ -74,3 +89,25 @@ def assert_first_boot_retries_the_failed_one(chain: dict, report: h.Report) -> N
     status = report.status_by_name()
     assert status["70-app-needs-system.sh"]["state"] == "applied"
     assert report.state == "running"
+
+
+def assert_one_way_downgrade_left_everything(
+    chain: dict, report: h.Report, name: str, downgrade_said: str
+) -> None:
+    """The running v3 (level 1) refused to install v2 (level 0), update `name`: the runner said
+    why (`downgrade_said`: where the updater keeps the hook's output), the state and the data
+    are byte-identical around the install, nothing ran, the one-way conversion stays."""
+    assert re.search(
+        r"incompatible downgrade: the data on this device went through a one-way migration of "
+        r"compatibility level 1, but this image \(2\.0\) only understands level 0",
+        downgrade_said,
+    ), downgrade_said
+    before = report.files[f"{name}.before.sha256"]
+    assert report.files[f"{name}.after.sha256"] == before
+    # sha256sum lines: the snapshot covers the converted data and the state that says so.
+    paths = {ln.split(maxsplit=1)[1] for ln in before.splitlines()}
+    assert {f"{MARK}/v2/format", "/var/lib/migration/state.json"} <= paths
+    assert chain["order"][2][-1] == "70-app-needs-system.sh boot 2"
+    assert h.read_file(chain["var"], f"{MARK[4:]}/v2/format") == "format=3\n"
+    state = json.loads(h.read_file(chain["var"], "/lib/migration/state.json") or "{}")
+    assert state["compat_level"] == 1
