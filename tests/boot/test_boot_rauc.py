@@ -30,7 +30,6 @@ install` on each, in order. Three boots (a boot is 30-60 s under TCG, an install
    B stays marked bad and A primary, the state and the data are byte-identical (d).
 """
 
-import hashlib
 import json
 import os
 import re
@@ -49,6 +48,7 @@ from updatescripts import (
     assert_first_boot_runs_nothing,
     assert_one_way_downgrade_left_everything,
     one_way,
+    record,
     recorder,
     update_scripts,
 )
@@ -227,16 +227,6 @@ def bootloader_choice(var_img: Path, booted: str) -> str:
     if primary and state.get(f"state.{primary}", "good\n").strip() == "good":
         return primary
     return booted
-
-
-def record(var_img: Path, script: h.Script) -> dict:
-    text = h.read_file(var_img, f"/lib/migration/applied/{sha(script)}")
-    assert text, f"no applied record of {script.installed_name}"
-    return json.loads(text)
-
-
-def sha(script: h.Script) -> str:
-    return hashlib.sha256(script.text.encode()).hexdigest()
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,6 @@ Three boots (a boot is 30-60 s under TCG, an install 10-40 s):
 """
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -50,14 +49,16 @@ from typing import Dict
 import bootharness as h
 import pytest
 from bootharness import lines
-from ubootenv import fw_env_config, parse_uboot_env, uboot_env
+from ubootenv import fw_env_config, uboot_env
 from updatescripts import (
     MARK,
     V3_UPDATE_ORDER,
     assert_first_boot_retries_the_failed_one,
     assert_first_boot_runs_nothing,
     assert_one_way_downgrade_left_everything,
+    bootloader_env,
     one_way,
+    record,
     recorder,
     update_scripts,
 )
@@ -208,25 +209,6 @@ def make_swu(pki: h.Pki, system: h.System, version: str, dest: Path) -> Path:
     return dest
 
 
-def bootloader_env(var_img: Path, tmp: Path) -> Dict[str, str]:
-    """The U-Boot environment on the /var disk, as the bootloader reads it."""
-    dest = tmp / "uboot.env"
-    if dest.exists():
-        dest.unlink()
-    h.debugfs(var_img, f"dump {ENV_FILE[4:]} {dest}")
-    return parse_uboot_env(dest.read_bytes())
-
-
-def record(var_img: Path, script: h.Script) -> dict:
-    text = h.read_file(var_img, f"/lib/migration/applied/{sha(script)}")
-    assert text, f"no applied record of {script.installed_name}"
-    return json.loads(text)
-
-
-def sha(script: h.Script) -> str:
-    return hashlib.sha256(script.text.encode()).hexdigest()
-
-
 @pytest.fixture(scope="module")
 def swupdate_base(tmp_path_factory: pytest.TempPathFactory) -> h.Base:
     """The Debian 12 test system with SWUpdate."""
@@ -281,7 +263,7 @@ def chain(swupdate_base: h.Base, boot_root: Path, tmp_path_factory: pytest.TempP
         out["booted"].append(booted)
         out["reports"].append(h.read_report(system))
         out["order"].append(lines(v1.var_img, f"{MARK[4:]}/order"))
-        env = bootloader_env(v1.var_img, tmp)
+        env = bootloader_env(v1.var_img, ENV_FILE, tmp)
         out["env"].append(env)
         h.log(f"step {i + 1} (slot {booted}): {out['order'][-1]}; env {env}")
         for name in names:

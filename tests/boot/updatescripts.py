@@ -3,6 +3,7 @@
 test_boot_mender): each logs its name, phase and attempt to MARK/order on the data disk, so a
 test reads what ran, when and how often."""
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -111,3 +112,27 @@ def assert_one_way_downgrade_left_everything(
     assert h.read_file(chain["var"], f"{MARK[4:]}/v2/format") == "format=3\n"
     state = json.loads(h.read_file(chain["var"], "/lib/migration/state.json") or "{}")
     assert state["compat_level"] == 1
+
+
+def sha(script: h.Script) -> str:
+    """The sha256 a script is recorded by."""
+    return hashlib.sha256(script.text.encode()).hexdigest()
+
+
+def record(var_img: Path, script: h.Script) -> dict:
+    """The applied record of `script` on the /var disk."""
+    text = h.read_file(var_img, f"/lib/migration/applied/{sha(script)}")
+    assert text, f"no applied record of {script.installed_name}"
+    return json.loads(text)
+
+
+def bootloader_env(var_img: Path, env_file: str, tmp: Path) -> "dict[str, str]":
+    """The U-Boot environment file `env_file` (a path under /var) on the /var disk, as the
+    bootloader reads it."""
+    from ubootenv import parse_uboot_env
+
+    dest = tmp / "uboot.env"
+    if dest.exists():
+        dest.unlink()
+    h.debugfs(var_img, f"dump {env_file[4:]} {dest}")
+    return parse_uboot_env(dest.read_bytes())
