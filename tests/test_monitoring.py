@@ -97,20 +97,30 @@ class Device:
         return code, capsys.readouterr().out
 
 
-@pytest.fixture
-def device(tmp_path):
+def every_state(d: "Device", oneway: bool = False) -> "Device":
     """One script in each state: applied, failed, refused (not in the manifest), pending
-    (after --policy stop) and interrupted (a started note without an outcome)."""
-    d = Device(tmp_path)
+    (after --policy stop) and interrupted (a started note without an outcome); with `oneway`,
+    the pending one is a one-way migration of level 1."""
     d.add("10-ok", "true")
     d.add("20-bad", "exit 1")
     d.add("30-unlisted", "true unlisted")
     d.add("40-later", "true later")
     cut = d.add("50-cut", "true cut")
     d.write_manifest(["10-ok", "20-bad", "40-later", "50-cut"])
+    if oneway:
+        manifest = json.loads(d.manifest.read_text())
+        manifest["migrations"][2]["oneway"] = 1  # 40-later: one-way
+        manifest["compat_level"] = 1
+        manifest["digest"] = manifest_mod.digest(manifest["migrations"])
+        d.manifest.write_text(json.dumps(manifest))
     assert cli.main(d.argv("run", "--policy", "stop")) == 1
     (d.state / "started" / cut).write_text("")  # found without an outcome: interrupted
     return d
+
+
+@pytest.fixture
+def device(tmp_path):
+    return every_state(Device(tmp_path))
 
 
 def test_prometheus_format_parses_and_matches_the_state(device, capsys):

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from migration import cli
-from migration import manifest as manifest_mod
 from migration.commands import status
 
 SCHEMA = Path(__file__).resolve().parent.parent / "docs" / "status.schema.json"
@@ -118,22 +117,9 @@ def test_the_validator_catches_what_the_schema_forbids(schema):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the state dir's trust checks: root")
 def test_status_json_of_every_state_validates(tmp_path, capsys, schema):
-    from test_monitoring import Device
+    from test_monitoring import Device, every_state
 
-    d = Device(tmp_path)
-    d.add("10-ok", "true")
-    d.add("20-bad", "exit 1")
-    d.add("30-unlisted", "true unlisted")
-    d.add("40-later", "true later")
-    cut = d.add("50-cut", "true cut")
-    d.write_manifest(["10-ok", "20-bad", "40-later", "50-cut"])
-    manifest = json.loads(d.manifest.read_text())
-    manifest["migrations"][2]["oneway"] = 1  # 40-later: one-way
-    manifest["compat_level"] = 1
-    manifest["digest"] = manifest_mod.digest(manifest["migrations"])
-    d.manifest.write_text(json.dumps(manifest))
-    assert cli.main(d.argv("run", "--policy", "stop")) == 1
-    (d.state / "started" / cut).write_text("")
+    d = every_state(Device(tmp_path), oneway=True)
     capsys.readouterr()
     assert cli.main(d.argv("status", "--json")) == 1
     rows = json.loads(capsys.readouterr().out)
